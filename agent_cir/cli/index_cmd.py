@@ -1,0 +1,1 @@
+"""agent-cir index_cmd (being written)."""

@@ -1,0 +1,1 @@
+"""agent-cir search_cmd (being written)."""

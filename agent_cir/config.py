@@ -1,0 +1,254 @@
+"""Recipe schema: one YAML file configures every stage. Validated with pydantic; errors name the key and file.
+
+Ownership while the project is young: each ``*Config`` class belongs to the module that consumes it
+(named in its docstring); add fields there, with defaults, and keep ``extra="forbid"`` so that typos in
+a recipe are caught.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent_cir.errors import AgentCirError
+from agent_cir.hashing import stable_hash
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ConfigError(AgentCirError, ValueError):
+    """A recipe file is missing, unreadable or invalid. The message names the file and the bad key."""
+
+
+class EncoderConfig(_Strict):
+    """Image-text (or text-only) encoder. Consumed by ``agent_cir.encoders.create_encoder``."""
+
+    backend: Literal["open_clip", "hf", "sentence-transformers"] = "open_clip"
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    """open_clip: pretrained tag, local checkpoint path, or 'none' for random init. hf: unused (model is the id)."""
+    device: str = "cpu"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = Field(64, ge=1)
+
+
+class ModelConfig(_Strict):
+    """A chat model. Consumed by ``agent_cir.backends.create_chat_model``.
+
+    ``spec`` is ``openai:MODEL``, ``ollama:MODEL``, ``hf:ID_OR_PATH``, ``hf-vlm:ID_OR_PATH`` or ``fake:...``.
+    """
+
+    spec: str
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = 512
+    seed: int | None = 0
+    timeout: float = 120.0
+    max_retries: int = Field(3, ge=0)
+    max_concurrency: int = Field(4, ge=1)
+    requests_per_second: float | None = None
+    # local transformers backends (accelerate / bitsandbytes options)
+    device_map: str | None = None
+    dtype: str | None = None
+    quantization: Literal["4bit", "8bit"] | None = None
+    gguf_file: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Passed through to the LangChain chat model constructor."""
+
+
+class CaptionConfig(_Strict):
+    """Consumed by ``agent_cir.stages.caption``."""
+
+    enabled: bool = True
+    model: str = "vlm"
+    """Name of an entry under ``models:``."""
+    prompt: str = "caption"
+    num_captions: int = Field(1, ge=1)
+    temperature: float | None = None
+    """Sampling temperature when num_captions > 1 (None: the model's own)."""
+
+
+class RewriteConfig(_Strict):
+    """Consumed by ``agent_cir.stages.rewrite``."""
+
+    enabled: bool = True
+    model: str = "llm"
+    prompt: str = "rewrite_cot"
+    num_descriptions: int = Field(1, ge=1)
+    structured_output: bool = True
+    """Ask the backend for JSON-schema output where it supports it; the tolerant parser is always the fallback."""
+
+
+class OneStageConfig(_Strict):
+    """Consumed by ``agent_cir.stages.one_stage``. When enabled, replaces caption + rewrite."""
+
+    enabled: bool = False
+    model: str = "vlm"
+    prompt: str = "one_stage"
+    num_descriptions: int = Field(1, ge=1)
+    structured_output: bool = True
+
+
+class GalleryCaptionsConfig(_Strict):
+    path: str
+    """JSON file: gallery id -> caption or list of captions."""
+    weight: float = Field(1.0, ge=0.0, le=1.0)
+    """g in score = (1-g) cos(q, image) + g mean_j cos(q, caption_j). g = 1 needs no image encoder."""
+
+
+class RetrieveConfig(_Strict):
+    """Consumed by ``agent_cir.stages.retrieve``."""
+
+    mode: Literal["text", "image", "fusion", "pdv"] = "text"
+    alpha: float = Field(0.8, ge=0.0, le=1.0)
+    """fusion: q = normalise((1 - alpha) * img + alpha * txt)."""
+    pdv_a: float = 1.0
+    pdv_b: float = Field(0.5, ge=0.0, le=1.0)
+    """pdv: d = txt(target) - txt(caption); q = normalise((1-b)(img + a d) + b (txt(target) + a d))."""
+    k: int = Field(50, ge=1)
+    exclude_reference: bool = True
+    gallery_captions: GalleryCaptionsConfig | None = None
+    text_source: Literal["target", "modification", "caption", "caption+modification"] = "target"
+    """Which text becomes txt: the target description(s) (default), or a no-LLM baseline."""
+
+
+class GridConfig(_Strict):
+    rows: int = Field(3, ge=1)
+    cols: int = Field(3, ge=1)
+    cell_size: int = Field(256, ge=32)
+    gap: int = Field(8, ge=0)
+    background: str = "#202020"
+    caption_strip: bool = False
+    reference: Literal["separate", "cell", "none"] = "separate"
+
+
+class RerankConfig(_Strict):
+    """Consumed by ``agent_cir.stages.rerank``."""
+
+    enabled: bool = False
+    model: str = "judge"
+    prompt: str = "judge_grid"
+    k: int = Field(9, ge=1)
+    method: Literal["grid", "pointwise"] = "grid"
+    grid: GridConfig = Field(default_factory=GridConfig)
+    passes: int = Field(1, ge=1)
+    aggregation: Literal["borda", "rrf"] = "borda"
+    seed: int = 0
+    overflow: Literal["sliding", "tournament"] = "sliding"
+    window_step: int | None = None
+    fusion_weight: float = Field(0.0, ge=0.0, le=1.0)
+    """0: final order = judge order. w > 0: fuse judge rank with retrieval score (w = weight of retrieval)."""
+    include_caption: bool = True
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    path: str | None = None
+    """SQLite file; None means ~/.cache/agent_cir/cache.sqlite (or $AGENT_CIR_CACHE)."""
+
+
+class Recipe(_Strict):
+    """A complete pipeline configuration."""
+
+    name: str = "custom"
+    description: str = ""
+    mirrors: str = ""
+    """Which published method and setting this recipe follows."""
+    differences: str = ""
+    """What differs from that paper's setting."""
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    caption: CaptionConfig = Field(default_factory=lambda: CaptionConfig(enabled=False))
+    rewrite: RewriteConfig = Field(default_factory=lambda: RewriteConfig(enabled=False))
+    one_stage: OneStageConfig = Field(default_factory=OneStageConfig)
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    max_concurrency: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> Recipe:
+        for stage_name in ("caption", "rewrite", "one_stage", "rerank"):
+            stage = getattr(self, stage_name)
+            if stage.enabled and stage.model not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise ValueError(
+                    f"{stage_name}.model names {stage.model!r}, which is not under 'models:' (defined: {known})"
+                )
+        if self.one_stage.enabled and (self.caption.enabled or self.rewrite.enabled):
+            raise ValueError("one_stage replaces caption and rewrite: disable them (enabled: false) or one_stage")
+        return self
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def recipes_dir() -> Path:
+    return Path(__file__).resolve().parent / "recipes"
+
+
+def available_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and where it is nested)"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe by packaged name (``cirevl``) or YAML path; ``overrides`` are deep-merged on top."""
+    raw = str(name_or_path)
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        packaged = available_recipes()
+        if raw in packaged:
+            path = packaged[raw]
+        else:
+            raise ConfigError(
+                f"recipe {raw!r} not found: no such file, and no packaged recipe of that name "
+                f"(packaged: {', '.join(packaged) or 'none'}; list them with `agent-cir recipes`)"
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"recipe {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    if overrides:
+        data = deep_merge(data, overrides)
+    return recipe_from_dict(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,104 @@
+"""Per-query trace records and the JSONL writer.
+
+Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
+
+    schema_version      "1.0"
+    query_id            the query id
+    query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text, meta}
+    recipe              {name, hash}
+    captions            captions of the reference image (from the caption stage or supplied with the query)
+    reasoning           the rewriter's reasoning text, or null
+    target_descriptions the target description(s) retrieval used
+    description_source  rewrite | one_stage | manual | fallback | modification | caption
+    stages              [{stage, output, calls: [ModelCall], parse_status, notes, seconds, skipped,
+                          model_calls, cache_hits}]  in the order they ran
+    results             final ranking [{rank, id, path, score}]
+    totals              {seconds, model_calls, cache_hits}
+    artifacts_dir       folder of files the stages wrote for this query (grid images), or null
+    created             ISO-8601 UTC time the record was made
+
+Each ``ModelCall``: {backend, model, prompt_name, prompt_hash, raw, cache: hit|miss|off, seconds, usage,
+parse_status, prompt, images: [content hashes], params}.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
+
+
+def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: float) -> dict[str, Any]:
+    query = state.query
+    stages = [record_to_dict(record) for record in state.records]
+    return {
+        "schema_version": TRACE_SCHEMA_VERSION,
+        "query_id": query.id,
+        "query": {
+            "id": query.id,
+            "text": query.text,
+            "image_path": query.image,
+            "image_hash": state.image_hash,
+            "reference_id": query.reference_id,
+            "reference_caption": query.reference_caption,
+            "target_text": query.target_text,
+            "meta": query.meta,
+        },
+        "recipe": {"name": recipe_name, "hash": recipe_hash},
+        "captions": list(state.captions),
+        "reasoning": state.reasoning,
+        "target_descriptions": list(state.target_descriptions),
+        "description_source": state.description_source,
+        "stages": stages,
+        "results": [candidate.to_dict() for candidate in state.candidates],
+        "totals": {
+            "seconds": round(seconds, 6),
+            "model_calls": sum(stage["model_calls"] for stage in stages),
+            "cache_hits": sum(stage["cache_hits"] for stage in stages),
+        },
+        "artifacts_dir": str(state.artifacts_dir) if state.artifacts_dir else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class TraceWriter:
+    """Appends one JSON line per query; flushes each line so that a killed run loses no finished query."""
+
+    def __init__(self, path: str | Path, mode: str = "a") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._handle = open(self.path, mode, encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            self._handle.write(line + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_traces(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield trace records; a torn last line (a killed writer) is skipped, never fatal."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,137 @@
+"""The vocabulary every part of agent_cir shares: queries, candidates, stage records, results.
+
+Data flows one way: a ``QueryState`` is handed to each enabled stage in order; a stage reads what
+earlier stages wrote, fills its own fields and returns a ``StageRecord`` for the trace.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+TRACE_SCHEMA_VERSION = "1.0"
+
+ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
+DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption"]
+
+
+@dataclass
+class Query:
+    """One composed query: a reference image plus a modification text."""
+
+    id: str
+    text: str
+    image: str | None = None
+    """Path of the reference image file (None in caption-only runs such as the CIRR text surrogate)."""
+    reference_id: str | None = None
+    """Gallery id of the reference when it is known (benchmarks); used to exclude it and reuse its embedding."""
+    reference_caption: str | None = None
+    """A caption supplied with the query (text surrogate, or a user); the caption stage then makes no call."""
+    target_text: str | None = None
+    """Intervention: a hand-written target description; caption and rewrite stages are skipped."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Anything the caller wants carried into the trace (e.g. benchmark subset members). Not read by stages."""
+
+
+@dataclass
+class Candidate:
+    """One gallery item in a ranking."""
+
+    id: str
+    """Gallery key: the image's path relative to the indexed folder, or a benchmark image name."""
+    score: float
+    path: str | None = None
+    rank: int = 0
+    """1-based rank, set by whichever stage produced the ranking."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": float(self.score)}
+
+
+@dataclass
+class ModelCall:
+    """One chat-model call as it appears in a trace (a cache hit is recorded too, with cache='hit')."""
+
+    backend: str
+    model: str
+    prompt_name: str
+    prompt_hash: str
+    raw: str
+    cache: Literal["hit", "miss", "off"]
+    seconds: float
+    usage: dict[str, Any] | None = None
+    parse_status: ParseStatus | None = None
+    prompt: str | None = None
+    """The rendered text prompt (images are referenced by content hash, never inlined)."""
+    images: list[str] = field(default_factory=list)
+    """Content hashes of the images sent with the call."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    """A stage's part of the per-query trace."""
+
+    stage: str
+    output: dict[str, Any] = field(default_factory=dict)
+    calls: list[ModelCall] = field(default_factory=list)
+    parse_status: ParseStatus = "not_applicable"
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str | None = None
+    """Why the stage did not run (e.g. 'manual target description'); None when it ran."""
+
+    @property
+    def model_calls(self) -> int:
+        """Calls that reached a model (cache misses and uncached calls)."""
+        return sum(1 for call in self.calls if call.cache != "hit")
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(1 for call in self.calls if call.cache == "hit")
+
+
+@dataclass
+class QueryState:
+    """What flows through the stages for one query. Each stage fills its own fields."""
+
+    query: Query
+    image_hash: str | None = None
+    captions: list[str] = field(default_factory=list)
+    reasoning: str | None = None
+    target_descriptions: list[str] = field(default_factory=list)
+    description_source: DescriptionSource | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    records: list[StageRecord] = field(default_factory=list)
+    artifacts_dir: Path | None = None
+    """Where a stage may write files for the trace (grid images); None means do not write."""
+    started: float = field(default_factory=time.time)
+
+
+class Stage(Protocol):
+    """A pipeline stage: reads the state, fills its fields, returns its trace record."""
+
+    name: str
+
+    def run(self, state: QueryState) -> StageRecord: ...
+
+
+@dataclass
+class Result:
+    """What a query returns: the final ranking and the full trace record (a JSON-ready dict)."""
+
+    query_id: str
+    candidates: list[Candidate]
+    trace: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query_id": self.query_id, "results": [c.to_dict() for c in self.candidates]}
+
+
+def record_to_dict(record: StageRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data["model_calls"] = record.model_calls
+    data["cache_hits"] = record.cache_hits
+    return data

@@ -98,8 +98,8 @@ class OneStageConfig(_Strict):
 
 
 class GalleryCaptionsConfig(_Strict):
-    path: str
-    """JSON file: gallery id -> caption or list of captions."""
+    path: str | None = None
+    """JSON file: gallery id -> caption or list of captions (None: given at run time, e.g. --gallery-captions)."""
     weight: float = Field(1.0, ge=0.0, le=1.0)
     """g in score = (1-g) cos(q, image) + g mean_j cos(q, caption_j). g = 1 needs no image encoder."""
 
@@ -121,13 +121,21 @@ class RetrieveConfig(_Strict):
 
 
 class GridConfig(_Strict):
+    """Consumed by ``agent_cir.grid.render_grid`` (through the rerank stage)."""
+
     rows: int = Field(3, ge=1)
     cols: int = Field(3, ge=1)
     cell_size: int = Field(256, ge=32)
+    """Side of each square cell in pixels; pictures are letterboxed into it, never cropped."""
     gap: int = Field(8, ge=0)
     background: str = "#202020"
     caption_strip: bool = False
+    """Draw each candidate's gallery caption under its cell (needs captions handed to the rerank stage)."""
     reference: Literal["separate", "cell", "none"] = "separate"
+    """separate: the reference goes to the judge as its own first image; cell: it takes the first cell,
+    marked "R"; none: the judge sees only the candidates."""
+    mark_scale: float = Field(0.2, gt=0.0, le=0.5)
+    """Height of the number on each cell as a fraction of the cell size."""
 
 
 class RerankConfig(_Strict):
@@ -136,17 +144,31 @@ class RerankConfig(_Strict):
     enabled: bool = False
     model: str = "judge"
     prompt: str = "judge_grid"
+    """Template for method=grid; method=pointwise uses ``pointwise_prompt``."""
+    pointwise_prompt: str = "judge_pointwise"
     k: int = Field(9, ge=1)
+    """How many of the retrieved candidates the judge sees; the rest keep their retrieval order below them."""
     method: Literal["grid", "pointwise"] = "grid"
     grid: GridConfig = Field(default_factory=GridConfig)
     passes: int = Field(1, ge=1)
+    """Position-bias control: pass 1 shows retrieval order, further passes seeded shuffles of the cells."""
     aggregation: Literal["borda", "rrf"] = "borda"
+    rrf_k: int = Field(60, ge=0)
+    """Constant of reciprocal-rank aggregation: score = sum over passes of 1 / (rrf_k + rank)."""
     seed: int = 0
     overflow: Literal["sliding", "tournament"] = "sliding"
-    window_step: int | None = None
+    """k larger than one grid: sliding windows from the bottom up (RankGPT) or a tournament of grids."""
+    window_step: int | None = Field(None, ge=1)
+    """Sliding windows: how far each window moves up (None: half a grid)."""
     fusion_weight: float = Field(0.0, ge=0.0, le=1.0)
-    """0: final order = judge order. w > 0: fuse judge rank with retrieval score (w = weight of retrieval)."""
+    """0: final order = judge order. w > 0: final score = w * retrieval + (1 - w) * judge, both scaled to
+    [0, 1] over the reranked candidates (retrieval min-max, judge from its rank or P(yes))."""
     include_caption: bool = True
+    """Give the judge the reference caption (from the caption stage or the query)."""
+    structured_output: bool = True
+    """Ask the backend for JSON-schema output where it supports it; the tolerant parser is always the fallback."""
+    temperature: float | None = None
+    """Judge temperature (None: the model's own)."""
 
 
 class CacheConfig(_Strict):

@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.rerank",
     "tests.fixtures.eval",
     "tests.fixtures.report",
+    "tests.fixtures.pipeline",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,1 +1,119 @@
-"""agent-cir index_cmd (being written)."""
+"""``agent-cir index``: embed an image folder into a gallery index (incremental on re-runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from agent_cir.cli import app
+from agent_cir.cli._common import echo_json, user_errors
+
+_DEFAULTS = {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
+
+
+def format_summary(summary_dict: dict, out: Path) -> str:
+    skipped = summary_dict["skipped"]
+    skipped_text = (
+        ", ".join(f"{count} {reason}" for reason, count in skipped.items()) if skipped else "none"
+    )
+    lines = [
+        f"index: {out}",
+        f"  images in index: {summary_dict['total']}",
+        f"  encoded now:     {summary_dict['indexed']} ({summary_dict['images_per_second']:.1f} images/s)",
+        f"  reused:          {summary_dict['reused']}",
+        f"  removed:         {summary_dict['removed']}",
+        f"  skipped:         {summary_dict['skipped_total']} ({skipped_text}; reasons per file in manifest.jsonl)",
+        f"  time:            {summary_dict['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def run_index(
+    images_dir: Path,
+    out: Path,
+    model: str = _DEFAULTS["model"],
+    pretrained: Optional[str] = _DEFAULTS["pretrained"],
+    backend: str = "open_clip",
+    batch_size: int = 64,
+    workers: Optional[int] = None,
+    index_type: str = "Flat",
+    device: str = "cpu",
+    precision: str = "fp32",
+    progress: bool = True,
+):
+    """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex."""
+    from agent_cir.config import EncoderConfig
+    from agent_cir.encoders import create_encoder
+    from agent_cir.index import GalleryIndex
+
+    config = EncoderConfig(
+        backend=backend,  # type: ignore[arg-type]
+        model=model,
+        pretrained=pretrained if backend == "open_clip" else None,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        batch_size=batch_size,
+    )
+    encoder = create_encoder(config)
+    return GalleryIndex.build(
+        images_dir,
+        out,
+        encoder,
+        batch_size=batch_size,
+        workers=workers,
+        index_type=index_type,
+        progress=progress,
+    )
+
+
+@app.command("index")
+def index_command(
+    images_dir: Path = typer.Argument(..., help="Folder of images, scanned recursively (jpg jpeg png webp bmp gif)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create or update."),
+    model: str = typer.Option(
+        _DEFAULTS["model"], "--model", help="open_clip architecture or model JSON config; hf: hub id or local folder."
+    ),
+    pretrained: str = typer.Option(
+        _DEFAULTS["pretrained"],
+        "--pretrained",
+        help="open_clip weights: pretrained tag, hf-hub:org/name, local checkpoint file or folder, or 'none'.",
+    ),
+    backend: str = typer.Option("open_clip", "--backend", help="open_clip or hf (transformers CLIP/SigLIP)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per encoder batch."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="Decode worker processes (default: half the cores; 0 = decode in-process)."
+    ),
+    index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string (Flat, HNSW32, IVF256,Flat)."),
+    device: str = typer.Option("cpu", "--device", help="torch device for the encoder (cpu, cuda, cuda:1, mps)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed every image of IMAGES_DIR into INDEX_DIR; re-runs encode only new or changed files."""
+    from agent_cir.errors import AgentCirError
+
+    with user_errors():
+        if backend not in ("open_clip", "hf"):
+            raise AgentCirError(f"--backend must be open_clip or hf, got {backend!r}")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
+        index = run_index(
+            images_dir,
+            out,
+            model=model,
+            pretrained=pretrained,
+            backend=backend,
+            batch_size=batch_size,
+            workers=workers,
+            index_type=index_type,
+            device=device,
+            precision=precision,
+            progress=not quiet,
+        )
+        summary = index.build_summary.to_dict()
+        if json_output:
+            echo_json({"index": str(out), **summary})
+        else:
+            typer.echo(format_summary(summary, out))

@@ -95,6 +95,7 @@ def search(
                     "query": {"image": query.image, "text": query.text, "target_text": target_text},
                     "recipe": pipeline.recipe.name,
                     "target_descriptions": result.trace["target_descriptions"],
+                    "query_texts": _retrieve_output(result.trace).get("query_texts", []),
                     "description_source": result.trace["description_source"],
                     "results": [
                         {"rank": c.rank, "path": c.path or c.id, "id": c.id, "score": round(float(c.score), 6)}
@@ -118,6 +119,13 @@ def search(
         if trace is not None:
             typer.echo(f"trace: {trace}")
         typer.echo(f"model calls: {stats['model_calls']} (cache hits: {stats['cache_hits']})", err=True)
+
+
+def _retrieve_output(trace: dict[str, Any]) -> dict[str, Any]:
+    for stage in trace["stages"]:
+        if stage["stage"] == "retrieve":
+            return stage.get("output", {})
+    return {}
 
 
 def _grid_paths(trace: dict[str, Any]) -> list[str]:

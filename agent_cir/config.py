@@ -60,6 +60,9 @@ class ModelConfig(_Strict):
     dtype: str | None = None
     quantization: Literal["4bit", "8bit"] | None = None
     gguf_file: str | None = None
+    num_threads: int | None = Field(None, ge=1)
+    """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
+    often several times faster than oversubscribed threads."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the LangChain chat model constructor."""
 
@@ -85,6 +88,9 @@ class RewriteConfig(_Strict):
     num_descriptions: int = Field(1, ge=1)
     structured_output: bool = True
     """Ask the backend for JSON-schema output where it supports it; the tolerant parser is always the fallback."""
+    per_caption: bool = True
+    """With several captions (caption.num_captions > 1): one rewrite call per caption, every description kept
+    (an ensemble). False: one call that sees all captions (template variable ``captions``)."""
 
 
 class OneStageConfig(_Strict):
@@ -157,7 +163,10 @@ class RerankConfig(_Strict):
     """Constant of reciprocal-rank aggregation: score = sum over passes of 1 / (rrf_k + rank)."""
     seed: int = 0
     overflow: Literal["sliding", "tournament"] = "sliding"
-    """k larger than one grid: sliding windows from the bottom up (RankGPT) or a tournament of grids."""
+    """k larger than one grid. sliding: windows of one grid from the bottom of the list up (RankGPT); the
+    best (grid - step) candidates are sure to reach the top; calls ~ (k - grid) / step + 1 per pass.
+    tournament: round-robin groups of one grid each, the top grid // groups of each advance to a final
+    grid (recursively); the others follow by their rank in their group; calls = groups + later rounds."""
     window_step: int | None = Field(None, ge=1)
     """Sliding windows: how far each window moves up (None: half a grid)."""
     fusion_weight: float = Field(0.0, ge=0.0, le=1.0)

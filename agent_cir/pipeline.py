@@ -133,7 +133,14 @@ class Pipeline:
         if recipe.rerank.enabled:
             from agent_cir.stages.rerank import RerankStage
 
-            stages.append(RerankStage(recipe.rerank, self.models[recipe.rerank.model], self.cache))
+            stages.append(
+                RerankStage(
+                    recipe.rerank,
+                    self.models[recipe.rerank.model],
+                    self.cache,
+                    candidate_captions=self.gallery.captions or None,
+                )
+            )
         return stages
 
     # ---------- running ----------
@@ -160,7 +167,11 @@ class Pipeline:
             state.artifacts_dir = self.artifacts_dir / safe_name(query.id)
         return state
 
-    def run(self, query: Query) -> Result:
+    def run(
+        self, query: Query, on_stage: Callable[[StageRecord, QueryState], None] | None = None
+    ) -> Result:
+        """Run one query. ``on_stage`` is called after each stage with its record and the state so far
+        (the demo uses it to show stages as they complete)."""
         state = self._prepare(query)
         started = time.perf_counter()
         for stage in self.stages:
@@ -171,6 +182,8 @@ class Pipeline:
                 record = stage.run(state)
                 record.seconds = round(time.perf_counter() - stage_started, 6)
             state.records.append(record)
+            if on_stage is not None:
+                on_stage(record, state)
         seconds = time.perf_counter() - started
         trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds)
         with self._lock:

@@ -1,3 +1,3 @@
 """Imports every command module so that it registers itself on the app."""
 
-from agent_cir.cli import index_cmd, search_cmd  # noqa: F401
+from agent_cir.cli import demo_cmd, eval_cmd, index_cmd, report_cmd, search_cmd  # noqa: F401

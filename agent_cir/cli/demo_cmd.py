@@ -1,0 +1,25 @@
+"""agent-cir demo: an interactive page to run one query stage by stage and edit the target description."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from agent_cir.cli import app
+from agent_cir.cli._common import user_errors
+
+
+@app.command("demo")
+def demo(
+    config: str = typer.Option(..., "--config", "-c", help="Recipe: packaged name or YAML path."),
+    index: Path = typer.Option(..., "--index", "-i", help="Gallery index folder (made by `agent-cir index`)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default keeps it on this machine."),
+    port: int | None = typer.Option(None, "--port", "-p", help="Port (default: the first free one from 7860)."),
+    artifacts: Path | None = typer.Option(None, "--artifacts", help="Where grid images are written (default: a temporary folder)."),
+) -> None:
+    """Run the interactive demo (needs the `demo` extra: pip install 'agent-cir\\[demo]')."""
+    from agent_cir.demo import launch_demo
+
+    with user_errors():
+        launch_demo(config, index, host=host, port=port, artifacts_dir=artifacts)

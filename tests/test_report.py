@@ -1,0 +1,293 @@
+"""The static HTML report: right query pages, right statuses and highlights, filters, thumbnails, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent_cir.report import ReportError, build_report
+from agent_cir.trace import TraceWriter
+from tests.fixtures.report import QUERIES, gallery_id, make_trace, write_run
+
+
+class _Page(HTMLParser):
+    """Collects what the assertions need: images, placeholders, links, highlighted items, table rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.placeholders = 0
+        self.links: list[str] = []
+        self.targets: list[str] = []
+        self.items: list[str] = []
+        self.rows: dict[str, str] = {}
+        self.manual_badges = 0
+        self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        if "placeholder" in classes:
+            self.placeholders += 1
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"] or "")
+        if tag == "figure" and "item" in classes:
+            self.items.append(a.get("data-id") or "")
+            if "target" in classes:
+                self.targets.append(a.get("data-id") or "")
+        if tag == "tr" and a.get("data-query-id"):
+            self.rows[a["data-query-id"] or ""] = a.get("data-status") or ""
+        if tag == "span" and "manual" in classes:
+            self.manual_badges += 1
+        if tag == "script" and a.get("src"):
+            self.scripts.append(a["src"] or "")
+        if tag == "link":
+            self.stylesheets.append(a.get("href") or "")
+
+
+def parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_statuses_ranks_and_one_page_per_query(synthetic_run, tmp_path):
+    out = tmp_path / "report"
+    index = build_report(synthetic_run.run_dir, out)
+    assert index == out / "index.html"
+    data = summary(out)
+    assert {q["id"]: q["status"] for q in data["queries"]} == synthetic_run.expected_status
+    assert {q["id"]: (q["retrieve_rank"], q["final_rank"]) for q in data["queries"]} == synthetic_run.expected_ranks
+    page = parse(index)
+    assert page.rows == synthetic_run.expected_status
+    query_links = [link for link in page.links if link.startswith("queries/")]
+    assert sorted(query_links) == sorted(q["page"] for q in data["queries"])
+    for link in query_links:
+        assert (out / link).is_file()
+    # metrics.json and the per-stage totals are on the index
+    html = index.read_text()
+    assert "recall@1" in html and "0.400" in html and "a note from the runner" in html
+    assert 'data-stage="rerank"' in html and 'data-stage="retrieve"' in html
+    assert not page.scripts and not any(s.startswith("http") for s in page.stylesheets), "no external assets"
+
+
+def _query_page(out: Path, query_id: str) -> Path:
+    entry = next(q for q in summary(out)["queries"] if q["id"] == query_id)
+    return out / entry["page"]
+
+
+def test_ground_truth_highlighted_only_on_ground_truth_items(synthetic_run, tmp_path):
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    improved = parse(_query_page(out, "q-improved"))
+    # retrieval list + final ranking + ground-truth panel all mark img03 and only img03
+    assert set(improved.targets) == {gallery_id(3)}
+    assert improved.targets.count(gallery_id(3)) == 3
+    # page order: ground-truth panel, then the retrieval top-k in retrieval order
+    assert improved.items[1:7] == [gallery_id(n) for n in QUERIES["q-improved"][1]]
+    html = _query_page(out, "q-improved").read_text()
+    assert 'data-stage="retrieve" data-rank="#4"' in html and 'data-stage="rerank" data-rank="#1"' in html
+    assert "Ranking: 4 &gt; 1 &gt; 2 &gt; 3" in html, "the judge's raw answer is shown"
+    assert "window 0, pass 0: appended_missing (appended: [4])" in html, "repairs are shown"
+
+    lost = parse(_query_page(out, "q-lost"))
+    assert lost.targets == [gallery_id(11)], "a lost target appears only in the ground-truth panel"
+    assert 'data-rank="&gt; 6"' in _query_page(out, "q-lost").read_text()
+
+    unknown_html = _query_page(out, "q-unknown").read_text()
+    assert parse(_query_page(out, "q-unknown")).targets == []
+    assert "rank-chart" not in unknown_html
+
+
+def test_manual_description_badge(synthetic_run, tmp_path):
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    manual = parse(_query_page(out, "q-manual"))
+    assert manual.manual_badges == 1
+    assert "manual target description" in _query_page(out, "q-manual").read_text()
+    assert parse(_query_page(out, "q-hit")).manual_badges == 0
+    assert parse(out / "index.html").manual_badges == 1
+
+
+@pytest.mark.parametrize("status, expected", [("lost", ["q-lost"]), ("improved", ["q-improved"]),
+                                              ("hurt", ["q-hurt"]), ("hit", ["q-hit", "q-manual"])])
+def test_filter_selects_the_right_queries(synthetic_run, tmp_path, status, expected):
+    out = tmp_path / status
+    build_report(synthetic_run.run_dir, out, filter=status)
+    assert list(parse(out / "index.html").rows) == expected
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "queries").glob("*.html")) == sorted(expected)
+    # counts still describe the whole run
+    assert summary(out)["counts"] == {"lost": 1, "improved": 1, "hurt": 1, "hit": 2, "unknown": 1}
+
+
+def test_every_image_link_resolves_and_thumbnails_are_cached(synthetic_run, tmp_path):
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    pages = [out / "index.html", *sorted((out / "queries").glob("*.html"))]
+    for page_path in pages:
+        for src in parse(page_path).images:
+            assert src and not src.startswith(("http:", "https:", "/")), src
+            assert (page_path.parent / src).is_file(), f"{page_path.name}: {src} missing"
+    first = summary(out)["thumbnails"]
+    assert first["generated"] > 0
+    build_report(synthetic_run.run_dir, out)
+    second = summary(out)["thumbnails"]
+    assert second["generated"] == 0 and second["reused"] == first["generated"]
+    # a changed image gets a new thumbnail
+    changed = synthetic_run.gallery_dir / gallery_id(3)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    build_report(synthetic_run.run_dir, out)
+    assert summary(out)["thumbnails"]["generated"] == 1
+
+
+def test_caption_only_run_draws_placeholders_not_broken_images(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(make_trace("surrogate-1", None, None, ground_truth=[2], retrieve_order=[1, 2, 3, 4, 5, 0],
+                                rerank_order=None))
+    out = tmp_path / "report"
+    build_report(traces, out)
+    page = parse(_query_page(out, "surrogate-1"))
+    assert page.images == []
+    assert page.placeholders == 6 + 1 + 1  # top-k + reference + ground truth; the final ranking is not repeated
+    assert page.targets.count(gallery_id(2)) == 2
+    assert "no rerank stage ran" in _query_page(out, "surrogate-1").read_text()
+    assert summary(out)["queries"][0]["status"] == "hit"
+
+
+def test_surrogate_eval_run_shows_gallery_captions_in_placeholders(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({gallery_id(n): [f"caption of picture {n}"] for n in range(12)}))
+    (run_dir / "run.json").write_text(json.dumps({"dataset": "cirr", "gallery_captions": {"path": str(captions)}}))
+    with TraceWriter(run_dir / "traces.jsonl", mode="w") as writer:
+        writer.write(make_trace("s-1", None, None, ground_truth=[2], retrieve_order=[1, 2, 3, 4, 5, 0], rerank_order=None))
+    out = tmp_path / "report"
+    build_report(run_dir, out)
+    html = _query_page(out, "s-1").read_text()
+    for n in (1, 2, 3, 4, 5, 0, 9):  # top-k, ground truth, reference (img09)
+        assert f"caption of picture {n}<" in html
+
+
+def test_pagination_and_limit(tmp_path):
+    run_dir = write_run(tmp_path, repeat=2)  # 12 queries
+    out = tmp_path / "report"
+    build_report(run_dir, out, page_size=5)
+    data = summary(out)
+    assert data["index_pages"] == ["index.html", "index-2.html", "index-3.html"]
+    seen: list[str] = []
+    for name in data["index_pages"]:
+        page = parse(out / name)
+        seen += list(page.rows)
+        assert {"index.html", "index-2.html", "index-3.html"} - {name} <= set(page.links)
+    assert len(seen) == 12 and len(set(seen)) == 12
+    query = next(q for q in data["queries"] if q["index_page"] == "index-3.html")
+    assert "../index-3.html" in parse(out / query["page"]).links
+
+    build_report(run_dir, out, limit=5, page_size=5)
+    assert len(summary(out)["queries"]) == 5
+    assert not (out / "index-2.html").exists(), "stale pages of a larger report are removed"
+    assert len(list((out / "queries").glob("*.html"))) == 5
+    assert not (out / "index-3.html").exists()
+
+
+def test_duplicate_ids_keep_last_record_and_torn_line_is_skipped(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(make_trace("dup", None, None, ground_truth=[9], retrieve_order=[0, 1, 2, 3, 4, 5], rerank_order=None))
+        writer.write(make_trace("dup", None, None, ground_truth=[1], retrieve_order=[0, 1, 2, 3, 4, 5], rerank_order=None))
+    with open(traces, "a") as handle:
+        handle.write('{"query_id": "torn", "sta')
+    out = tmp_path / "report"
+    build_report(traces, out)
+    data = summary(out)
+    assert [(q["id"], q["status"], q["retrieve_rank"]) for q in data["queries"]] == [("dup", "hit", 2)]
+    assert "1 query id(s) appear more than once in traces.jsonl (e.g. dup)" in (out / "index.html").read_text()
+
+
+def test_bad_sources_raise_clear_errors(tmp_path):
+    with pytest.raises(ReportError, match="no such file or folder"):
+        build_report(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(ReportError, match="without traces.jsonl"):
+        build_report(tmp_path / "empty_run", tmp_path / "out")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ReportError, match="no trace records"):
+        build_report(tmp_path / "empty.jsonl", tmp_path / "out")
+    (tmp_path / "empty_run" / "traces.jsonl").write_text("")
+    with pytest.raises(ReportError, match="unknown filter"):
+        build_report(tmp_path / "empty_run", tmp_path / "out", filter="bogus")
+
+
+def test_cli_report(synthetic_run, tmp_path):
+    from agent_cir.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    out = tmp_path / "cli-report"
+    result = runner.invoke(app, ["report", str(synthetic_run.run_dir), "--out", str(out), "--filter", "hurt"])
+    assert result.exit_code == 0, result.output
+    assert "report written" in result.output
+    assert list(parse(out / "index.html").rows) == ["q-hurt"]
+    bad = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert bad.exit_code == 2
+    assert "no such file or folder" in bad.output and "Traceback" not in bad.output
+    assert re.search(r"error: .*nowhere", bad.output)
+
+
+def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_path):
+    """Traces written by the real Pipeline (tiny open_clip, scripted models) render with their grids."""
+    from agent_cir.types import Query
+
+    reference = demo_pipeline.gallery.paths[3]
+    first = demo_pipeline.run(Query(id="real-1", text="make it red", image=reference, reference_id="photo_03.png"))
+    retrieved = next(s for s in first.trace["stages"] if s["stage"] == "retrieve")["output"]["candidates"]
+    target = retrieved[2]["id"]  # the scripted judge puts cell 3 first: the rerank improves this target
+    meta = {"ground_truth": [target]}
+    runs = [
+        demo_pipeline.run(Query(id="real-1", text="make it red", image=reference, reference_id="photo_03.png", meta=meta)),
+        demo_pipeline.run(Query(id="real-2", text="make it red", image=reference, reference_id="photo_03.png",
+                                target_text="a green square", meta=meta)),
+    ]
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        for result in runs:
+            writer.write(result.trace)
+    out = tmp_path / "report"
+    build_report(traces, out)
+    entries = {q["id"]: q for q in summary(out)["queries"]}
+    assert entries["real-1"]["status"] == "improved"
+    assert (entries["real-1"]["retrieve_rank"], entries["real-1"]["final_rank"]) == (3, 1)
+    page = parse(out / entries["real-1"]["page"])
+    assert len([src for src in page.images if src.startswith("../grids/")]) == 1, "the judge's grid is shown"
+    assert all((out / "queries" / src).is_file() for src in page.images)
+    manual = parse(out / entries["real-2"]["page"])
+    assert manual.manual_badges == 1
+    assert "target description set by hand" in (out / entries["real-2"]["page"]).read_text()
+
+
+def test_metrics_files_flat_or_nested():
+    from agent_cir.report.writer import split_metrics
+
+    nested = split_metrics({"dataset": "cirr", "metrics": {"recall@1": 0.3}, "notes": ["n1"], "surrogate_note": "n2",
+                            "categories": None, "queries": {"selected": 3}})
+    assert nested == {"scores": {"recall@1": 0.3}, "facts": {"dataset": "cirr", "queries": {"selected": 3}},
+                      "notes": ["n1", "n2"]}
+    flat = split_metrics({"recall@1": 0.3, "recall@5": 0.5, "benchmark": "x"})
+    assert flat == {"scores": {"recall@1": 0.3, "recall@5": 0.5}, "facts": {"benchmark": "x"}, "notes": []}
+    assert split_metrics(None)["scores"] is None

@@ -1,0 +1,149 @@
+"""``agent-cir eval`` (benchmark runs), ``agent-cir compare`` (two runs) and ``agent-cir recipes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+import yaml
+
+from agent_cir.cli import app
+from agent_cir.cli._common import echo_json, user_errors
+from agent_cir.errors import AgentCirError
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["retrieve.alpha=0.7", "encoder.model=/m"]`` -> nested overrides; values are read as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise AgentCirError(f"--set {assignment!r}: expected KEY=VALUE, e.g. retrieve.alpha=0.7")
+        node = overrides
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AgentCirError(f"--set {assignment!r}: {part} is set twice")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return overrides
+
+
+def _print_metrics(payload: dict[str, Any]) -> None:
+    from agent_cir.eval.compare import flatten_metrics
+
+    flat = flatten_metrics(payload.get("metrics", {}))
+    queries = payload.get("queries", {})
+    typer.echo(
+        f"{payload.get('dataset')} {payload.get('split')}: {queries.get('evaluated')} of {queries.get('selected')} "
+        f"queries evaluated; {payload.get('model_calls')} model calls; "
+        f"{payload.get('seconds_per_query')} s/query"
+    )
+    for name, value in flat.items():
+        typer.echo(f"  {name:<28}{value:8.2f}")
+    if payload.get("surrogate"):
+        typer.echo("  (text surrogate: not comparable with image-based results)")
+    for note in payload.get("notes", []):
+        typer.echo(f"  note: {note}")
+    for path in (payload.get("submission") or {}).get("files", []):
+        typer.echo(f"  submission: {path}")
+
+
+@app.command("eval")
+def eval_command(
+    dataset: str = typer.Option(..., "--dataset", help="circo | cirr | fashioniq | genecis"),
+    split: str = typer.Option("val", "--split", help="val | test (CIRR test = test1; GeneCIS: val only)."),
+    images: Optional[Path] = typer.Option(
+        None, "--images",
+        help="Image root. CIRCO: ROOT/unlabeled2017/*.jpg; CIRR: ROOT/dev, ROOT/test1; FashionIQ: ROOT/images/*.png; "
+        "GeneCIS: ROOT/val2017/*.jpg. Leave out for the caption-only text surrogate (with --gallery-captions).",
+    ),
+    config: str = typer.Option(..., "--config", help="Recipe: packaged name (see `agent-cir recipes`) or YAML path."),
+    out: Path = typer.Option(..., "--out", help="Run folder; rerun with the same folder to resume."),
+    annotations: Optional[Path] = typer.Option(
+        None, "--annotations",
+        help="Folder with the official annotation files (the dataset's folder or a parent of cirr/, circo/, ...). "
+        "Default: $AGENT_CIR_BENCHMARKS, then --images, then the folders around --gallery-captions.",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N queries (per category/task)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="File of query ids to run, one per line."),
+    gallery_captions: Optional[Path] = typer.Option(
+        None, "--gallery-captions",
+        help="JSON of gallery image captions. Without --images: the text surrogate (gallery = captions).",
+    ),
+    category: Optional[List[str]] = typer.Option(
+        None, "--category", help="FashionIQ: dress | shirt | toptee; GeneCIS: change_object | focus_object. "
+        "Repeatable; default all.",
+    ),
+    index_dir: Optional[Path] = typer.Option(
+        None, "--index-dir", help="Where gallery indexes are built and reused (default OUT/index)."
+    ),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="Queries in flight."),
+    assignments: Optional[List[str]] = typer.Option(
+        None, "--set", help="Recipe override KEY=VALUE, repeatable (e.g. --set retrieve.alpha=0.7)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar over queries."),
+) -> None:
+    """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
+    with user_errors():
+        from agent_cir.eval.runner import read_query_ids, run_eval
+
+        outcome = run_eval(
+            dataset=dataset,
+            split=split,
+            images_root=images,
+            recipe=config,
+            out_dir=out,
+            limit=limit,
+            query_ids=read_query_ids(queries) if queries else None,
+            gallery_captions=gallery_captions,
+            annotations=annotations,
+            categories=category or None,
+            index_dir=index_dir,
+            overrides=parse_assignments(assignments or []),
+            max_concurrency=max_concurrency,
+            progress=progress,
+        )
+        if as_json:
+            echo_json(outcome.metrics)
+        else:
+            _print_metrics(outcome.metrics)
+            typer.echo(f"wrote {outcome.out_dir}/metrics.json, traces.jsonl, run.json")
+
+
+@app.command("compare")
+def compare_command(
+    run_a: Path = typer.Argument(..., help="First run folder (agent-cir eval --out)."),
+    run_b: Path = typer.Argument(..., help="Second run folder."),
+    top: int = typer.Option(10, "--top", min=0, help="How many most-changed queries to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Metrics of two runs side by side, and the queries whose target rank changed most."""
+    with user_errors():
+        from agent_cir.eval.compare import compare_runs, format_comparison
+
+        comparison = compare_runs(run_a, run_b, top=top)
+        if as_json:
+            echo_json(comparison)
+        else:
+            typer.echo(format_comparison(comparison))
+
+
+@app.command("recipes")
+def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List the packaged recipes and the published setting each one mirrors."""
+    with user_errors():
+        from agent_cir.config import available_recipes, load_recipe
+
+        rows = []
+        for name, path in available_recipes().items():
+            recipe = load_recipe(path)
+            rows.append({"name": name, "mirrors": recipe.mirrors, "description": recipe.description, "path": str(path)})
+        if as_json:
+            echo_json(rows)
+            return
+        width = max((len(row["name"]) for row in rows), default=10) + 2
+        for row in rows:
+            typer.echo(f"{row['name']:<{width}}{row['mirrors'] or row['description']}")

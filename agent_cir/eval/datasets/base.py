@@ -1,0 +1,141 @@
+"""What every benchmark loader returns, and the checks shared by all of them.
+
+A loader reads the OFFICIAL annotation files (never images) and returns one :class:`BenchmarkSplit` per
+gallery: the queries (``agent_cir.types.Query``, ground truth in ``meta``), the gallery ids, and for each
+image id its path relative to the user's ``--images ROOT``. Images are checked before any model runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_cir.errors import AgentCirError
+from agent_cir.types import Query
+
+
+class BenchmarkDataError(AgentCirError):
+    """Annotation files are missing or not in the official format."""
+
+
+class MissingImagesError(AgentCirError):
+    """The image root is missing, or images the benchmark needs are not under it."""
+
+
+@dataclass
+class BenchmarkSplit:
+    """One benchmark split with one gallery (FashionIQ and GeneCIS give one per category/task)."""
+
+    dataset: str
+    """circo | cirr | fashioniq | genecis"""
+    split: str
+    """val | test (CIRR's test split is test1)."""
+    category: str | None
+    """FashionIQ category or GeneCIS task; None for CIRCO and CIRR."""
+    queries: list[Query]
+    gallery_ids: list[str] | None
+    """Ids of the images ranked. None for CIRCO until the image folder is scanned (its gallery is the
+    whole COCO unlabeled2017 folder, which the annotations do not list)."""
+    image_files: dict[str, str]
+    """Image id -> path relative to the images root, for every image the split needs (gallery and references)."""
+    annotation_files: list[Path]
+    has_ground_truth: bool
+    layout: str
+    """What ``--images ROOT`` must contain, for error messages and the docs."""
+    images_root: Path | None = None
+    image_subdir: str = ""
+    """Folder under ROOT that holds the gallery images (the folder the index is built over)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe label: ``cirr-val``, ``fashioniq-dress-val``, ``genecis-change_object-val``."""
+        parts = [self.dataset] + ([self.category] if self.category else []) + [self.split]
+        return "-".join(parts)
+
+    def image_path(self, image_id: str) -> Path:
+        if self.images_root is None:
+            raise MissingImagesError(f"{self.name}: no image root given; pass --images ROOT ({self.layout})")
+        return self.images_root / self.image_files[image_id]
+
+    @property
+    def images_dir(self) -> Path:
+        """The folder an index of this split's gallery is built over."""
+        if self.images_root is None:
+            raise MissingImagesError(f"{self.name}: no image root given; pass --images ROOT ({self.layout})")
+        return self.images_root / self.image_subdir if self.image_subdir else self.images_root
+
+    def gallery_relative_paths(self) -> list[str]:
+        """Gallery image paths relative to :attr:`images_dir` (what the index stores as its ids)."""
+        prefix = f"{self.image_subdir}/" if self.image_subdir else ""
+        paths = []
+        for image_id in self.gallery_ids or []:
+            relative = self.image_files[image_id]
+            paths.append(relative[len(prefix):] if prefix and relative.startswith(prefix) else relative)
+        return paths
+
+    def check_images(self) -> None:
+        """Raise :class:`MissingImagesError` unless every image the split needs exists under the root."""
+        if self.images_root is None:
+            raise MissingImagesError(f"{self.name} needs its images: pass --images ROOT, where {self.layout}")
+        if not self.images_root.is_dir():
+            raise MissingImagesError(
+                f"{self.name}: image root {self.images_root} does not exist or is not a folder; {self.layout}"
+            )
+        missing = [rel for rel in self.image_files.values() if not (self.images_root / rel).is_file()]
+        if missing:
+            examples = ", ".join(str(self.images_root / rel) for rel in missing[:3])
+            raise MissingImagesError(
+                f"{self.name}: {len(missing)} of {len(self.image_files)} images are missing under "
+                f"{self.images_root} (e.g. {examples}); {self.layout}"
+            )
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise BenchmarkDataError(f"{what}: {path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BenchmarkDataError(f"{what}: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+
+
+def require_keys(record: Any, keys: tuple[str, ...], path: Path, position: int) -> None:
+    if not isinstance(record, dict):
+        raise BenchmarkDataError(f"{path}: entry {position} is not an object; is this the official file?")
+    absent = [key for key in keys if key not in record]
+    if absent:
+        raise BenchmarkDataError(
+            f"{path}: entry {position} lacks {', '.join(absent)}; is this the official annotation file?"
+        )
+
+
+def locate_dataset_dir(candidates: list[Path], folder_names: tuple[str, ...], marker: str, dataset: str) -> Path:
+    """The first candidate folder (or its ``<folder_name>/`` child) that holds ``marker``.
+
+    Users keep annotations either in the dataset's own folder (``cirr/captions/...``) or in a parent with
+    one folder per benchmark (``benchmarks/cirr/captions/...``); both are accepted.
+    """
+    searched: list[str] = []
+    for candidate in candidates:
+        base = Path(candidate).expanduser()
+        for folder in (base, *(base / name for name in folder_names)):
+            searched.append(str(folder / marker))
+            if (folder / marker).is_file():
+                return folder
+    raise BenchmarkDataError(
+        f"{dataset} annotations not found (looked for {', '.join(searched) or marker}); pass "
+        f"--annotations DIR, the folder with the official {dataset} annotation files"
+    )
+
+
+def subfolder_root(root: Path | None, subdir: str) -> Path | None:
+    """Accept both ROOT (containing ``subdir/``) and ROOT pointing at ``subdir`` itself."""
+    if root is None:
+        return None
+    root = Path(root).expanduser()
+    if not (root / subdir).is_dir() and root.name == subdir:
+        return root.parent
+    return root

@@ -1,0 +1,107 @@
+"""CIRCO (Baldrati et al., ICCV 2023): ``annotations/{val,test}.json``; images are COCO unlabeled2017.
+
+Expected image layout: ``ROOT/unlabeled2017/000000xxxxxx.jpg`` (the official ``COCO2017_unlabeled``
+folder; ROOT may also be the ``unlabeled2017`` folder itself). The gallery is every image in that
+folder (123,403 in the official release), so it is only known once the folder is scanned.
+Ids are the COCO image ids as strings (``"57413"``); submissions write them back as integers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent_cir.eval.datasets.base import (
+    BenchmarkDataError,
+    BenchmarkSplit,
+    MissingImagesError,
+    locate_dataset_dir,
+    read_json,
+    require_keys,
+    subfolder_root,
+)
+from agent_cir.types import Query
+
+FOLDER_NAMES = ("circo", "CIRCO")
+IMAGE_SUBDIR = "unlabeled2017"
+OFFICIAL_GALLERY_SIZE = 123403
+LAYOUT = "ROOT must contain unlabeled2017/000000xxxxxx.jpg (COCO 2017 unlabeled images)"
+
+
+def image_file(image_id: int | str) -> str:
+    return f"{IMAGE_SUBDIR}/{int(image_id):012d}.jpg"
+
+
+def locate(candidates: list[Path]) -> Path:
+    return locate_dataset_dir(candidates, FOLDER_NAMES, "annotations/val.json", "CIRCO")
+
+
+def load_circo(annotations_dir: Path, split: str, images_root: Path | None = None) -> BenchmarkSplit:
+    if split not in ("val", "test"):
+        raise BenchmarkDataError(f"CIRCO has splits val and test, not {split!r}")
+    path = Path(annotations_dir) / "annotations" / f"{split}.json"
+    records = read_json(path, f"CIRCO {split} annotations")
+    if not isinstance(records, list):
+        raise BenchmarkDataError(f"{path}: expected a list of queries; is this the official CIRCO file?")
+    has_ground_truth = split == "val"
+    required = ("id", "reference_img_id", "relative_caption")
+    required += ("target_img_id", "gt_img_ids") if has_ground_truth else ()
+    root = subfolder_root(images_root, IMAGE_SUBDIR)
+    queries: list[Query] = []
+    image_files: dict[str, str] = {}
+    for position, record in enumerate(records):
+        require_keys(record, required, path, position)
+        reference = str(record["reference_img_id"])
+        image_files[reference] = image_file(reference)
+        meta: dict = {"shared_concept": record.get("shared_concept")}
+        if has_ground_truth:
+            ground_truth = [str(i) for i in record["gt_img_ids"]]
+            meta.update(
+                ground_truth=ground_truth,
+                target=str(record["target_img_id"]),
+                semantic_aspects=list(record.get("semantic_aspects", [])),
+            )
+            for image_id in ground_truth:
+                image_files[image_id] = image_file(image_id)
+        queries.append(
+            Query(
+                id=str(record["id"]),
+                text=str(record["relative_caption"]),
+                image=str(root / image_files[reference]) if root else None,
+                reference_id=reference,
+                meta=meta,
+            )
+        )
+    return BenchmarkSplit(
+        dataset="circo",
+        split=split,
+        category=None,
+        queries=queries,
+        gallery_ids=None,
+        image_files=image_files,
+        annotation_files=[path],
+        has_ground_truth=has_ground_truth,
+        layout=LAYOUT,
+        images_root=root,
+        image_subdir=IMAGE_SUBDIR,
+    )
+
+
+def scan_gallery(split: BenchmarkSplit) -> None:
+    """Fill ``gallery_ids`` from the unlabeled2017 folder (after ``check_images`` passed)."""
+    folder = split.images_dir
+    if not folder.is_dir():
+        raise MissingImagesError(f"CIRCO: {folder} does not exist; {LAYOUT}")
+    ids: list[str] = []
+    for path in sorted(folder.glob("*.jpg")):
+        try:
+            ids.append(str(int(path.stem)))
+        except ValueError:
+            continue  # not a COCO image name; the official gallery has only numeric names
+    for image_id in ids:
+        split.image_files.setdefault(image_id, image_file(image_id))
+    split.gallery_ids = ids
+    if len(ids) != OFFICIAL_GALLERY_SIZE:
+        split.notes.append(
+            f"CIRCO gallery has {len(ids)} images under {folder}, the official one {OFFICIAL_GALLERY_SIZE}: "
+            "metrics are not comparable with published ones"
+        )

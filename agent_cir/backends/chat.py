@@ -1,0 +1,412 @@
+"""One spec string (or ``models:`` block) -> a LangChain chat model, wrapped in a ``ChatModelHandle``.
+
+Specs:
+  ``openai:MODEL``        ChatOpenAI; ``base_url`` for vLLM, SGLang, llama.cpp server or any OpenAI-compatible
+                          server. Key: ``api_key``, else ``$api_key_env``, else ``$OPENAI_API_KEY``; with a
+                          ``base_url`` and no key a placeholder is sent (local servers ignore it).
+  ``ollama:MODEL``        ChatOllama (``pip install 'agent-cir[ollama]'``); ``base_url`` defaults to Ollama's.
+  ``hf:ID_OR_PATH``       local transformers text LLM; a ``.gguf`` path or ``gguf_file`` loads GGUF weights.
+  ``hf-vlm:ID_OR_PATH``   local transformers VLM (AutoProcessor + AutoModelForImageTextToText).
+                          For both local backends ``extra`` goes to ``from_pretrained`` (e.g. revision).
+  ``fake:NAME``           scripted answers for tests and demos: ``extra: {responses: [...]}`` are returned in
+                          order (cycling when ``cycle`` is true, the default); from Python, ``respond`` may be a
+                          function of the messages instead. No network, no weights.
+
+Retries with backoff come from the client (ChatOpenAI ``max_retries``) or LangChain's ``.with_retry``
+(applied by ``invoke``); the rate limit is LangChain's ``InMemoryRateLimiter``; ``max_concurrency`` bounds
+how many calls one model serves at once across all pipeline threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import PrivateAttr
+
+from agent_cir.config import ModelConfig
+from agent_cir.errors import AgentCirError
+
+BACKENDS = ("openai", "ollama", "hf", "hf-vlm", "fake")
+LOCAL_KEY_PLACEHOLDER = "not-needed"
+
+
+class BackendError(AgentCirError, ValueError):
+    """A model spec or its options are invalid, or the backend's package is missing."""
+
+
+class ScriptedChatModel(BaseChatModel):
+    """``fake:`` answers from a list (or a function of the messages); records what it was sent.
+
+    Unlike LangChain's FakeListChatModel it accepts image blocks, reports token usage (whitespace tokens)
+    and keeps the messages it received, so tests can assert on rendered prompts and attached images.
+    """
+
+    responses: list[str] = []
+    cycle: bool = True
+    respond: Callable[[list[BaseMessage]], str] | None = None
+    """Python-only alternative to ``responses``: compute the answer from the messages."""
+    model_name: str = "fake"
+    temperature: float = 0.0
+    seed: int | None = 0
+
+    # One mutable script state, shared by sampling copies (model_copy is shallow), so that copies made for
+    # another temperature continue the same script and record into the same list.
+    _script: dict[str, Any] = PrivateAttr(
+        default_factory=lambda: {"index": 0, "received": [], "lock": threading.Lock()}
+    )
+
+    @property
+    def _llm_type(self) -> str:
+        return "agent-cir-fake"
+
+    @property
+    def received(self) -> list[list[BaseMessage]]:
+        """Every message list this model (or a sampling copy of it) was called with."""
+        return self._script["received"]
+
+    def _next_response(self, messages: list[BaseMessage]) -> str:
+        script = self._script
+        with script["lock"]:
+            script["received"].append(list(messages))
+        if self.respond is not None:
+            return self.respond(messages)  # outside the lock: concurrent calls really overlap
+        with script["lock"]:
+            if script["index"] >= len(self.responses):
+                if not self.cycle:
+                    raise BackendError(f"fake:{self.model_name} ran out of scripted responses ({len(self.responses)})")
+                script["index"] = 0
+            answer = self.responses[script["index"]]
+            script["index"] += 1
+            return answer
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = self._next_response(messages)
+        prompt_words = sum(len(_text_words(m.content)) for m in messages)
+        usage = {"input_tokens": prompt_words, "output_tokens": len(text.split()), "total_tokens": 0}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_name})
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _text_words(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return content.split()
+    parts = content if isinstance(content, list) else [content]
+    return [w for p in parts if isinstance(p, dict) and p.get("type") == "text" for w in str(p.get("text", "")).split()]
+
+
+@dataclass
+class ChatModelHandle:
+    """A chat model plus what the pipeline needs to call, cache and trace it."""
+
+    chat: BaseChatModel
+    backend: str
+    model: str
+    """Model id for traces and cache keys (``gpt-4o-mini``, a local path, ``fake``)."""
+    config: ModelConfig
+    supports_structured_output: bool
+    retry_attempts: int = 0
+    """Extra attempts ``invoke`` adds with ``.with_retry`` (0 where the client retries by itself)."""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    """What else decides the answers (endpoint, GGUF file, quantization): part of cache keys."""
+    structured_disabled: bool = False
+    """Set after the backend rejected structured output once; later calls go straight to plain text."""
+    _semaphore: threading.BoundedSemaphore = field(init=False, repr=False)
+    _variants: dict[tuple[Any, ...], BaseChatModel] = field(init=False, repr=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._semaphore = threading.BoundedSemaphore(self.config.max_concurrency)
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+    @property
+    def slot(self) -> threading.BoundedSemaphore:
+        """Held while a call runs: at most ``max_concurrency`` calls at once for this model."""
+        return self._semaphore
+
+    def sampling_params(self, temperature: float | None = None, sample_index: int = 0) -> dict[str, Any]:
+        """The parameters that decide an answer; a distinct seed per sample so that N samples differ."""
+        seed = self.config.seed
+        if seed is not None and sample_index:
+            seed = seed + sample_index
+        return {
+            "temperature": self.config.temperature if temperature is None else float(temperature),
+            "top_p": self.config.top_p,
+            "max_tokens": self.config.max_tokens,
+            "seed": seed,
+            "sample_index": sample_index,
+        }
+
+    def variant(self, temperature: float, seed: int | None) -> BaseChatModel:
+        """The chat model with another temperature/seed (a shallow copy; clients and weights are shared)."""
+        update: dict[str, Any] = {}
+        fields = type(self.chat).model_fields
+        if "temperature" in fields and getattr(self.chat, "temperature", None) != temperature:
+            update["temperature"] = temperature
+        if "seed" in fields and getattr(self.chat, "seed", None) != seed:
+            update["seed"] = seed
+        if not update:
+            return self.chat
+        key = tuple(sorted(update.items()))
+        with self._lock:
+            if key not in self._variants:
+                self._variants[key] = self.chat.model_copy(update=update)
+            return self._variants[key]
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    backend, sep, model = spec.partition(":")
+    backend = backend.strip().lower()
+    if not sep or backend not in BACKENDS:
+        raise BackendError(
+            f"model spec {spec!r}: expected BACKEND:MODEL with BACKEND one of {', '.join(BACKENDS)} "
+            "(e.g. openai:gpt-4o-mini, ollama:qwen2.5:7b, hf:Qwen/Qwen2.5-1.5B-Instruct, hf-vlm:./my-vlm, fake:)"
+        )
+    model = model.strip()
+    if not model and backend != "fake":
+        raise BackendError(f"model spec {spec!r}: the model name after '{backend}:' is empty")
+    return backend, model or "fake"
+
+
+def _rate_limiter(config: ModelConfig) -> Any:
+    if not config.requests_per_second:
+        return None
+    from langchain_core.rate_limiters import InMemoryRateLimiter
+
+    return InMemoryRateLimiter(
+        requests_per_second=config.requests_per_second, check_every_n_seconds=0.05, max_bucket_size=1
+    )
+
+
+def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
+    from langchain_openai import ChatOpenAI
+
+    api_key = config.api_key
+    if api_key is None and config.api_key_env:
+        api_key = os.environ.get(config.api_key_env)
+        if api_key is None:
+            raise BackendError(
+                f"{config.spec}: api_key_env names ${config.api_key_env}, which is not set; export it or set api_key"
+            )
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if api_key is None:
+        if not config.base_url:
+            raise BackendError(
+                f"{config.spec}: no API key; set $OPENAI_API_KEY (or api_key / api_key_env in the model's "
+                "configuration), or give base_url of a local OpenAI-compatible server"
+            )
+        api_key = LOCAL_KEY_PLACEHOLDER  # ChatOpenAI insists on a key; local servers ignore it
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "api_key": api_key,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "timeout": config.timeout,
+        "max_retries": config.max_retries,
+        "rate_limiter": _rate_limiter(config),
+    }
+    if config.base_url:
+        kwargs["base_url"] = config.base_url
+        # ChatOpenAI sends max_completion_tokens; some OpenAI-compatible servers (llama-cpp-python) only read
+        # max_tokens and would otherwise generate until the context is full.
+        kwargs["extra_body"] = {"max_tokens": config.max_tokens}
+    if config.top_p is not None:
+        kwargs["top_p"] = config.top_p
+    if config.seed is not None:
+        kwargs["seed"] = config.seed
+    kwargs.update(config.extra)
+    chat = ChatOpenAI(**kwargs)
+    return ChatModelHandle(
+        chat=chat,
+        backend="openai",
+        model=model,
+        config=config,
+        supports_structured_output=True,
+        retry_attempts=0,
+        fingerprint={"base_url": config.base_url},
+    )
+
+
+def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
+    try:
+        from langchain_ollama import ChatOllama
+    except ImportError:
+        raise BackendError(f"{config.spec} needs langchain-ollama: pip install 'agent-cir[ollama]'") from None
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "temperature": config.temperature,
+        "num_predict": config.max_tokens,
+        "client_kwargs": {"timeout": config.timeout},
+        "rate_limiter": _rate_limiter(config),
+    }
+    if config.base_url:
+        kwargs["base_url"] = config.base_url
+    if config.top_p is not None:
+        kwargs["top_p"] = config.top_p
+    if config.seed is not None:
+        kwargs["seed"] = config.seed
+    kwargs.update(config.extra)
+    chat = ChatOllama(**kwargs)
+    return ChatModelHandle(
+        chat=chat,
+        backend="ollama",
+        model=model,
+        config=config,
+        supports_structured_output=True,
+        retry_attempts=config.max_retries,
+        fingerprint={"base_url": config.base_url},
+    )
+
+
+def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
+    from agent_cir.backends.hf_vlm import TransformersChatModel, TransformersVLMChatModel, split_gguf_path
+
+    model_path, gguf_file = split_gguf_path(model, config.gguf_file)
+    cls = TransformersVLMChatModel if vision else TransformersChatModel
+    chat = cls(
+        model_path=model_path,
+        gguf_file=gguf_file,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+        timeout=config.timeout,
+        device_map=config.device_map,
+        dtype=config.dtype,
+        quantization=config.quantization,
+        num_threads=config.num_threads,
+        load_kwargs=dict(config.extra),
+        rate_limiter=_rate_limiter(config),
+    )
+    chat.weights  # load now: a missing model fails when the pipeline is built, not mid-run
+    return ChatModelHandle(
+        chat=chat,
+        backend="hf-vlm" if vision else "hf",
+        model=model_path,
+        config=config,
+        supports_structured_output=False,
+        fingerprint={"gguf_file": gguf_file, "dtype": config.dtype, "quantization": config.quantization},
+    )
+
+
+def _fake(config: ModelConfig, model: str) -> ChatModelHandle:
+    extra = dict(config.extra)
+    unknown = set(extra) - {"responses", "cycle", "respond"}
+    if unknown:
+        raise BackendError(f"{config.spec}: unknown fake options {sorted(unknown)}; use responses, cycle")
+    responses = extra.get("responses", [])
+    if isinstance(responses, str):
+        responses = [responses]
+    if not responses and extra.get("respond") is None:
+        raise BackendError(f"{config.spec}: a fake model needs answers: extra: {{responses: ['...', ...]}}")
+    chat = ScriptedChatModel(
+        responses=[str(r) for r in responses],
+        cycle=bool(extra.get("cycle", True)),
+        respond=extra.get("respond"),
+        model_name=model,
+        temperature=config.temperature,
+        seed=config.seed,
+        rate_limiter=_rate_limiter(config),
+    )
+    return ChatModelHandle(
+        chat=chat,
+        backend="fake",
+        model=model,
+        config=config,
+        supports_structured_output=False,
+        fingerprint={
+            "responses": [str(r) for r in responses],
+            "respond": getattr(extra.get("respond"), "__qualname__", None),
+        },
+    )
+
+
+def create_chat_model(config: ModelConfig | str) -> ChatModelHandle:
+    """Build the chat model a ``models:`` entry (or a bare spec string) describes."""
+    if isinstance(config, str):
+        config = ModelConfig(spec=config)
+    backend, model = parse_spec(config.spec)
+    if backend == "openai":
+        return _openai(config, model)
+    if backend == "ollama":
+        return _ollama(config, model)
+    if backend in ("hf", "hf-vlm"):
+        return _local(config, model, vision=backend == "hf-vlm")
+    return _fake(config, model)
+
+
+def _guess_backend(chat: BaseChatModel) -> str:
+    kind = type(chat).__name__
+    if kind == "ChatOpenAI" or kind.startswith("AzureChatOpenAI"):
+        return "openai"
+    if kind == "ChatOllama":
+        return "ollama"
+    if kind == "TransformersVLMChatModel":
+        return "hf-vlm"
+    if kind == "TransformersChatModel":
+        return "hf"
+    if isinstance(chat, ScriptedChatModel) or "Fake" in kind:
+        return "fake"
+    return getattr(chat, "_llm_type", kind)
+
+
+def as_handle(
+    model: ChatModelHandle | BaseChatModel | ModelConfig | str,
+    config: ModelConfig | None = None,
+    *,
+    name: str = "model",
+) -> ChatModelHandle:
+    """Accept what a user passes as a model: a handle, any LangChain chat model, a ModelConfig or a spec string.
+
+    ``config`` (the recipe's ``models:`` entry, when there is one) supplies sampling, concurrency and retry
+    settings for an injected LangChain model; without it they come from the model's own attributes.
+    """
+    if isinstance(model, ChatModelHandle):
+        return model
+    if isinstance(model, (ModelConfig, str)):
+        return create_chat_model(model)
+    if not isinstance(model, BaseChatModel):
+        raise BackendError(
+            f"models[{name!r}]: expected a LangChain chat model, a ModelConfig or a spec string, "
+            f"got {type(model).__name__}"
+        )
+    backend = _guess_backend(model)
+    model_id = str(
+        getattr(model, "model_name", None) or getattr(model, "model", None) or getattr(model, "model_path", None)
+        or type(model).__name__
+    )
+    if config is None:
+        seed = getattr(model, "seed", 0)
+        config = ModelConfig(
+            spec=f"{backend}:{model_id}",
+            temperature=float(getattr(model, "temperature", 0.0) or 0.0),
+            seed=seed if isinstance(seed, int) else None,
+        )
+    # A model whose class implements structured output itself (ChatOpenAI, ChatAnthropic, ...) gets it asked.
+    own_structured = type(model).with_structured_output is not BaseChatModel.with_structured_output
+    own_tools = type(model).bind_tools is not BaseChatModel.bind_tools
+    return ChatModelHandle(
+        chat=model,
+        backend=backend,
+        model=model_id,
+        config=config,
+        supports_structured_output=backend in ("openai", "ollama") or own_structured or own_tools,
+        retry_attempts=config.max_retries if backend not in ("openai", "fake", "hf", "hf-vlm") else 0,
+        fingerprint={"class": type(model).__name__, "base_url": getattr(model, "openai_api_base", None)},
+    )

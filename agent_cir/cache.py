@@ -1,0 +1,148 @@
+"""SQLite model-output cache: re-running an experiment costs no model calls.
+
+Keys are stable hashes of everything that decides a model's answer (backend, model id, prompt-template
+hash, rendered messages, image content hashes, sampling parameters); values are small JSON dicts.
+Several processes may read and write one file at once: WAL journal, a busy timeout, one connection per
+thread, and upserts so that two writers of the same key never fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_cir.errors import AgentCirError
+from agent_cir.hashing import stable_hash
+
+CACHE_ENV = "AGENT_CIR_CACHE"
+_BUSY_TIMEOUT_S = 60.0
+_SCHEMA = "CREATE TABLE IF NOT EXISTS model_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+
+
+class CacheError(AgentCirError, OSError):
+    """The cache file cannot be opened or written."""
+
+
+def default_cache_path() -> Path:
+    """``$AGENT_CIR_CACHE`` if set, else ``~/.cache/agent_cir/cache.sqlite``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "agent_cir" / "cache.sqlite"
+
+
+class ModelCache:
+    """A key -> JSON-dict store in one SQLite file, shared safely by threads and processes."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path else default_cache_path()
+        self.hits = 0
+        self.misses = 0
+        self._counter_lock = threading.Lock()
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheError(
+                f"model cache folder {self.path.parent} cannot be created ({err}); set cache.path in the recipe "
+                f"or ${CACHE_ENV} to a writable file, or disable the cache (cache: {{enabled: false}})"
+            ) from None
+        self._connection()  # fail early, with a clear message, if the file is unusable
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelCache | None:
+        """A cache from a recipe's ``cache:`` block (``agent_cir.config.CacheConfig``); None when disabled."""
+        if config is None or not getattr(config, "enabled", True):
+            return None
+        return cls(getattr(config, "path", None))
+
+    @staticmethod
+    def make_key(**parts: Any) -> str:
+        """A stable hash of the named parts (dict order and float formatting independent of call site)."""
+        return stable_hash(parts)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._retry_locked(lambda: conn.execute(_SCHEMA))
+        except sqlite3.Error as err:
+            raise CacheError(
+                f"model cache {self.path} cannot be opened ({err}); delete the file if it is corrupt, "
+                f"or point cache.path / ${CACHE_ENV} elsewhere"
+            ) from None
+        self._local.conn = conn
+        return conn
+
+    @staticmethod
+    def _retry_locked(action: Any, attempts: int = 20) -> Any:
+        # Switching to WAL or creating the table needs a brief exclusive lock that the busy handler
+        # does not always wait for (e.g. while another process is doing the same); retry briefly.
+        for attempt in range(attempts):
+            try:
+                return action()
+            except sqlite3.OperationalError as err:
+                transient = "locked" in str(err) or "busy" in str(err)
+                if not transient or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored value, or None; counts a hit or a miss."""
+        row = self._connection().execute("SELECT value FROM model_cache WHERE key = ?", (key,)).fetchone()
+        with self._counter_lock:
+            if row is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return json.loads(row[0]) if row is not None else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store (or replace) a value. Safe when another process writes the same key at the same time."""
+        payload = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+        self._retry_locked(
+            lambda: self._connection().execute(
+                "INSERT INTO model_cache (key, value, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, created = excluded.created",
+                (key, payload, time.time()),
+            )
+        )
+
+    def __contains__(self, key: str) -> bool:
+        return self._connection().execute("SELECT 1 FROM model_cache WHERE key = ?", (key,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._connection().execute("SELECT COUNT(*) FROM model_cache").fetchone()[0])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._counter_lock:
+            return {"hits": self.hits, "misses": self.misses}
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' connections close when the threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for process pools: a child opens its own connections to the same file.
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"ModelCache({str(self.path)!r})"

@@ -1,0 +1,104 @@
+"""The SQLite model cache: keys, counters, default location, and several processes writing at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent_cir.cache import CacheError, ModelCache, default_cache_path
+from agent_cir.config import CacheConfig
+
+
+def test_round_trip_and_counters(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "c.sqlite")
+    key = cache.make_key(backend="fake", model="m", params={"temperature": 0.0})
+    assert cache.get(key) is None
+    cache.put(key, {"raw": "answer", "usage": {"input_tokens": 3}})
+    assert cache.get(key) == {"raw": "answer", "usage": {"input_tokens": 3}}
+    assert cache.stats == {"hits": 1, "misses": 1}
+    cache.put(key, {"raw": "replaced"})  # upsert, never a constraint error
+    assert cache.get(key) == {"raw": "replaced"} and len(cache) == 1
+    reopened = ModelCache(tmp_path / "c.sqlite")
+    assert reopened.get(key) == {"raw": "replaced"} and key in reopened
+    assert reopened.stats == {"hits": 1, "misses": 0}  # counters are per instance
+
+
+def test_make_key_is_stable_and_sensitive() -> None:
+    a = ModelCache.make_key(model="m", params={"temperature": 0.0, "seed": 1}, images=["h1"])
+    b = ModelCache.make_key(images=["h1"], params={"seed": 1, "temperature": 0.0}, model="m")
+    assert a == b
+    assert a != ModelCache.make_key(model="m", params={"temperature": 0.0, "seed": 2}, images=["h1"])
+    assert a != ModelCache.make_key(model="m", params={"temperature": 0.0, "seed": 1}, images=["h2"])
+
+
+def test_default_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_CIR_CACHE", str(tmp_path / "env" / "x.sqlite"))
+    assert default_cache_path() == tmp_path / "env" / "x.sqlite"
+    cache = ModelCache()
+    assert cache.path == tmp_path / "env" / "x.sqlite" and cache.path.is_file()
+    monkeypatch.delenv("AGENT_CIR_CACHE")
+    assert default_cache_path() == Path.home() / ".cache" / "agent_cir" / "cache.sqlite"
+
+
+def test_from_config(tmp_path: Path) -> None:
+    assert ModelCache.from_config(CacheConfig(enabled=False)) is None
+    cache = ModelCache.from_config(CacheConfig(path=str(tmp_path / "r.sqlite")))
+    assert cache is not None and cache.path == tmp_path / "r.sqlite"
+
+
+def test_wal_mode_and_unusable_file(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "c.sqlite")
+    mode = sqlite3.connect(tmp_path / "c.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal" and cache.path.exists()
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CacheError, match="bad.sqlite"):
+        ModelCache(bad)
+
+
+def _writer(path: str, worker: int, count: int, barrier) -> None:  # noqa: ANN001 - multiprocessing target
+    cache = ModelCache(path)
+    barrier.wait()
+    for index in range(count):
+        cache.put(ModelCache.make_key(i=index), {"raw": f"shared {index}", "worker": worker})  # same keys
+        cache.put(ModelCache.make_key(worker=worker, i=index), {"raw": f"own {worker} {index}"})
+        cache.get(ModelCache.make_key(i=(index * 7) % count))
+
+
+def test_processes_writing_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite")
+    count, workers = 150, 3
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers)
+    processes = [context.Process(target=_writer, args=(path, w, count, barrier)) for w in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * workers  # no 'database is locked' anywhere
+    cache = ModelCache(path)
+    assert len(cache) == count + workers * count
+    for worker in range(workers):
+        for index in range(0, count, 17):
+            assert cache.get(ModelCache.make_key(worker=worker, i=index)) == {"raw": f"own {worker} {index}"}
+    assert cache.get(ModelCache.make_key(i=5))["raw"] == "shared 5"
+
+
+def test_threads_share_one_cache(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "t.sqlite")
+
+    def work(offset: int) -> None:
+        for index in range(50):
+            cache.put(cache.make_key(n=offset * 100 + index), {"v": index})
+            assert cache.get(cache.make_key(n=offset * 100 + index)) == {"v": index}
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(cache) == 200 and cache.stats == {"hits": 200, "misses": 0}

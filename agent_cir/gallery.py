@@ -217,13 +217,20 @@ class RetrievalGallery:
         k: int,
         caption_weight: float = 0.0,
         exclude: Iterable[int] = (),
+        restrict: Iterable[int] | None = None,
     ) -> list[Candidate]:
-        """The k best items by score (exact: a full dot product over the memory-mapped embeddings)."""
+        """The k best items by score (exact: a full dot product over the memory-mapped embeddings).
+        ``exclude`` positions never appear; with ``restrict`` only those positions can."""
         scores = self.scores(query, caption_weight).astype(np.float64)
-        excluded = [i for i in exclude if i is not None]
-        if excluded:
-            scores[np.asarray(excluded, dtype=np.int64)] = -np.inf
-        available = len(scores) - len(set(excluded))
+        excluded = {i for i in exclude if i is not None}
+        allowed = set(range(len(scores))) if restrict is None else {i for i in restrict if i is not None}
+        allowed -= excluded
+        if len(allowed) < len(scores):
+            mask = np.ones(len(scores), dtype=bool)
+            if allowed:
+                mask[np.fromiter(allowed, dtype=np.int64)] = False
+            scores[mask] = -np.inf
+        available = len(allowed)
         k = max(0, min(k, available))
         if k == 0:
             return []

@@ -4,7 +4,8 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
     schema_version      "1.0"
     query_id            the query id
-    query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text, meta}
+    query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text,
+                         candidate_ids, meta}
     recipe              {name, hash}
     captions            captions of the reference image (from the caption stage or supplied with the query)
     reasoning           the rewriter's reasoning text, or null
@@ -16,6 +17,8 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
     totals              {seconds, model_calls, cache_hits}
     artifacts_dir       folder of files the stages wrote for this query (grid images), or null
     created             ISO-8601 UTC time the record was made
+    eval                only in `agent-cir eval` runs: {dataset, split, category, ranking, kept_top, ranked,
+                         target_rank}
 
 Each ``ModelCall``: {backend, model, prompt_name, prompt_hash, raw, cache: hit|miss|off, seconds, usage,
 parse_status, prompt, images: [content hashes], params}.
@@ -46,6 +49,7 @@ def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: 
             "reference_id": query.reference_id,
             "reference_caption": query.reference_caption,
             "target_text": query.target_text,
+            "candidate_ids": query.candidate_ids,
             "meta": query.meta,
         },
         "recipe": {"name": recipe_name, "hash": recipe_hash},

@@ -31,6 +31,8 @@ class Query:
     """A caption supplied with the query (text surrogate, or a user); the caption stage then makes no call."""
     target_text: str | None = None
     """Intervention: a hand-written target description; caption and rewrite stages are skipped."""
+    candidate_ids: list[str] | None = None
+    """Rank only these gallery ids (a per-query gallery, as in GeneCIS); None ranks the whole gallery."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Anything the caller wants carried into the trace (e.g. benchmark subset members). Not read by stages."""
 

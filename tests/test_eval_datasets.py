@@ -71,6 +71,8 @@ def test_genecis_tasks_and_per_query_galleries(benchmarks_dir):
     assert all(len(set(q.meta["gallery"])) == len(q.meta["gallery"]) for q in change.queries)
     assert change.image_files["153527"] == "val2017/000000153527.jpg"
     assert set(change.gallery_ids) == {i for q in change.queries for i in q.meta["gallery"]}
+    # retrieval and rerank of each query see only its own gallery
+    assert all(q.candidate_ids == q.meta["gallery"] for q in change.queries + focus.queries)
 
 
 def test_genecis_refuses_cropped_records(tmp_path):

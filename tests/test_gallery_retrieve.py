@@ -183,3 +183,16 @@ def test_run_batch_skips_and_reports_bad_queries(bow_encoder, tmp_path):
 def test_pipeline_without_a_gallery_explains_what_to_pass(bow_encoder):
     with pytest.raises(AgentCirError, match="--index"):
         Pipeline.from_config({"name": "t"}, encoder=bow_encoder)
+
+
+def test_candidate_ids_restrict_the_ranking_to_a_per_query_gallery(bow_encoder):
+    gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
+    stage = RetrieveStage(RetrieveConfig(k=10), bow_encoder, gallery)
+    state = _state(text="a red car", candidate_ids=["dog_grass", "cat_sofa", "unknown_id"])
+    record = stage.run(state)
+    assert sorted(c.id for c in state.candidates) == ["cat_sofa", "dog_grass"]
+    assert record.output["restricted_to"] == 2
+    assert any("unknown_id" in note for note in record.notes)
+    unrestricted = _state(text="a red car")
+    stage.run(unrestricted)
+    assert unrestricted.candidates[0].id == "red_car" and len(unrestricted.candidates) == 4

@@ -190,8 +190,9 @@ def dataset_overrides(dataset: str, recipe: Recipe, splits: Sequence[BenchmarkSp
     """Recipe changes a dataset's official protocol needs (recorded in run.json)."""
     k = max(recipe.retrieve.k, KEEP_TOP)
     retrieve: dict[str, Any] = {}
-    if dataset in ("cirr", "genecis"):
-        # Recall_subset and GeneCIS rank a handful of images inside the full ranking: rank the whole gallery.
+    if dataset == "cirr":
+        # Recall_subset ranks a handful of images inside the full ranking: rank the whole gallery.
+        # (GeneCIS needs nothing here: each query is restricted to its own gallery by Query.candidate_ids.)
         k = max(k, *(len(split.gallery_ids or []) for split in splits))
     if dataset == "cirr":
         retrieve["exclude_reference"] = True

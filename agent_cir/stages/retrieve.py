@@ -107,6 +107,16 @@ class RetrieveStage:
             raise QueryInputError(f"query {query.id}: cannot read reference image {query.image}: {err}") from None
         return np.asarray(self.encoder.encode_images([rgb]), dtype=np.float32)[0]
 
+    def _restriction(self, state: QueryState, notes: list[str]) -> list[int] | None:
+        wanted = state.query.candidate_ids
+        if wanted is None:
+            return None
+        positions = [self.gallery.position(gallery_id) for gallery_id in wanted]
+        missing = [gallery_id for gallery_id, pos in zip(wanted, positions) if pos is None]
+        if missing:
+            notes.append(f"{len(missing)} candidate ids are not in the gallery: {', '.join(missing[:5])}")
+        return [pos for pos in positions if pos is not None]
+
     # ---------- run ----------
     def run(self, state: QueryState) -> StageRecord:
         config = self.config
@@ -134,7 +144,8 @@ class RetrieveStage:
                 self._image_vector(state, reference_position), text_vector, caption_vector, config.pdv_a, config.pdv_b
             )
         excluded = [reference_position] if (config.exclude_reference and reference_position is not None) else []
-        candidates = self.gallery.top_k(query_vector, config.k, self.caption_weight, exclude=excluded)
+        restrict = self._restriction(state, notes)
+        candidates = self.gallery.top_k(query_vector, config.k, self.caption_weight, exclude=excluded, restrict=restrict)
         state.candidates = candidates
         output = {
             "mode": mode,
@@ -144,6 +155,8 @@ class RetrieveStage:
             "excluded": [self.gallery.ids[i] for i in excluded],
             "candidates": [{"rank": c.rank, "id": c.id, "score": round(c.score, 6)} for c in candidates],
         }
+        if restrict is not None:
+            output["restricted_to"] = len(restrict)
         if mode == "fusion":
             output["alpha"] = config.alpha
         if mode == "pdv":

@@ -8,8 +8,8 @@ here), so nothing is cropped. A record with a bbox field is refused rather than 
 Expected image layout: ``ROOT/val2017/000000xxxxxx.jpg`` (ROOT may also be the ``val2017`` folder).
 Per-query gallery = the target plus its distractors, deduplicated (one change_object record lists its
 target among the distractors too); ``meta["gallery"]`` holds it. The ranked gallery of a run is the union
-of all records' images; metrics restrict each ranking to the query's own gallery, which gives the same
-order as scoring that gallery alone.
+of all records' images; each query's retrieval (and rerank) sees only its own gallery
+(``Query.candidate_ids``), and the metrics rank the target inside it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def load_genecis(annotations_dir: Path, task: str, images_root: Path | None = No
                 text=str(record["condition"]),
                 image=str(root / image_files[reference]) if root else None,
                 reference_id=reference,
+                candidate_ids=gallery,  # each query ranks (and reranks) only its own gallery
                 meta={"task": task, "ground_truth": [target], "target": target, "gallery": gallery},
             )
         )

@@ -125,8 +125,9 @@ class RetrieveConfig(_Strict):
     k: int = Field(50, ge=1)
     exclude_reference: bool = True
     gallery_captions: GalleryCaptionsConfig | None = None
-    text_source: Literal["target", "modification", "caption", "caption+modification"] = "target"
-    """Which text becomes txt: the target description(s) (default), or a no-LLM baseline."""
+    text_source: Literal["target", "target+modification", "modification", "caption", "caption+modification"] = "target"
+    """Which text becomes txt: the target description(s) (default); target+modification ensembles them with
+    the modification text itself (mean of normalised embeddings); the others are no-LLM baselines."""
 
 
 class GridConfig(_Strict):

@@ -77,6 +77,7 @@ def _state(**query_fields):
         ("modification", ["make it blue"]),
         ("caption", ["a red car on a street."]),
         ("caption+modification", ["a red car on a street. make it blue"]),
+        ("target+modification", ["a blue car on a street", "make it blue"]),
     ],
 )
 def test_no_llm_text_sources(bow_encoder, text_source, expected):
@@ -84,6 +85,7 @@ def test_no_llm_text_sources(bow_encoder, text_source, expected):
     stage = RetrieveStage(RetrieveConfig(text_source=text_source, k=2), bow_encoder, gallery)
     state = _state(text="make it blue", reference_caption="a red car on a street.", reference_id="red_car")
     state.captions = [state.query.reference_caption]
+    state.target_descriptions = ["a blue car on a street"]
     record = stage.run(state)
     assert record.output["query_texts"] == expected
     assert "red_car" not in [c.id for c in state.candidates], "the reference must be excluded"

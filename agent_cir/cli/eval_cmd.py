@@ -38,7 +38,7 @@ def _print_metrics(payload: dict[str, Any]) -> None:
     typer.echo(
         f"{payload.get('dataset')} {payload.get('split')}: {queries.get('evaluated')} of {queries.get('selected')} "
         f"queries evaluated; {payload.get('model_calls')} model calls; "
-        f"{payload.get('seconds_per_query')} s/query"
+        f"{payload.get('wall_seconds_per_query')} s/query wall ({payload.get('seconds_per_query')} s latency each)"
     )
     for name, value in flat.items():
         typer.echo(f"  {name:<28}{value:8.2f}")

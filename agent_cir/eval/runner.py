@@ -579,6 +579,9 @@ def _metrics_payload(splits, selected, finished, failures, recipe, surrogate, ma
         "notes": [note for s in splits for note in s.notes],
         "created": _now(),
     }
+    # seconds_per_query is each query's own latency (with concurrency, queries wait for one another);
+    # wall_seconds_per_query is throughput: the run's wall time (model loading included) per query.
+    payload["wall_seconds_per_query"] = round(payload["wall_seconds"] / len(done), 4) if done else None
     if surrogate:
         payload["surrogate_note"] = SURROGATE_NOTE
     if missing:

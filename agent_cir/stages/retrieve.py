@@ -63,9 +63,10 @@ class RetrieveStage:
         query = state.query
         source = self.config.text_source
         captions = state.captions or ([query.reference_caption] if query.reference_caption else [])
-        if source == "target":
+        if source in ("target", "target+modification"):
             if state.target_descriptions:
-                return list(state.target_descriptions)
+                extra = [query.text] if source == "target+modification" and query.text else []
+                return list(dict.fromkeys([*state.target_descriptions, *extra]))
             notes.append("no target description was produced: retrieving with the modification text")
             state.description_source = state.description_source or "modification"
             state.target_descriptions = [query.text]

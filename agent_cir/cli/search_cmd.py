@@ -68,6 +68,9 @@ def search(
             raise typer.BadParameter(f"--mode must be text, image, fusion or pdv (got {mode!r})")
         if index is None and gallery_captions is None and config is None:
             raise typer.BadParameter("give --index INDEX_DIR (made by `agent-cir index`)")
+        if image is not None and not image.is_file():
+            # Checked before any model loads: a typo should cost nothing.
+            raise typer.BadParameter(f"reference image {image} does not exist", param_hint="--image")
         overrides = build_search_overrides(mode, alpha, k, with_recipe=config is not None)
         recipe: Any = config if config is not None else {"name": "clip-only"}
         if artifacts is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -78,6 +78,23 @@ def l2_normalise_rows(features: Any) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
+
+
+def encode_in_batches(
+    items: Any, batch_size: int, make_batch: Callable[[Any], Any] | None, forward: Callable[[Any], Any], dim: int
+) -> np.ndarray:
+    """Slice ``items`` (a list, or a tensor already preprocessed when ``make_batch`` is None), turn each slice
+    into a model batch, run ``forward`` without gradients and return the L2-normalised rows as float32."""
+    import torch
+
+    if len(items) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            outputs.append(l2_normalise_rows(forward(make_batch(chunk) if make_batch else chunk)))
+    return np.concatenate(outputs, axis=0)
 
 
 _FILE_HASH_CACHE: dict[tuple[str, int, int], str] = {}

@@ -10,10 +10,10 @@ from PIL import Image
 
 from agent_cir.encoders.base import (
     ModelWeightsError,
+    encode_in_batches,
     folder_fingerprint,
     hub_snapshot_revision,
     json_ready,
-    l2_normalise_rows,
     looks_like_path,
     require_download,
 )
@@ -138,43 +138,40 @@ class HFEncoder:
     def encode_images(self, images: Sequence[Image.Image] | Any, batch_size: int | None = None) -> np.ndarray:
         import torch
 
-        batch_size = batch_size or self.batch_size
         if isinstance(images, torch.Tensor):
-            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+            make_batch: Any = None
         else:
             images = [image.convert("RGB") for image in images]
-            batches = [
-                self.image_processor(images=images[i : i + batch_size], return_tensors="pt")["pixel_values"]
-                for i in range(0, len(images), batch_size)
-            ]
-        if not batches:
-            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
-        outputs = []
-        with torch.inference_mode():
-            for batch in batches:
-                output = self.model.get_image_features(pixel_values=batch.to(self.device, dtype=self._dtype))
-                outputs.append(l2_normalise_rows(_features(output)))
-        return np.concatenate(outputs, axis=0)
+
+            def make_batch(chunk: list[Image.Image]) -> Any:
+                return self.image_processor(images=chunk, return_tensors="pt")["pixel_values"]
+
+        return encode_in_batches(
+            images,
+            batch_size or self.batch_size,
+            make_batch,
+            lambda batch: _features(self.model.get_image_features(pixel_values=batch.to(self.device, dtype=self._dtype))),
+            getattr(self, "dim", 0),
+        )
+
+    def _text_inputs(self, chunk: list[str]) -> dict[str, Any]:
+        tokens = self.tokenizer(
+            chunk,
+            padding="max_length" if self._pad_to_max else True,
+            truncation=True,
+            max_length=self._max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        inputs = {key: tokens[key] for key in ("input_ids", "attention_mask") if key in tokens}
+        if self._pad_to_max:
+            inputs.pop("attention_mask", None)  # SigLIP's text tower is used without a mask
+        return inputs
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        import torch
-
-        texts = list(texts)
-        batch_size = batch_size or self.batch_size
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(
-                    texts[start : start + batch_size],
-                    padding="max_length" if self._pad_to_max else True,
-                    truncation=True,
-                    max_length=self._max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                inputs = {key: tokens[key] for key in ("input_ids", "attention_mask") if key in tokens}
-                if self._pad_to_max:
-                    inputs.pop("attention_mask", None)  # SigLIP's text tower is used without a mask
-                outputs.append(l2_normalise_rows(_features(self.model.get_text_features(**inputs))))
-        return np.concatenate(outputs, axis=0)
+        return encode_in_batches(
+            list(texts),
+            batch_size or self.batch_size,
+            self._text_inputs,
+            lambda inputs: _features(self.model.get_text_features(**inputs)),
+            getattr(self, "dim", 0),
+        )

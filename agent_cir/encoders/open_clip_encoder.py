@@ -14,11 +14,11 @@ from PIL import Image
 
 from agent_cir.encoders.base import (
     ModelWeightsError,
+    encode_in_batches,
     file_fingerprint,
     folder_fingerprint,
     hub_file_cached,
     json_ready,
-    l2_normalise_rows,
     looks_like_path,
     require_download,
 )
@@ -251,37 +251,30 @@ class OpenClipEncoder:
     def encode_images(self, images: Sequence[Image.Image] | Any, batch_size: int | None = None) -> np.ndarray:
         import torch
 
-        batch_size = batch_size or self.batch_size
         if isinstance(images, torch.Tensor):
-            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+            make_batch: Any = None
         else:
             images = list(images)
-            batches = [
-                torch.stack([self.preprocess(image.convert("RGB")) for image in images[i : i + batch_size]])
-                for i in range(0, len(images), batch_size)
-            ]
-        if not batches:
-            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
-        outputs = []
-        with torch.inference_mode():
-            for batch in batches:
-                features = self.model.encode_image(batch.to(self.device, dtype=self._dtype))
-                outputs.append(l2_normalise_rows(features))
-        return np.concatenate(outputs, axis=0)
+
+            def make_batch(chunk: list[Image.Image]) -> Any:
+                return torch.stack([self.preprocess(image.convert("RGB")) for image in chunk])
+
+        return encode_in_batches(
+            images,
+            batch_size or self.batch_size,
+            make_batch,
+            lambda batch: self.model.encode_image(batch.to(self.device, dtype=self._dtype)),
+            getattr(self, "dim", 0),
+        )
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        import torch
-
-        texts = list(texts)
-        batch_size = batch_size or self.batch_size
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device)
-                outputs.append(l2_normalise_rows(self.model.encode_text(tokens)))
-        return np.concatenate(outputs, axis=0)
+        return encode_in_batches(
+            list(texts),
+            batch_size or self.batch_size,
+            lambda chunk: self.tokenizer(chunk).to(self.device),
+            self.model.encode_text,
+            getattr(self, "dim", 0),
+        )
 
 
 def _is_missing_file_error(err: BaseException) -> bool:

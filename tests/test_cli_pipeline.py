@@ -73,3 +73,14 @@ def test_search_reports_bad_input_without_a_traceback(tmp_path):
     result = runner.invoke(app, ["search", "--index", str(tmp_path / "nope"), "--text", "x"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_search_options_become_recipe_overrides():
+    from agent_cir.cli.search_cmd import build_search_overrides
+
+    no_recipe = build_search_overrides(None, None, None, with_recipe=False, has_image=True)["retrieve"]
+    assert no_recipe == {"mode": "fusion", "k": 50, "text_source": "modification"}
+    assert build_search_overrides(None, None, None, with_recipe=False, has_image=False)["retrieve"]["mode"] == "text"
+    # with a recipe, only what the user typed overrides it; the recipe's text source is kept
+    assert build_search_overrides("pdv", 0.3, 7, with_recipe=True) == {"retrieve": {"mode": "pdv", "alpha": 0.3, "k": 7}}
+    assert build_search_overrides(None, None, None, with_recipe=True) == {}

@@ -13,10 +13,10 @@ from agent_cir.cli._common import echo_json, user_errors
 
 
 def build_search_overrides(
-    mode: str | None, alpha: float | None, k: int | None, with_recipe: bool
+    mode: str | None, alpha: float | None, k: int | None, with_recipe: bool, has_image: bool = True
 ) -> dict[str, Any]:
     """Command-line options become recipe overrides; without a recipe the retrieval is CLIP only, and the
-    text side is the modification itself (no LLM)."""
+    text side is the modification itself (no LLM): fusion with a reference image, text without one."""
     retrieve: dict[str, Any] = {}
     if mode is not None:
         retrieve["mode"] = mode
@@ -25,7 +25,7 @@ def build_search_overrides(
     if k is not None:
         retrieve["k"] = k
     if not with_recipe:
-        retrieve.setdefault("mode", "fusion")
+        retrieve.setdefault("mode", "fusion" if has_image else "text")
         retrieve.setdefault("k", 50)
         retrieve["text_source"] = "modification"
     return {"retrieve": retrieve} if retrieve else {}
@@ -71,7 +71,7 @@ def search(
         if image is not None and not image.is_file():
             # Checked before any model loads: a typo should cost nothing.
             raise typer.BadParameter(f"reference image {image} does not exist", param_hint="--image")
-        overrides = build_search_overrides(mode, alpha, k, with_recipe=config is not None)
+        overrides = build_search_overrides(mode, alpha, k, with_recipe=config is not None, has_image=image is not None)
         recipe: Any = config if config is not None else {"name": "clip-only"}
         if artifacts is None:
             artifacts = (

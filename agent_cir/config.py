@@ -190,6 +190,30 @@ class CacheConfig(_Strict):
     """SQLite file; None means ~/.cache/agent_cir/cache.sqlite (or $AGENT_CIR_CACHE)."""
 
 
+BENCHMARK_NAMES = ("circo", "cirr", "fashioniq", "genecis")
+SECRET_KEYS = frozenset({"api_key"})
+"""Keys whose values never leave the process: redacted in every dump we write (run.json, ``recipes --json``)."""
+REDACTED = "<redacted>"
+
+
+class PublishedResult(_Strict):
+    """One number a paper reports for the setting a recipe follows (shown beside ours by ``compare --published``)."""
+
+    dataset: Literal["circo", "cirr", "fashioniq", "genecis"]
+    split: Literal["val", "test"]
+    metric: str
+    """Our metric key: ``mAP@5``, ``recall@1``, ``recall_subset@1``; FashionIQ/GeneCIS use ``<category>/recall@10``
+    (``mean/recall@10`` for the mean over the three FashionIQ categories, ``average/recall@1`` for GeneCIS)."""
+    value: float
+    backbone: str
+    """The retrieval model of that table row (e.g. ``ViT-L/14``); compared with the run's encoder."""
+    source: str
+    """Where the number is printed: paper, table, row."""
+    llm: str | None = None
+    """The paper's LLM / MLLM for that row, when the row names one."""
+    notes: str = ""
+
+
 class Recipe(_Strict):
     """A complete pipeline configuration."""
 
@@ -208,6 +232,11 @@ class Recipe(_Strict):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
+    published: list[PublishedResult] = Field(default_factory=list)
+    """The paper's own numbers for this recipe's setting (``agent-cir compare RUN --published``)."""
+    by_dataset: dict[Literal["circo", "cirr", "fashioniq", "genecis"], dict[str, Any]] = Field(default_factory=dict)
+    """Per-benchmark overrides (a partial recipe each, e.g. ``{fashioniq: {retrieve: {alpha: 0.9}}}``), deep-merged
+    by ``agent-cir eval`` when that benchmark runs (see :meth:`for_dataset`); the merged values go to run.json."""
 
     @model_validator(mode="after")
     def _models_exist(self) -> Recipe:
@@ -222,9 +251,85 @@ class Recipe(_Strict):
             raise ValueError("one_stage replaces caption and rewrite: disable them (enabled: false) or one_stage")
         return self
 
+    @model_validator(mode="after")
+    def _dataset_overrides_validate(self) -> Recipe:
+        # Check each per-dataset override now, so a typo in by_dataset fails at load and not mid-benchmark.
+        for dataset, update in self.by_dataset.items():
+            if not isinstance(update, dict):
+                raise ValueError(f"by_dataset.{dataset} must be a mapping of recipe keys")
+            if "by_dataset" in update or "published" in update:
+                raise ValueError(f"by_dataset.{dataset} cannot set by_dataset or published")
+            try:
+                Recipe.model_validate(deep_merge(self._base_dump(), update))
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}" for item in err.errors()
+                )
+                raise ValueError(f"by_dataset.{dataset}: {problems}") from err
+        return self
+
+    def _base_dump(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["by_dataset"] = {}
+        return data
+
+    def for_dataset(self, dataset: str) -> Recipe:
+        """This recipe with ``by_dataset[dataset]`` deep-merged in (itself when there is none for that dataset)."""
+        update = self.by_dataset.get(dataset)  # type: ignore[call-overload]
+        if not update:
+            return self
+        return recipe_from_dict(deep_merge(self._base_dump(), update), source=f"recipe {self.name} (by_dataset.{dataset})")
+
     @property
     def hash(self) -> str:
-        return stable_hash(self.model_dump(mode="json"))
+        """Hash of the whole recipe with secrets redacted (a key never reaches a trace, even hashed)."""
+        return stable_hash(redacted_recipe_dump(self))
+
+
+def redact_secrets(data: Any) -> Any:
+    """A copy of ``data`` (nested dicts/lists) with every non-empty secret value replaced by ``<redacted>``."""
+    if isinstance(data, dict):
+        return {
+            key: (REDACTED if key in SECRET_KEYS and value not in (None, "") else redact_secrets(value))
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_secrets(item) for item in data]
+    return data
+
+
+def redacted_recipe_dump(recipe: Recipe) -> dict[str, Any]:
+    """``recipe.model_dump(mode="json")`` with secrets (``api_key``) redacted: the only form of a recipe that may be
+    written anywhere (run.json, traces, reports, logs, ``agent-cir recipes --json``)."""
+    return redact_secrets(recipe.model_dump(mode="json"))
+
+
+def recipe_needs(recipe: Recipe) -> dict[str, Any]:
+    """What running ``recipe`` takes besides the package: model servers, API keys, weights, data files."""
+    servers, keys, weights, data = [], [], [], []
+    encoder = recipe.encoder
+    weight = f"{encoder.backend} {encoder.model}" + (f" ({encoder.pretrained})" if encoder.pretrained else "")
+    weights.append(weight)
+    for stage_name in ("caption", "rewrite", "one_stage", "rerank"):
+        stage = getattr(recipe, stage_name)
+        if not stage.enabled:
+            continue
+        model = recipe.models[stage.model]
+        provider, _, name = model.spec.partition(":")
+        if provider == "openai":
+            if model.base_url:
+                servers.append(f"OpenAI-compatible server at {model.base_url} serving {name}")
+            else:
+                keys.append(model.api_key_env or "OPENAI_API_KEY")
+        elif provider == "ollama":
+            servers.append(f"ollama ({model.base_url or 'localhost:11434'}) with {name} pulled")
+        elif provider in ("hf", "hf-vlm"):
+            weights.append(f"transformers {name}")
+    captions = recipe.retrieve.gallery_captions
+    if captions is not None:
+        data.append(f"gallery captions JSON ({captions.path or '--gallery-captions'})")
+    unique = lambda items: list(dict.fromkeys(items))  # noqa: E731
+    return {"servers": unique(servers), "keys": unique(keys), "weights": unique(weights), "data": unique(data)}
 
 
 def recipes_dir() -> Path:

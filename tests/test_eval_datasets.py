@@ -66,13 +66,16 @@ def test_genecis_tasks_and_per_query_galleries(benchmarks_dir):
     query = change.queries[0]
     assert query.text == "wall" and query.reference_id == "189213" and query.meta["target"] == "153527"
     assert query.meta["gallery"][0] == "153527" and len(query.meta["gallery"]) == 15
-    # one record lists its target among the distractors: the gallery is deduplicated, not 16 long
-    assert sorted({len(q.meta["gallery"]) for q in change.queries}) == [14, 15]
-    assert all(len(set(q.meta["gallery"])) == len(q.meta["gallery"]) for q in change.queries)
+    # the official list is kept as is: always 15, target first, copies included (one change_object record lists
+    # its target among the distractors too)
+    assert {len(q.meta["gallery"]) for q in change.queries + focus.queries} == {15}
+    assert all(q.meta["gallery"][0] == q.meta["target"] for q in change.queries + focus.queries)
+    [copied] = [q for q in change.queries if len(set(q.meta["gallery"])) < 15]
+    assert copied.meta["gallery"].count(copied.meta["target"]) == 2
     assert change.image_files["153527"] == "val2017/000000153527.jpg"
     assert set(change.gallery_ids) == {i for q in change.queries for i in q.meta["gallery"]}
-    # retrieval and rerank of each query see only its own gallery
-    assert all(q.candidate_ids == q.meta["gallery"] for q in change.queries + focus.queries)
+    # retrieval and rerank of each query see only its own distinct images
+    assert all(q.candidate_ids == list(dict.fromkeys(q.meta["gallery"])) for q in change.queries + focus.queries)
 
 
 def test_genecis_refuses_cropped_records(tmp_path):
@@ -81,7 +84,7 @@ def test_genecis_refuses_cropped_records(tmp_path):
         "target": {"val_image_id": 2}, "gallery": [{"val_image_id": 3}],
     }
     (tmp_path / "change_object.json").write_text(json.dumps([record]))
-    with pytest.raises(BenchmarkDataError, match="instance_bbox.*not supported"):
+    with pytest.raises(BenchmarkDataError, match="instance_bbox, which object tasks do not have"):
         load_genecis(tmp_path, "change_object")
 
 

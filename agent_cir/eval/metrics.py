@@ -8,7 +8,8 @@ Conventions (each function names its source):
   Recall_subset@K: the same ranking restricted to ``img_set.members`` minus the reference.
   (CIRR / CLIP4Cir validation code.)
 - FashionIQ Recall@K: per category, the reference is NOT removed; report each category and the mean.
-- GeneCIS Recall@K: rank of the target among its own gallery (target + distractors).
+- GeneCIS Recall@K: rank of the target among its own official list of 15 (target first + 14 distractors, copies
+  kept; genecis eval/eval_functions.py:83-124); the published Average is the mean over the four tasks.
 
 A ranking is a list of gallery ids, best first. Duplicate ids in a ranking are an error (a duplicate would
 count a hit twice in mAP). A query whose ranking is ``None`` (it failed) counts as a miss everywhere, so
@@ -144,19 +145,46 @@ def fashioniq_mean(per_category: Mapping[str, Mapping[str, float]]) -> dict[str,
 
 
 # ---------- GeneCIS ----------
+def genecis_list_rank(ranking: Sequence[str], gallery: Sequence[str], query_id: str) -> int:
+    """1-based rank of the target in the OFFICIAL 15-entry list ``gallery`` (target first, then the distractors,
+    copies kept), given a ranking of distinct gallery ids.
+
+    The official code sorts the 15 similarities (``similarities.sort(descending=True)``, genecis
+    eval/eval_functions.py:118) and counts a hit at K when entry 0 (the target) is in the first K. A copy of an image
+    has the same embedding, hence the same similarity, so: a distractor counts once per copy when its image ranks
+    above the target, and a copy of the target itself ties with entry 0 and does not push it down (the order a
+    stable sort keeps: the lower index first). rank = 1 + number of entries 1..14 whose image ranks above the target.
+    """
+    members = list(dict.fromkeys(str(g) for g in gallery))
+    order = {item: position for position, item in enumerate(restrict(ranking, members, query_id))}
+    target = order[str(gallery[0])]
+    return 1 + sum(1 for entry in gallery[1:] if order[str(entry)] < target)
+
+
 def genecis_metrics(
     rankings: Mapping[str, Ranking],
     targets: Mapping[str, str],
     galleries: Mapping[str, Sequence[str]],
     ks: Sequence[int] = GENECIS_KS,
 ) -> dict[str, float]:
-    """``recall@K`` of the target among the query's own gallery (target + distractors)."""
+    """``recall@K`` of the target among the query's official list (``galleries[q]``: target first + distractors)."""
     recalls: dict[int, list[float]] = {k: [] for k in ks}
     for query_id, ranking in rankings.items():
-        ranked = restrict(_ids(ranking, query_id), galleries[query_id], query_id) if ranking is not None else []
-        for k, hit in recall_hits(ranked, str(targets[query_id]), ks).items():
-            recalls[k].append(hit)
+        gallery = [str(g) for g in galleries[query_id]]
+        if not gallery or gallery[0] != str(targets[query_id]):
+            gallery = [str(targets[query_id]), *(g for g in gallery if g != str(targets[query_id]))]
+        rank = genecis_list_rank(_ids(ranking, query_id), gallery, query_id) if ranking is not None else None
+        for k in ks:
+            recalls[k].append(float(rank is not None and rank <= k))
     return {f"recall@{k}": _percent(recalls[k]) for k in ks}
+
+
+def genecis_average(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence[str]) -> dict[str, float] | None:
+    """Mean over the four tasks of each recall (the papers' "Average" column); None unless every task is present."""
+    if any(task not in per_task for task in tasks):
+        return None
+    keys = list(per_task[tasks[0]])
+    return {key: float(np.mean([per_task[task][key] for task in tasks])) for key in keys}
 
 
 # ---------- per-query rank (for compare and reports) ----------
@@ -169,8 +197,11 @@ def target_rank(dataset: str, ranking: Sequence[str], meta: Mapping, reference_i
     if dataset == "cirr":
         ranked = [item for item in ranked if item != reference_id]
     elif dataset == "genecis":
-        wanted = set(meta.get("gallery", []))
-        ranked = [item for item in ranked if item in wanted]
+        gallery = [str(g) for g in meta.get("gallery", [])]
+        try:
+            return genecis_list_rank(ranked, gallery, "?") if gallery else None
+        except MetricError:
+            return None
     try:
         return ranked.index(str(target)) + 1
     except ValueError:

@@ -36,12 +36,22 @@ def _unique_top(query_id: str, ranking: Ranking, top: int) -> list[str]:
     return ids[:top]
 
 
+def require_every_query(what: str, rankings: Mapping[str, Ranking], query_ids: Sequence[str] | None) -> None:
+    """The servers score a file only when every test query is in it: refuse a partial one, listing what is missing."""
+    if query_ids is None:
+        return
+    absent = [str(q) for q in query_ids if q not in rankings or rankings[q] is None]
+    if absent:
+        shown = ", ".join(absent[:20]) + (f" ... ({len(absent) - 20} more)" if len(absent) > 20 else "")
+        raise SubmissionError(
+            f"{what} submission: {len(absent)} test queries have no ranking (missing ids: {shown}); the server needs "
+            "every query. Rerun into the same --out to finish them (see failures.jsonl for why they failed)"
+        )
+
+
 def circo_submission(rankings: Mapping[str, Ranking], query_ids: Sequence[str] | None = None) -> dict[str, list[int]]:
     """``{query_id: [50 ints]}``; ``query_ids`` (all test queries) must all be present when given."""
-    if query_ids is not None:
-        absent = [q for q in query_ids if q not in rankings or rankings[q] is None]
-        if absent:
-            raise SubmissionError(f"CIRCO submission: {len(absent)} test queries have no ranking (e.g. {absent[0]})")
+    require_every_query("CIRCO", rankings, query_ids)
     return {str(q): [int(i) for i in _unique_top(q, rankings[q], CIRCO_TOP)] for q in rankings}
 
 
@@ -52,10 +62,7 @@ def cirr_submissions(
     query_ids: Sequence[str] | None = None,
 ) -> tuple[dict[str, object], dict[str, object]]:
     """The ``recall`` and ``recall_subset`` submission objects for CIRR test1."""
-    if query_ids is not None:
-        absent = [q for q in query_ids if q not in rankings or rankings[q] is None]
-        if absent:
-            raise SubmissionError(f"CIRR submission: {len(absent)} test1 queries have no ranking (e.g. {absent[0]})")
+    require_every_query("CIRR test1", rankings, query_ids)
     recall: dict[str, object] = {"version": "rc2", "metric": "recall"}
     subset: dict[str, object] = {"version": "rc2", "metric": "recall_subset"}
     for query_id, ranking in rankings.items():

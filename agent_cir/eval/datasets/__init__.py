@@ -51,6 +51,9 @@ def load_benchmark(
     if dataset in CATEGORIES:
         known = CATEGORIES[dataset]
         chosen = list(categories) if categories else list(known)
+        if dataset == "genecis" and not categories:
+            # Default: every task whose file is there (the attribute files are often fetched apart).
+            chosen = [task for task in known if (folder / f"{task}.json").is_file()]
         unknown = [c for c in chosen if c not in known]
         if unknown:
             raise BenchmarkDataError(f"{dataset}: unknown category {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -63,5 +66,5 @@ def load_benchmark(
     if dataset == "fashioniq":
         return [fashioniq.load_fashioniq(folder, split, category, root) for category in chosen]
     if split not in ("val",):
-        raise BenchmarkDataError(f"GeneCIS is evaluated on its val files only (COCO val2017), not {split!r}")
+        raise BenchmarkDataError(f"GeneCIS is evaluated on its val files only, not {split!r}")
     return [genecis.load_genecis(folder, task, root) for task in chosen]

@@ -139,3 +139,59 @@ def subfolder_root(root: Path | None, subdir: str) -> Path | None:
     if not (root / subdir).is_dir() and root.name == subdir:
         return root.parent
     return root
+
+
+# ---------- field checks: a hostile or hand-edited file gives one clear error naming it, never a traceback ----------
+def integer_id(value: Any, path: Path, position: int, field_name: str) -> str:
+    """An integer image id (COCO, Visual Genome) as our string id. Strings, floats and booleans are refused:
+    the official files hold JSON integers, and ``int("12.jpg")`` style guesses would hide a wrong file."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BenchmarkDataError(
+            f"{path}: entry {position}: {field_name} is {value!r} ({type(value).__name__}); the official file has "
+            "integer image ids here"
+        )
+    return str(value)
+
+
+def string_id(value: Any, path: Path, position: int, field_name: str) -> str:
+    """A named image id (CIRR ``dev-244-0-img0``, FashionIQ ASINs): a non-empty JSON string."""
+    if not isinstance(value, str) or not value.strip():
+        raise BenchmarkDataError(
+            f"{path}: entry {position}: {field_name} is {value!r}; the official file has a non-empty image name here"
+        )
+    return value
+
+
+def id_list(value: Any, path: Path, position: int, field_name: str, item: Any) -> list[str]:
+    """A JSON list of ids, each checked by ``item`` (``integer_id`` or ``string_id``); a bare id or a string is refused
+    (iterating ``"123"`` would give three one-digit ids)."""
+    if not isinstance(value, list):
+        raise BenchmarkDataError(
+            f"{path}: entry {position}: {field_name} is {type(value).__name__} {value!r:.60}; expected a list of ids"
+        )
+    return [item(element, path, position, f"{field_name}[{i}]") for i, element in enumerate(value)]
+
+
+def query_id(value: Any, path: Path, position: int, field_name: str) -> str:
+    """A query id as written in the file (int or string); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip()):
+        raise BenchmarkDataError(f"{path}: entry {position}: {field_name} is {value!r}; expected an integer or string id")
+    return str(value)
+
+
+def text_field(value: Any, path: Path, position: int, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise BenchmarkDataError(f"{path}: entry {position}: {field_name} is {type(value).__name__}, expected text")
+    return value
+
+
+def refuse_duplicate_queries(ids: list[str], path: Path, field_name: str) -> None:
+    """Two queries with one id would both run while the metrics keep one ranking: refuse, naming the ids."""
+    seen: set[str] = set()
+    duplicates = list(dict.fromkeys(i for i in ids if i in seen or seen.add(i)))  # type: ignore[func-returns-value]
+    if duplicates:
+        shown = ", ".join(duplicates[:10]) + (" ..." if len(duplicates) > 10 else "")
+        raise BenchmarkDataError(
+            f"{path}: {len(duplicates)} {field_name} values occur more than once ({shown}); each query needs its own id. "
+            "Is the file edited or concatenated?"
+        )

@@ -14,10 +14,15 @@ from agent_cir.eval.datasets.base import (
     BenchmarkDataError,
     BenchmarkSplit,
     MissingImagesError,
+    id_list,
+    integer_id,
     locate_dataset_dir,
+    query_id,
     read_json,
+    refuse_duplicate_queries,
     require_keys,
     subfolder_root,
+    text_field,
 )
 from agent_cir.types import Query
 
@@ -50,27 +55,31 @@ def load_circo(annotations_dir: Path, split: str, images_root: Path | None = Non
     image_files: dict[str, str] = {}
     for position, record in enumerate(records):
         require_keys(record, required, path, position)
-        reference = str(record["reference_img_id"])
+        reference = integer_id(record["reference_img_id"], path, position, "reference_img_id")
         image_files[reference] = image_file(reference)
         meta: dict = {"shared_concept": record.get("shared_concept")}
         if has_ground_truth:
-            ground_truth = [str(i) for i in record["gt_img_ids"]]
+            ground_truth = id_list(record["gt_img_ids"], path, position, "gt_img_ids", integer_id)
+            target = integer_id(record["target_img_id"], path, position, "target_img_id")
+            if not ground_truth:
+                raise BenchmarkDataError(f"{path}: entry {position}: gt_img_ids is empty; every CIRCO query has ground truths")
             meta.update(
                 ground_truth=ground_truth,
-                target=str(record["target_img_id"]),
-                semantic_aspects=list(record.get("semantic_aspects", [])),
+                target=target,
+                semantic_aspects=list(record.get("semantic_aspects") or []),
             )
             for image_id in ground_truth:
                 image_files[image_id] = image_file(image_id)
         queries.append(
             Query(
-                id=str(record["id"]),
-                text=str(record["relative_caption"]),
+                id=query_id(record["id"], path, position, "id"),
+                text=text_field(record["relative_caption"], path, position, "relative_caption"),
                 image=str(root / image_files[reference]) if root else None,
                 reference_id=reference,
                 meta=meta,
             )
         )
+    refuse_duplicate_queries([q.id for q in queries], path, "id")
     return BenchmarkSplit(
         dataset="circo",
         split=split,

@@ -17,9 +17,14 @@ from pathlib import Path
 from agent_cir.eval.datasets.base import (
     BenchmarkDataError,
     BenchmarkSplit,
+    id_list,
     locate_dataset_dir,
+    query_id,
     read_json,
+    refuse_duplicate_queries,
     require_keys,
+    string_id,
+    text_field,
 )
 from agent_cir.types import Query
 
@@ -59,22 +64,27 @@ def load_cirr(annotations_dir: Path, split: str, images_root: Path | None = None
     queries: list[Query] = []
     for position, record in enumerate(records):
         require_keys(record, required, captions_path, position)
-        reference = str(record["reference"])
+        pair_id = query_id(record["pairid"], captions_path, position, "pairid")
+        reference = string_id(record["reference"], captions_path, position, "reference")
         if reference not in image_files:
-            raise BenchmarkDataError(f"{captions_path}: query {record['pairid']}: reference {reference} not in {split_path}")
-        meta: dict = {"subset": [str(m) for m in record["img_set"].get("members", [])]}
+            raise BenchmarkDataError(f"{captions_path}: query {pair_id}: reference {reference} not in {split_path}")
+        image_set = record["img_set"]
+        if not isinstance(image_set, dict) or "members" not in image_set:
+            raise BenchmarkDataError(f"{captions_path}: entry {position}: img_set must be an object with members")
+        meta: dict = {"subset": id_list(image_set["members"], captions_path, position, "img_set.members", string_id)}
         if has_ground_truth:
-            target = str(record["target_hard"])
+            target = string_id(record["target_hard"], captions_path, position, "target_hard")
             meta.update(ground_truth=[target], target=target)
         queries.append(
             Query(
-                id=str(record["pairid"]),
-                text=str(record["caption"]),
+                id=pair_id,
+                text=text_field(record["caption"], captions_path, position, "caption"),
                 image=str(root / image_files[reference]) if root else None,
                 reference_id=reference,
                 meta=meta,
             )
         )
+    refuse_duplicate_queries([q.id for q in queries], captions_path, "pairid")
     return BenchmarkSplit(
         dataset="cirr",
         split=split,

@@ -13,10 +13,13 @@ from pathlib import Path
 from agent_cir.eval.datasets.base import (
     BenchmarkDataError,
     BenchmarkSplit,
+    id_list,
     locate_dataset_dir,
     read_json,
     require_keys,
+    string_id,
     subfolder_root,
+    text_field,
 )
 from agent_cir.types import Query
 
@@ -58,17 +61,18 @@ def load_fashioniq(
     has_ground_truth = split == "val"
     required = ("candidate", "captions") + (("target",) if has_ground_truth else ())
     root = subfolder_root(images_root, IMAGE_SUBDIR)
-    gallery_ids = [str(i) for i in gallery]
+    gallery_ids = [string_id(item, split_path, i, "image name") for i, item in enumerate(gallery)]
     image_files = {image_id: f"{IMAGE_SUBDIR}/{image_id}.png" for image_id in gallery_ids}
     queries: list[Query] = []
     for position, record in enumerate(records):
         require_keys(record, required, captions_path, position)
-        reference = str(record["candidate"])
+        reference = string_id(record["candidate"], captions_path, position, "candidate")
         image_files.setdefault(reference, f"{IMAGE_SUBDIR}/{reference}.png")
-        captions = [str(c) for c in record["captions"]]
+        captions = [text_field(c, captions_path, position, "captions[]") for c in id_list(
+            record["captions"], captions_path, position, "captions", lambda v, *_: v)]
         meta: dict = {"category": category, "captions": captions}
         if has_ground_truth:
-            target = str(record["target"])
+            target = string_id(record["target"], captions_path, position, "target")
             image_files.setdefault(target, f"{IMAGE_SUBDIR}/{target}.png")
             meta.update(ground_truth=[target], target=target)
         queries.append(

@@ -48,6 +48,8 @@ def _print_metrics(payload: dict[str, Any]) -> None:
         typer.echo(f"  note: {note}")
     for path in (payload.get("submission") or {}).get("files", []):
         typer.echo(f"  submission: {path}")
+    if (payload.get("submission") or {}).get("refused"):
+        typer.secho("  submission not written (see the note above)", fg=typer.colors.YELLOW)
 
 
 @app.command("eval")
@@ -73,8 +75,8 @@ def eval_command(
         help="JSON of gallery image captions. Without --images: the text surrogate (gallery = captions).",
     ),
     category: Optional[List[str]] = typer.Option(
-        None, "--category", help="FashionIQ: dress | shirt | toptee; GeneCIS: change_object | focus_object. "
-        "Repeatable; default all.",
+        None, "--category", help="FashionIQ: dress | shirt | toptee; GeneCIS: change_object | focus_object | change_attribute | "
+        "focus_attribute. Repeatable; default all (GeneCIS: every task whose file is present).",
     ),
     index_dir: Optional[Path] = typer.Option(
         None, "--index-dir", help="Where gallery indexes are built and reused (default OUT/index)."
@@ -110,40 +112,71 @@ def eval_command(
             echo_json(outcome.metrics)
         else:
             _print_metrics(outcome.metrics)
+            if any(p.get("dataset") == dataset for p in outcome.run.get("recipe", {}).get("published") or []):
+                from agent_cir.eval.compare import compare_published, format_published
+
+                typer.echo(format_published(compare_published(outcome.out_dir)))
             typer.echo(f"wrote {outcome.out_dir}/metrics.json, traces.jsonl, run.json")
 
 
 @app.command("compare")
 def compare_command(
-    run_a: Path = typer.Argument(..., help="First run folder (agent-cir eval --out)."),
-    run_b: Path = typer.Argument(..., help="Second run folder."),
+    run_a: Path = typer.Argument(..., help="Run folder (agent-cir eval --out)."),
+    run_b: Optional[Path] = typer.Argument(None, help="Second run folder (metrics side by side)."),
+    published: bool = typer.Option(False, "--published", help="Ours beside the paper's numbers (the recipe's `published`)."),
+    published_from: Optional[str] = typer.Option(
+        None, "--published-from", help="Take the paper's numbers from this recipe instead of the run's own."
+    ),
     top: int = typer.Option(10, "--top", min=0, help="How many most-changed queries to list."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Metrics of two runs side by side, and the queries whose target rank changed most."""
+    """Two runs side by side (metrics and the queries whose target rank changed most), and/or one run against the
+    numbers its paper published."""
     with user_errors():
-        from agent_cir.eval.compare import compare_runs, format_comparison
+        from agent_cir.eval.compare import compare_published, compare_runs, format_comparison, format_published
 
-        comparison = compare_runs(run_a, run_b, top=top)
+        if run_b is None and not (published or published_from):
+            raise AgentCirError("give a second run folder, or --published to compare with the paper's numbers")
+        payload: dict[str, Any] = {}
+        if run_b is not None:
+            payload["runs"] = compare_runs(run_a, run_b, top=top)
+        if published or published_from:
+            entries = None
+            if published_from:
+                from agent_cir.config import load_recipe
+
+                entries = [p.model_dump(mode="json") for p in load_recipe(published_from).published]
+            payload["published"] = compare_published(run_a, entries)
         if as_json:
-            echo_json(comparison)
-        else:
-            typer.echo(format_comparison(comparison))
+            echo_json(payload)
+            return
+        if "runs" in payload:
+            typer.echo(format_comparison(payload["runs"]))
+        if "published" in payload:
+            typer.echo(format_published(payload["published"]))
 
 
 @app.command("recipes")
 def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """List the packaged recipes and the published setting each one mirrors."""
+    """List the packaged recipes: what each does, the paper it follows, its published numbers and what it needs."""
     with user_errors():
-        from agent_cir.config import available_recipes, load_recipe
+        from agent_cir.config import available_recipes, load_recipe, recipe_needs, redact_secrets
 
         rows = []
         for name, path in available_recipes().items():
             recipe = load_recipe(path)
-            rows.append({"name": name, "mirrors": recipe.mirrors, "description": recipe.description, "path": str(path)})
+            rows.append({
+                "name": name, "description": recipe.description, "mirrors": recipe.mirrors,
+                "differences": recipe.differences, "published": [p.model_dump(mode="json") for p in recipe.published],
+                "by_dataset": redact_secrets(dict(recipe.by_dataset)), "needs": recipe_needs(recipe), "path": str(path),
+            })
         if as_json:
             echo_json(rows)
             return
         width = max((len(row["name"]) for row in rows), default=10) + 2
         for row in rows:
-            typer.echo(f"{row['name']:<{width}}{row['mirrors'] or row['description']}")
+            typer.echo(f"{row['name']:<{width}}{row['description']}")
+            if row["mirrors"]:
+                typer.echo(f"{'':<{width}}mirrors: {row['mirrors']}")
+            if row["published"]:
+                typer.echo(f"{'':<{width}}published: {len(row['published'])} numbers (agent-cir compare RUN --published)")

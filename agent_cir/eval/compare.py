@@ -115,3 +115,85 @@ def format_comparison(comparison: dict[str, Any]) -> str:
             text = (change["text"] or "")[:60]
             lines.append(f"  {change['query_id']:<20}{ra!s:>6} -> {rb!s:<6} {text}")
     return "\n".join(lines)
+
+
+# ---------- ours against the paper's numbers ----------
+def _norm(text: str | None) -> str:
+    return "".join(ch for ch in (text or "").lower().replace("/", "-") if ch.isalnum() or ch == "-")
+
+
+def _backbone_matches(published: str, encoder: dict[str, Any]) -> bool:
+    """``ViT-L/14`` matches open_clip ``ViT-L-14``; a pretrained tag in the published text must match too."""
+    model, _, rest = published.partition("(")
+    if _norm(model) != _norm(encoder.get("model")):
+        return False
+    tag = rest.rstrip(") ").strip()
+    return not tag or _norm(tag) == _norm(encoder.get("pretrained"))
+
+
+def compare_published(run: str | Path, published: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Ours beside the paper's for every metric they share, and the settings that differ.
+
+    ``published`` defaults to the entries of the run's own recipe (run.json ``recipe.published``)."""
+    run = Path(run)
+    manifest_path = run / "run.json"
+    if not manifest_path.is_file():
+        raise CompareError(f"{run} has no run.json; is it an `agent-cir eval` output folder?")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    metrics = _load_metrics(run)
+    recipe = manifest.get("recipe") or {}
+    entries = published if published is not None else list(recipe.get("published") or [])
+    dataset, split = metrics.get("dataset"), metrics.get("split")
+    ours = flatten_metrics(metrics.get("metrics", {}))
+    # The encoder that actually ran (an index decides it) over the recipe's own setting.
+    used = manifest.get("encoder") or {}
+    encoder = used if used.get("model") else (recipe.get("encoder") or {})
+    our_models = [m.get("spec", "") for m in (manifest.get("models") or {}).values()]
+    rows, differences, unshared = [], [], []
+    for entry in entries:
+        if entry.get("dataset") != dataset:
+            continue
+        if entry.get("split") != split or entry.get("metric") not in ours:
+            unshared.append(entry)
+            continue
+        value = ours[entry["metric"]]
+        rows.append({"metric": entry["metric"], "ours": value, "paper": float(entry["value"]),
+                     "delta": value - float(entry["value"]), "backbone": entry.get("backbone"),
+                     "source": entry.get("source")})
+        if not _backbone_matches(str(entry.get("backbone", "")), encoder):
+            differences.append(
+                f"backbone: paper {entry.get('backbone')}, ours {encoder.get('model')} ({encoder.get('pretrained')})"
+            )
+        llm = entry.get("llm")
+        if llm and not any(_norm(llm) in _norm(spec) for spec in our_models):
+            differences.append(f"LLM: paper {llm}, ours {', '.join(our_models) or 'none'}")
+    if metrics.get("surrogate"):
+        differences.append("surrogate data: gallery = captions, text-to-text retrieval; not comparable with the paper")
+    for note in metrics.get("notes", []):
+        if "not comparable" in note:
+            differences.append(note)
+    if entries and not rows:
+        same = [e for e in entries if e.get("dataset") == dataset] or entries
+        splits = sorted({f"{e.get('dataset')} {e.get('split')}" for e in same})
+        differences.append(f"no shared metric: the paper reports {', '.join(splits)}; this run is {dataset} {split}")
+    return {
+        "path": str(run), "recipe": recipe.get("name"), "dataset": dataset, "split": split,
+        "rows": rows, "differences": list(dict.fromkeys(differences)), "unshared": unshared,
+        "queries": metrics.get("queries"),
+    }
+
+
+def format_published(comparison: dict[str, Any]) -> str:
+    lines = [f"{comparison['path']}  ({comparison['recipe']}, {comparison['dataset']} {comparison['split']}) vs the paper"]
+    if comparison["rows"]:
+        lines.append(f"{'metric':<28}{'ours':>10}{'paper':>10}{'diff':>10}  source")
+        for row in comparison["rows"]:
+            lines.append(f"{row['metric']:<28}{row['ours']:>10.2f}{row['paper']:>10.2f}{row['delta']:>+10.2f}  {row['source']}")
+    else:
+        lines.append("  no published number shares a metric with this run")
+    for difference in comparison["differences"]:
+        lines.append(f"  settings differ: {difference}")
+    queries = comparison.get("queries") or {}
+    if queries.get("not_evaluated"):
+        lines.append(f"  {queries['not_evaluated']} queries not evaluated count as misses")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.config import Recipe
+from agent_cir.hashing import text_hash
 
 PACKAGES = (
     "agent-cir", "numpy", "torch", "open_clip_torch", "transformers", "sentence-transformers", "faiss-cpu",
@@ -57,7 +58,9 @@ def prompt_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
         if stage == "rerank" and getattr(config, "method", "grid") == "pointwise":
             names = [config.pointwise_prompt]
         template = load_prompt(names[0])
-        hashes[stage] = {"name": template.name, "path": str(template.path), "hash": template.hash}
+        # Hash the file as it is now: a long-lived process may hold a template read before it was edited.
+        current = text_hash(Path(template.path).read_text(encoding="utf-8"))
+        hashes[stage] = {"name": template.name, "path": str(template.path), "hash": current}
     return hashes
 
 

@@ -31,6 +31,7 @@ from agent_cir.eval.benchmarks import KEEP_TOP, Benchmark, get_benchmark
 from agent_cir.eval.datasets import BenchmarkSplit
 from agent_cir.eval.datasets import cirr as cirr_data
 from agent_cir.eval.provenance import environment, models_used, prompt_hashes
+from agent_cir.eval.submission import SubmissionError
 from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity
 from agent_cir.hashing import content_hash
 from agent_cir.trace import TraceWriter, read_traces
@@ -340,7 +341,12 @@ def run_eval(
     if splits[0].split == "test":
         part = splits[0]
         rankings = {q.id: finished[q.id]["eval"]["ranking"] for q in part.queries if q.id in finished}
-        metrics_payload["submission"] = benchmark.write_submission(out, part, selected[part.name], rankings)
+        try:
+            metrics_payload["submission"] = benchmark.write_submission(out, part, selected[part.name], rankings)
+        except SubmissionError as err:
+            # Refused, not written: a partial file would be scored as if the missing queries were misses.
+            metrics_payload["submission"] = {"files": [], "complete": False, "refused": str(err)}
+            metrics_payload["notes"].append(f"submission refused: {err}")
     _write_json(out / "metrics.json", metrics_payload)
     return EvalOutcome(out_dir=out, metrics=metrics_payload, run=manifest)
 

@@ -72,3 +72,14 @@ def test_overrides_deep_merge_and_hash_changes(tmp_path):
     assert changed.retrieve.k == 7 and changed.retrieve.alpha == 0.5 and changed.retrieve.mode == "fusion"
     assert base.hash != changed.hash
     assert load_recipe(path).hash == base.hash
+
+
+def test_recipe_hash_and_dumps_never_carry_the_api_key():
+    from agent_cir.config import redacted_recipe_dump
+
+    one = load_recipe("default", {"models": {"llm": {"api_key": "sk-one"}}})
+    two = load_recipe("default", {"models": {"llm": {"api_key": "sk-two"}}})
+    assert one.hash == two.hash  # the key is redacted before hashing
+    dump = redacted_recipe_dump(one)
+    assert dump["models"]["llm"]["api_key"] == "<redacted>" and "sk-one" not in str(dump)
+    assert one.models["llm"].api_key == "sk-one"  # the live recipe keeps it for the backend

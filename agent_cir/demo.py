@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir.report.writer import repair_lines
+from agent_cir.report.load import repair_lines
 from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
 
 MAX_PICKABLE = 500

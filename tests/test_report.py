@@ -100,11 +100,11 @@ def test_ground_truth_highlighted_only_on_ground_truth_items(synthetic_run, tmp_
     assert improved.items[1:7] == [gallery_id(n) for n in QUERIES["q-improved"][1]]
     html = _query_page(out, "q-improved").read_text()
     assert 'data-stage="retrieve" data-rank="#4"' in html and 'data-stage="rerank" data-rank="#1"' in html
-    assert "Ranking: 4 &gt; 1 &gt; 2 &gt; 3" in html, "the judge's raw answer is shown"
-    assert "window 0, pass 0: appended_missing (appended: [4])" in html, "repairs are shown"
+    assert "Ranking: 4 &gt; 1 &gt; 3" in html, "the judge's raw answer is shown"
+    assert "window 0, pass 0: appended_missing (appended: [2])" in html, "repairs are shown (they agree with the answer)"
 
     lost = parse(_query_page(out, "q-lost"))
-    assert lost.targets == [gallery_id(11)], "a lost target appears only in the ground-truth panel"
+    assert lost.targets == [gallery_id(10)], "a lost target appears only in the ground-truth panel"
     assert 'data-rank="&gt; 6"' in _query_page(out, "q-lost").read_text()
 
     unknown_html = _query_page(out, "q-unknown").read_text()
@@ -270,6 +270,11 @@ def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_
             writer.write(result.trace)
     out = tmp_path / "report"
     build_report(traces, out)
+    page = parse(out / next(q for q in summary(out)["queries"] if q["id"] == "real-1")["page"])
+    assert not [src for src in page.images if not src.startswith("../grids/")], \
+        "a bare traces file names no gallery folder: its gallery images are not shown"
+    assert "outside the gallery" in (out / "index.html").read_text()
+    build_report(traces, out, gallery=[Path(demo_pipeline.gallery.paths[0]).parent, demo_pipeline.artifacts_dir])
     entries = {q["id"]: q for q in summary(out)["queries"]}
     assert entries["real-1"]["status"] == "improved"
     assert (entries["real-1"]["retrieve_rank"], entries["real-1"]["final_rank"]) == (3, 1)
@@ -282,7 +287,7 @@ def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_
 
 
 def test_metrics_files_flat_or_nested():
-    from agent_cir.report.writer import split_metrics
+    from agent_cir.report.analyse import split_metrics
 
     nested = split_metrics({"dataset": "cirr", "metrics": {"recall@1": 0.3}, "notes": ["n1"], "surrogate_note": "n2",
                             "categories": None, "queries": {"selected": 3}})

@@ -28,6 +28,11 @@ from agent_cir.report.render import RANDOM_ENCODER_BANNER
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
 from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
 
+DEMO_CSS = """
+#retrieval .caption-label, #final .caption-label { white-space: normal; max-width: 100%; opacity: 0.9; font-size: 12px; }
+"""
+"""Gallery captions (rank, score, name) wrap instead of being cut to '#1 0.31...'."""
+
 MAX_PICKABLE = 500
 """How many gallery images the 'pick a reference' list offers (a long dropdown helps nobody)."""
 
@@ -310,11 +315,13 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                 description = gr.Textbox(label="Target description (edit, then re-run from retrieval)",
                                          elem_id="description", interactive=True, lines=2)
                 rerun_button = gr.Button("Re-run from retrieval with this description", elem_id="rerun")
-                retrieval = gr.Gallery(label="Retrieval top-k", elem_id="retrieval", columns=6, height=260)
+                retrieval = gr.Gallery(label="Retrieval top-k (rank, retrieval score, name)", elem_id="retrieval",
+                                       columns=5, height="auto")
                 with gr.Row():
                     grid = gr.Image(label="Judge's grid", elem_id="grid", type="filepath", interactive=False, height=320)
                     judge = gr.Textbox(label="Judge's answer", elem_id="judge", interactive=False, lines=6)
-                final = gr.Gallery(label="Final ranking", elem_id="final", columns=6, height=260)
+                final = gr.Gallery(label="Final ranking (the judge's order; scores are retrieval scores)",
+                                   elem_id="final", columns=5, height="auto")
                 with gr.Accordion("Trace record", open=False):
                     trace_json = gr.JSON(elem_id="trace")
 
@@ -385,7 +392,7 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
     return app.queue().launch(
         server_name=host, server_port=port, share=False, inbrowser=False, quiet=not block,
         prevent_thread_lock=not block, allowed_paths=allowed, blocked_paths=blocked or None, ssr_mode=False,
-        mcp_server=False, theme=demo_theme(), footer_links=[], show_error=True, auth=credentials,
+        mcp_server=False, theme=demo_theme(), css=DEMO_CSS, footer_links=[], show_error=True, auth=credentials,
     )
 
 

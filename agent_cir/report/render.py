@@ -12,6 +12,7 @@ from agent_cir.report.analyse import STATUS_LABELS, STATUSES, QueryView
 from agent_cir.report.chart import rank_chart
 from agent_cir.report.images import ReportImages
 from agent_cir.report.load import Row, Stage, TraceData
+from agent_cir.report.served import readable_name
 
 RANDOM_ENCODER_BANNER = "random-init encoder: rankings are meaningless"
 _HEAVY_OUTPUT_KEYS = {"candidates", "grids", "repairs"}
@@ -61,6 +62,7 @@ def _rows(rows: list[Row], images: ReportImages, targets: set[str], subset: set[
     return [{
         "rank": row.rank,
         "id": row.id,
+        "name": readable_name(row.id),
         "score": row.score,
         "image": images.thumb_of_id(row.id, row.path),
         "is_target": row.id in targets,

@@ -9,11 +9,12 @@ off and the theme uses system fonts, so the page makes no request beyond the mac
 
 from __future__ import annotations
 
-import hashlib
 import inspect
+import ipaddress
 import itertools
 import os
 import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -22,20 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir.report.writer import repair_lines
+from agent_cir.report.load import Row, encoder_identity, read_trace
+from agent_cir.report.render import RANDOM_ENCODER_BANNER
+from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
 from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
+
+DEMO_CSS = """
+#retrieval .caption-label, #final .caption-label { white-space: normal; max-width: 100%; opacity: 0.9; font-size: 12px; }
+"""
+"""Gallery captions (rank, score, name) wrap instead of being cut to '#1 0.31...'."""
 
 MAX_PICKABLE = 500
 """How many gallery images the 'pick a reference' list offers (a long dropdown helps nobody)."""
 
 
 class DemoError(AgentCirError):
-    """The demo cannot start (Gradio missing, nothing to search) or a query cannot run as entered."""
+    """The demo cannot start (Gradio missing, nothing to search, bad options) or a query cannot run as entered."""
 
 
 @dataclass
 class DemoView:
-    """What the page shows after a stage finishes. Images are file paths (placeholders for missing ones)."""
+    """What the page shows after a stage finishes. Images are files in the demo's served folder."""
 
     log: str = ""
     captions: str = ""
@@ -47,90 +55,73 @@ class DemoView:
     judge: str = ""
     final: list[tuple[str, str]] = field(default_factory=list)
     stages_done: list[str] = field(default_factory=list)
+    warning: str = ""
+    """Set when the trace says the encoder has random weights (the rankings mean nothing)."""
     trace: dict[str, Any] | None = None
     """The full trace record, once the query finished."""
 
 
-def _placeholder_dir() -> Path:
-    folder = Path(tempfile.gettempdir()) / "agent_cir_demo_placeholders"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def item_label(rank: int, score: float | None, item_id: str, ground_truth: bool = False) -> str:
+    """A gallery caption: ``#1 0.312 · Chihuahua`` (rank, the score that placed it, a readable name)."""
+    score_text = f" {score:.3f}" if score is not None else ""
+    return f"#{rank}{score_text} · {readable_name(item_id)}" + (" ★ ground truth" if ground_truth else "")
 
 
-def placeholder_image(label: str) -> str:
-    """A small grey image with the id written on it, for gallery items that have no image file."""
-    from PIL import Image, ImageDraw
-
-    path = _placeholder_dir() / f"{hashlib.sha1(label.encode('utf-8')).hexdigest()[:16]}.png"
-    if not path.is_file():
-        image = Image.new("RGB", (160, 160), (226, 230, 236))
-        draw = ImageDraw.Draw(image)
-        for row, start in enumerate(range(0, min(len(label), 96), 16)):
-            draw.text((8, 8 + 14 * row), label[start:start + 16], fill=(60, 60, 60))
-        partial = path.with_suffix(".part.png")
-        image.save(partial)
-        os.replace(partial, path)
-    return str(path)
-
-
-def _image_or_placeholder(path: str | None, label: str) -> str:
-    return path if path and Path(path).is_file() else placeholder_image(label)
-
-
-def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: set[str] | None = None) -> DemoView:
-    """Turn a (partial or finished) trace into what the page shows."""
+def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: set[str] | None = None,
+                    served: ServedImages | None = None) -> DemoView:
+    """Turn a (partial or finished) trace into what the page shows; images are written into ``served``."""
     ground_truth = ground_truth or set()
+    served = served or default_served()
+    data = read_trace(trace)
 
-    def path_of(item_id: str, given: str | None) -> str | None:
-        if given:
-            return given
-        if gallery is not None:
-            position = gallery.position(item_id)
+    def path_of(row: Row) -> str | None:
+        if gallery is not None:  # the gallery's own path for the id: a trace path is not trusted on its own
+            position = gallery.position(row.id)
             if position is not None:
                 return gallery.paths[position]
-        return None
+            return None
+        return row.path
 
-    def items(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        shown = []
-        for position, row in enumerate(rows, start=1):
-            item_id = str(row.get("id"))
-            mark = " ★ ground truth" if item_id in ground_truth else ""
-            label = f"#{row.get('rank') or position} {item_id} ({float(row.get('score') or 0.0):.3f}){mark}"
-            shown.append((_image_or_placeholder(path_of(item_id, row.get("path")), item_id), label))
-        return shown
+    def items(rows: list[Row]) -> list[tuple[str, str]]:
+        return [(served.image(path_of(row), readable_name(row.id)),
+                 item_label(row.rank, row.score, row.id, row.id in ground_truth)) for row in rows]
 
     view = DemoView()
-    stages = trace.get("stages") or []
     lines = []
-    for record in stages:
-        name = record.get("stage")
-        view.stages_done.append(str(name))
-        if record.get("skipped"):
-            lines.append(f"- **{name}**: skipped ({record['skipped']})")
+    for record in data.stages:
+        view.stages_done.append(record.stage)
+        if record.skipped:
+            lines.append(f"- **{record.stage}**: skipped ({record.skipped})")
         else:
-            lines.append(f"- **{name}**: done in {float(record.get('seconds') or 0):.2f} s, "
-                         f"{record.get('model_calls', 0)} model call(s), {record.get('cache_hits', 0)} cache hit(s)"
-                         + (f", parse: {record.get('parse_status')}" if record.get("parse_status") not in (None, "not_applicable") else ""))
-        if name == "retrieve":
-            view.retrieval = items(sorted((record.get("output") or {}).get("candidates") or [],
-                                          key=lambda c: c.get("rank") or 0))
-        if name == "rerank" and not record.get("skipped"):
-            output = record.get("output") or {}
-            grids = [g.get("path") for g in output.get("grids") or [] if g.get("path")]
-            view.grid = grids[0] if grids else None
-            view.judge = "\n\n".join(str(call.get("raw")) for call in record.get("calls") or [])
-            repairs = repair_lines(output.get("repairs"))
-            if repairs:
-                view.judge += "\n\nrepairs:\n" + "\n".join(repairs)
+            parse = f", parse: {record.parse_status}" if record.parse_status not in ("", "not_applicable") else ""
+            lines.append(f"- **{record.stage}**: done in {record.seconds:.2f} s, {record.model_calls} model call(s), "
+                         f"{record.cache_hits} cache hit(s){parse}")
+    if data.retrieval is not None:
+        view.retrieval = items(data.retrieval.rows)
+    if data.rerank is not None and not data.rerank.skipped:
+        grids = [g.path for g in data.rerank.grids if g.path]
+        view.grid = served.image(grids[0], "grid", max_side=GRID_SIDE) if grids else None
+        view.judge = "\n\n".join(call.raw for call in data.rerank.calls)
+        if data.rerank.repairs:
+            view.judge += "\n\nrepairs:\n" + "\n".join(data.rerank.repairs)
     view.log = "\n".join(lines)
-    view.captions = "\n".join(trace.get("captions") or [])
-    view.reasoning = trace.get("reasoning") or ""
-    view.description = "\n".join(trace.get("target_descriptions") or [])
-    view.description_source = trace.get("description_source") or ""
-    if "results" in trace:
-        view.final = items(trace.get("results") or [])
-        view.trace = trace
+    view.captions = "\n".join(data.captions)
+    view.reasoning = data.reasoning
+    view.description = "\n".join(data.descriptions)
+    view.description_source = data.description_source
+    if data.encoder is not None and data.encoder.random_weights:
+        view.warning = f"**{RANDOM_ENCODER_BANNER}** (the encoder has random, untrained weights)"
+    if data.has_results:
+        view.final = items(data.results)
+        view.trace = data.record
     return view
+
+
+def gallery_has_random_encoder(pipeline: Any) -> bool:
+    """Whether the pipeline's gallery says it was embedded by an encoder with random weights."""
+    info = getattr(getattr(pipeline, "gallery", None), "encoder_info", None)
+    identity = encoder_identity(info)
+    return identity is not None and identity.random_weights
 
 
 def _partial_trace(state: QueryState) -> dict[str, Any]:
@@ -152,7 +143,8 @@ def supports_stage_callback(pipeline: Any) -> bool:
         return False
 
 
-def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = None) -> Iterator[DemoView]:
+def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = None,
+                 served: ServedImages | None = None) -> Iterator[DemoView]:
     """Run ``query`` and yield a view after each stage, then the finished view (with the trace).
 
     The pipeline runs in a worker thread and reports each finished stage through ``on_stage``; a
@@ -161,7 +153,7 @@ def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = No
     gallery = getattr(pipeline, "gallery", None)
     if not supports_stage_callback(pipeline):
         result = pipeline.run(query)
-        yield view_from_trace(result.trace, gallery, ground_truth)
+        yield view_from_trace(result.trace, gallery, ground_truth, served)
         return
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -179,10 +171,10 @@ def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = No
     while True:
         kind, payload = events.get()
         if kind == "stage":
-            yield view_from_trace(payload, gallery, ground_truth)
+            yield view_from_trace(payload, gallery, ground_truth, served)
         elif kind == "done":
             result: Result = payload
-            yield view_from_trace(result.trace, gallery, ground_truth)
+            yield view_from_trace(result.trace, gallery, ground_truth, served)
             break
         else:
             worker.join()
@@ -193,8 +185,10 @@ def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = No
 class DemoSession:
     """The demo's logic without the UI: builds queries from what was entered and runs them."""
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: Any, served: ServedImages | None = None) -> None:
         self.pipeline = pipeline
+        self.served = served or ServedImages()
+        """The folder of images the page shows (the only folder Gradio may serve)."""
         self._numbers = itertools.count(1)
         gallery = getattr(pipeline, "gallery", None)
         self.pickable: list[tuple[str, str]] = []
@@ -208,6 +202,11 @@ class DemoSession:
 
     def path_of(self, gallery_id: str) -> str | None:
         return dict(self.pickable).get(gallery_id)
+
+    def preview_of(self, gallery_id: str) -> str | None:
+        """The served copy of a pickable gallery image (what the page shows for a picked reference)."""
+        path = self.path_of(gallery_id)
+        return self.served.image(path, readable_name(gallery_id), max_side=512) if path else None
 
     def make_query(self, modification: str, uploaded: str | None = None, picked: str | None = None,
                    target_text: str | None = None) -> Query:
@@ -230,27 +229,75 @@ class DemoSession:
 
     def run(self, modification: str, uploaded: str | None = None, picked: str | None = None,
             target_text: str | None = None) -> Iterator[DemoView]:
-        yield from stream_query(self.pipeline, self.make_query(modification, uploaded, picked, target_text))
+        yield from stream_query(self.pipeline, self.make_query(modification, uploaded, picked, target_text),
+                                served=self.served)
 
 
-def _allowed_paths(pipeline: Any, extra: list[Path]) -> list[str]:
-    """Folders Gradio may serve files from: the gallery's image folders and where grids are written."""
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def network_warning(host: str) -> str | None:
+    """The warning printed when the demo binds an interface other machines can reach."""
+    if is_loopback(host):
+        return None
+    return (f"warning: --host {host} makes the demo reachable from the network: anyone who can reach this machine "
+            "can run queries and see the gallery's images. Add --auth USER:PASSWORD, or use the default 127.0.0.1.")
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``user:password`` -> (user, password) for Gradio's own login page; None when not given."""
+    if value is None or value == "":
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise DemoError("--auth must be USER:PASSWORD (both non-empty), e.g. --auth alice:s3cret")
+    return user.strip(), password
+
+
+def served_paths(session: DemoSession, pipeline: Any, artifacts_dir: Path | None) -> tuple[list[str], list[str]]:
+    """Gradio's ``allowed_paths`` (only the served folder) and ``blocked_paths`` (the gallery, index and
+    artifacts folders, as a second wall), leaving out any blocked folder that holds the served folder or
+    Gradio's own upload folder (blocking those would break the page)."""
+    allowed = [str(session.served.folder)]
     gallery = getattr(pipeline, "gallery", None)
-    parents = sorted({str(Path(p).resolve().parent) for p in (gallery.paths if gallery is not None else []) if p})
-    if len(parents) > 64:
-        common = os.path.commonpath(parents)
-        parents = [common] if common not in ("/", "") else parents
-    return parents + [str(p) for p in extra]
+    candidates: list[Path] = []
+    index = getattr(gallery, "index", None)
+    for folder in (getattr(index, "directory", None), getattr(index, "images_dir", None), artifacts_dir):
+        if folder:
+            candidates.append(Path(folder))
+    parents = {Path(p).parent for p in (gallery.paths if gallery is not None else [])[:10_000] if p}
+    if len(parents) <= 64:
+        candidates.extend(sorted(parents))
+    upload = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+    keep_open = [session.served.folder, upload.resolve()]
+    blocked: list[str] = []
+    for folder in candidates:
+        real = folder.expanduser().resolve()
+        if any(kept == real or kept.is_relative_to(real) for kept in keep_open):
+            continue
+        if str(real) not in blocked:
+            blocked.append(str(real))
+    return allowed, blocked
 
 
 def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
     """The Gradio Blocks app around ``pipeline`` (not launched)."""
     gr = _import_gradio()
     session = DemoSession(pipeline)
+    random_gallery = gallery_has_random_encoder(pipeline)
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nReference image + modification → caption → reasoning and target description → "
                     "retrieval → judge → final ranking. Edit the target description and re-run from retrieval.")
+        if random_gallery:
+            gr.Markdown(f"**{RANDOM_ENCODER_BANNER}**: the gallery was embedded by an encoder with random, untrained "
+                        "weights; the images it ranks first are no better than chance.", elem_id="random-encoder")
         last_query = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -268,22 +315,25 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                 description = gr.Textbox(label="Target description (edit, then re-run from retrieval)",
                                          elem_id="description", interactive=True, lines=2)
                 rerun_button = gr.Button("Re-run from retrieval with this description", elem_id="rerun")
-                retrieval = gr.Gallery(label="Retrieval top-k", elem_id="retrieval", columns=6, height=260)
+                retrieval = gr.Gallery(label="Retrieval top-k (rank, retrieval score, name)", elem_id="retrieval",
+                                       columns=5, height="auto")
                 with gr.Row():
                     grid = gr.Image(label="Judge's grid", elem_id="grid", type="filepath", interactive=False, height=320)
                     judge = gr.Textbox(label="Judge's answer", elem_id="judge", interactive=False, lines=6)
-                final = gr.Gallery(label="Final ranking", elem_id="final", columns=6, height=260)
+                final = gr.Gallery(label="Final ranking (the judge's order; scores are retrieval scores)",
+                                   elem_id="final", columns=5, height="auto")
                 with gr.Accordion("Trace record", open=False):
                     trace_json = gr.JSON(elem_id="trace")
 
         outputs = [log, captions, reasoning, description, retrieval, grid, judge, final, trace_json, last_query]
 
         def render(view: DemoView, query_state: dict[str, Any] | None, note: str = "") -> tuple:
-            return (note + view.log, view.captions, view.reasoning, view.description, view.retrieval, view.grid,
+            warning = view.warning + "\n\n" if view.warning else ""
+            return (warning + note + view.log, view.captions, view.reasoning, view.description, view.retrieval, view.grid,
                     view.judge, view.final, view.trace, query_state)
 
         def on_pick(item_id: str | None):
-            return session.path_of(item_id) if item_id else None
+            return session.preview_of(item_id) if item_id else None
 
         def on_run(image_path: str | None, item_id: str | None, text: str):
             try:
@@ -291,7 +341,7 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
             except DemoError as err:
                 raise gr.Error(str(err)) from None
             state = {"text": query.text, "image": query.image, "reference_id": query.reference_id}
-            for view in stream_query(pipeline, query):
+            for view in stream_query(pipeline, query, served=session.served):
                 yield render(view, state)
 
         def on_rerun(state: dict[str, Any] | None, edited: str, shown_captions: str):
@@ -301,7 +351,7 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                 raise gr.Error("the target description is empty; write what the target image shows")
             query = Query(id=f"demo-{next(session._numbers)}", text=state["text"], image=state["image"],
                           reference_id=state["reference_id"], target_text=edited.strip())
-            for view in stream_query(pipeline, query):
+            for view in stream_query(pipeline, query, served=session.served):
                 view.captions = view.captions or shown_captions
                 yield render(view, state, note="*target description set by hand*\n\n")
 
@@ -328,25 +378,34 @@ def demo_theme() -> Any:
 
 
 def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | None = None,
-               artifacts_dir: Path | None = None, block: bool = True) -> Any:
-    """Start the server. ``block=False`` returns at once (tests); call ``app.close()`` to stop it."""
-    extra = [artifacts_dir] if artifacts_dir else []
+               artifacts_dir: Path | None = None, block: bool = True, auth: str | tuple[str, str] | None = None) -> Any:
+    """Start the server. ``block=False`` returns at once (tests); call ``app.close()`` to stop it.
+
+    Gradio may serve only the demo's own folder of images it wrote (see ``agent_cir.report.served``);
+    ``auth`` (``"user:password"``) puts Gradio's login page in front; a non-loopback ``host`` prints a warning.
+    """
+    credentials = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
+    warning = network_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
+    allowed, blocked = served_paths(app.agent_cir_session, pipeline, artifacts_dir)
     return app.queue().launch(
         server_name=host, server_port=port, share=False, inbrowser=False, quiet=not block,
-        prevent_thread_lock=not block, allowed_paths=_allowed_paths(pipeline, extra), ssr_mode=False,
-        mcp_server=False, theme=demo_theme(), footer_links=[], show_error=True,
+        prevent_thread_lock=not block, allowed_paths=allowed, blocked_paths=blocked or None, ssr_mode=False,
+        mcp_server=False, theme=demo_theme(), css=DEMO_CSS, footer_links=[], show_error=True, auth=credentials,
     )
 
 
 def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", port: int | None = None,
                 artifacts_dir: str | Path | None = None, models: dict[str, Any] | None = None,
-                block: bool = True) -> Any:
+                block: bool = True, auth: str | None = None) -> Any:
     """Build the pipeline from a recipe and an index folder, then serve the demo."""
     _import_gradio()
+    parse_auth(auth)  # a malformed --auth fails before any model loads
     from agent_cir.pipeline import Pipeline
 
     artifacts = Path(artifacts_dir) if artifacts_dir else Path(tempfile.mkdtemp(prefix="agent_cir_demo_"))
     pipeline = Pipeline.from_config(config, index=index, models=models, artifacts_dir=artifacts)
     app = build_demo(pipeline, title=f"agent_cir demo · {pipeline.recipe.name}")
-    launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block)
+    launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block, auth=auth)
     return app

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.fixtures.report import DEMO_CAPTION, DEMO_TARGET
+from tests.fixtures.report import DEMO_CAPTION, DEMO_MODIFICATION, DEMO_TARGET
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_demo_shows_each_stage_and_reruns_from_an_edited_description(browser, de
         page.wait_for_selector("#run", timeout=60_000)
         page.set_input_files("#reference input[type=file]", demo_pipeline.gallery.paths[3])
         page.wait_for_selector("#reference img", timeout=30_000)
-        page.fill("#modification textarea", "make it red")
+        page.fill("#modification textarea", DEMO_MODIFICATION)
         page.click("#run")
         page.wait_for_selector("#stage-log :text('rerank')", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('#final img').length >= 8", timeout=30_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,12 @@ def test_a_query_shows_every_stage_output(demo_pipeline):
     assert final.description == DEMO_TARGET and final.description_source == "rewrite"
     assert len(final.retrieval) == 8 and len(final.final) == 8
     assert all(Path(path).is_file() for path, _ in final.retrieval + final.final)
-    assert not any("photo_03.png" in label for _, label in final.retrieval), "the reference is excluded"
+    assert not any("photo 03" in label for _, label in final.retrieval), "the reference is excluded"
+    assert all(re.fullmatch(r"#\d+ -?\d+\.\d{3} · photo \d\d", label) for _, label in final.retrieval), final.retrieval
     assert final.grid is not None and Path(final.grid).is_file()
     assert DEMO_JUDGE in final.judge
     # the judge ranked cell 3 first: the third retrieved item leads the final ranking
-    assert final.final[0][1].split()[1] == final.retrieval[2][1].split()[1]
+    assert final.final[0][1].split(" · ")[1] == final.retrieval[2][1].split(" · ")[1]
     assert final.trace is not None and final.trace["query"]["reference_id"] == "photo_03.png"
 
 
@@ -88,10 +90,18 @@ def test_items_without_image_files_get_placeholders():
     assert view.retrieval[0][0] == path
 
 
-def test_launch_demo_from_a_recipe_file_and_an_index_serves_on_loopback(tmp_path, tiny_open_clip_config):
+def _free_port() -> int:
     import socket
-    import urllib.request
 
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def served_demo(tmp_path, tiny_open_clip_config):
+    """A demo launched on loopback from a recipe file and an index, over a gallery folder that also holds
+    files that must never be served (a recipe, an SQLite cache, notes, a text file named .jpg)."""
     import yaml
 
     from agent_cir.config import EncoderConfig
@@ -101,26 +111,128 @@ def test_launch_demo_from_a_recipe_file_and_an_index_serves_on_loopback(tmp_path
     from tests.fixtures.report import demo_recipe_dict, make_gallery_images
 
     pytest.importorskip("gradio")
-    make_gallery_images(tmp_path / "gallery", count=6)
+    gallery = tmp_path / "gallery"
+    make_gallery_images(gallery, count=6)
+    secrets = {"recipe.yaml": "api_key: sk-secret\n", "cache.sqlite": "SQLite format 3\x00 rows",
+               "notes.txt": "private notes", "fake.jpg": "not an image at all"}
+    for name, text in secrets.items():
+        (gallery / name).write_text(text)
     encoder = create_encoder(EncoderConfig(model=str(tiny_open_clip_config), pretrained="none", batch_size=8))
-    GalleryIndex.build(tmp_path / "gallery", tmp_path / "index", encoder, workers=0, progress=False)
+    GalleryIndex.build(gallery, tmp_path / "index", encoder, workers=0, progress=False)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(demo_recipe_dict()))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = launch_demo(recipe, tmp_path / "index", port=port, artifacts_dir=tmp_path / "artifacts", block=False)
-    try:
-        assert app.server_name == "127.0.0.1"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
-            assert response.status == 200
-            assert "agent_cir demo" in response.read().decode("utf-8", "replace")
-        session = app.agent_cir_session
-        assert sorted(item_id for item_id, _ in session.pickable) == sorted(p.name for p in (tmp_path / "gallery").iterdir())
-        final = list(session.run("make it red", picked=session.pickable[0][0]))[-1]
-        assert final.stages_done == ["caption", "rewrite", "retrieve", "rerank"] and len(final.final) == 5
-    finally:
+    port = _free_port()
+
+    def launch(**options):
+        return launch_demo(recipe, tmp_path / "index", port=port, artifacts_dir=tmp_path / "artifacts",
+                           block=False, **options)
+
+    apps = []
+
+    def start(**options):
+        apps.append(launch(**options))
+        return apps[-1], f"http://127.0.0.1:{port}"
+
+    yield start, gallery, tmp_path, secrets
+    for app in apps:
         app.close()
+
+
+def test_launch_demo_from_a_recipe_file_and_an_index_serves_on_loopback(served_demo):
+    import urllib.request
+
+    start, gallery, _, _ = served_demo
+    app, base = start()
+    assert app.server_name == "127.0.0.1"
+    with urllib.request.urlopen(f"{base}/", timeout=30) as response:
+        assert response.status == 200
+        assert "agent_cir demo" in response.read().decode("utf-8", "replace")
+    session = app.agent_cir_session
+    assert sorted(item_id for item_id, _ in session.pickable) == sorted(p.name for p in gallery.glob("photo_*.png"))
+    final = list(session.run("make it red", picked=session.pickable[0][0]))[-1]
+    assert final.stages_done == ["caption", "rewrite", "retrieve", "rerank"] and len(final.final) == 5
+
+
+def test_the_demo_serves_only_the_images_it_shows(served_demo):
+    import io
+
+    import httpx
+    from PIL import Image
+
+    start, gallery, tmp_path, secrets = served_demo
+    app, base = start()
+    session = app.agent_cir_session
+    final = list(session.run("make it red", picked="photo_02.png"))[-1]
+    shown = [path for path, _ in final.retrieval + final.final] + [final.grid]
+    served_folder = session.served.folder
+    assert all(Path(path).parent == served_folder for path in shown), "every image shown is a copy we made"
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for path in {shown[0], final.grid, session.preview_of("photo_01.png")}:
+            response = client.get(f"/gradio_api/file={path}")
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith("image/")
+            Image.open(io.BytesIO(response.content)).verify()
+        refused = [gallery / "photo_01.png", *(gallery / name for name in secrets), tmp_path / "index" / "meta.json",
+                   tmp_path / "index" / "manifest.jsonl", tmp_path / "recipe.yaml", Path("/etc/passwd"),
+                   Path.cwd() / "pyproject.toml", Path(final.grid.replace(str(served_folder), str(tmp_path / "artifacts")))]
+        for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/"):
+            for path in refused + [Path(f"{served_folder}/../{served_folder.name}/../../etc/passwd")]:
+                response = client.get(f"{route}{path}")
+                assert response.status_code in (403, 404), f"{route}{path}: {response.status_code}"
+                assert b"sk-secret" not in response.content and b"private notes" not in response.content
+    assert all(p.suffix in (".jpg", ".png") for p in served_folder.iterdir())
+
+
+def test_auth_puts_a_login_in_front_of_every_file(served_demo):
+    import httpx
+
+    start, _, _, _ = served_demo
+    app, base = start(auth="alice:s3cret")
+    session = app.agent_cir_session
+    picture = session.preview_of("photo_01.png")
+    with httpx.Client(base_url=base, timeout=30) as client:
+        assert client.get(f"/gradio_api/file={picture}").status_code in (401, 403)
+        assert client.post("/login", data={"username": "alice", "password": "wrong"}).status_code == 400
+        assert client.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+        assert client.get(f"/gradio_api/file={picture}").status_code == 200
+
+
+def test_network_warning_auth_option_and_readable_labels():
+    from agent_cir.demo import item_label, network_warning, parse_auth
+    from agent_cir.report.served import readable_name
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert network_warning(host) is None
+    for host in ("0.0.0.0", "192.168.1.5", "::", "myhost.example"):
+        warning = network_warning(host)
+        assert warning and "reachable from the network" in warning and "--auth" in warning
+    assert parse_auth("alice:pa:ss") == ("alice", "pa:ss") and parse_auth(None) is None
+    for bad in ("alice", ":pw", "alice:", " :x"):
+        with pytest.raises(DemoError, match="USER:PASSWORD"):
+            parse_auth(bad)
+    assert item_label(1, 0.3124, "n02085620_Chihuahua.jpg") == "#1 0.312 · Chihuahua"
+    assert item_label(12, None, "cats/tabby_03.png", ground_truth=True) == "#12 · tabby 03 ★ ground truth"
+    assert readable_name("n02099601_golden_retriever.jpg") == "golden retriever"
+    assert readable_name("cirr-dev-1") == "cirr-dev-1"
+
+
+def test_random_encoder_warning_in_the_view():
+    trace = {"encoder": {"backend": "open_clip", "model": "ViT-B-32", "random_weights": True},
+             "stages": [], "results": []}
+    assert "random-init encoder: rankings are meaningless" in view_from_trace(trace).warning
+    trace["encoder"]["random_weights"] = False
+    assert view_from_trace(trace).warning == ""
+
+
+def test_bad_auth_fails_before_models_load(tmp_path):
+    from typer.testing import CliRunner
+
+    from agent_cir.cli import _register, app
+
+    pytest.importorskip("gradio")
+    _register()
+    result = CliRunner().invoke(app, ["demo", "--config", "no-such-recipe", "--index", str(tmp_path), "--auth", "alice"])
+    assert result.exit_code == 2 and "USER:PASSWORD" in result.output and "Traceback" not in result.output
 
 
 def test_missing_gradio_is_a_clear_error(monkeypatch):

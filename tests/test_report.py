@@ -100,11 +100,11 @@ def test_ground_truth_highlighted_only_on_ground_truth_items(synthetic_run, tmp_
     assert improved.items[1:7] == [gallery_id(n) for n in QUERIES["q-improved"][1]]
     html = _query_page(out, "q-improved").read_text()
     assert 'data-stage="retrieve" data-rank="#4"' in html and 'data-stage="rerank" data-rank="#1"' in html
-    assert "Ranking: 4 &gt; 1 &gt; 2 &gt; 3" in html, "the judge's raw answer is shown"
-    assert "window 0, pass 0: appended_missing (appended: [4])" in html, "repairs are shown"
+    assert "Ranking: 4 &gt; 1 &gt; 3" in html, "the judge's raw answer is shown"
+    assert "window 0, pass 0: appended_missing (appended: [2])" in html, "repairs are shown (they agree with the answer)"
 
     lost = parse(_query_page(out, "q-lost"))
-    assert lost.targets == [gallery_id(11)], "a lost target appears only in the ground-truth panel"
+    assert lost.targets == [gallery_id(10)], "a lost target appears only in the ground-truth panel"
     assert 'data-rank="&gt; 6"' in _query_page(out, "q-lost").read_text()
 
     unknown_html = _query_page(out, "q-unknown").read_text()
@@ -270,6 +270,11 @@ def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_
             writer.write(result.trace)
     out = tmp_path / "report"
     build_report(traces, out)
+    page = parse(out / next(q for q in summary(out)["queries"] if q["id"] == "real-1")["page"])
+    assert not [src for src in page.images if not src.startswith("../grids/")], \
+        "a bare traces file names no gallery folder: its gallery images are not shown"
+    assert "outside the gallery" in (out / "index.html").read_text()
+    build_report(traces, out, gallery=[Path(demo_pipeline.gallery.paths[0]).parent, demo_pipeline.artifacts_dir])
     entries = {q["id"]: q for q in summary(out)["queries"]}
     assert entries["real-1"]["status"] == "improved"
     assert (entries["real-1"]["retrieve_rank"], entries["real-1"]["final_rank"]) == (3, 1)
@@ -282,7 +287,7 @@ def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_
 
 
 def test_metrics_files_flat_or_nested():
-    from agent_cir.report.writer import split_metrics
+    from agent_cir.report.analyse import split_metrics
 
     nested = split_metrics({"dataset": "cirr", "metrics": {"recall@1": 0.3}, "notes": ["n1"], "surrogate_note": "n2",
                             "categories": None, "queries": {"selected": 3}})
@@ -291,3 +296,272 @@ def test_metrics_files_flat_or_nested():
     flat = split_metrics({"recall@1": 0.3, "recall@5": 0.5, "benchmark": "x"})
     assert flat == {"scores": {"recall@1": 0.3, "recall@5": 0.5}, "facts": {"benchmark": "x"}, "notes": []}
     assert split_metrics(None)["scores"] is None
+
+
+# ------------------------------------------------------------------------------------ the output folder
+
+
+def test_a_folder_with_files_of_its_own_is_refused_and_left_untouched(synthetic_run, tmp_path):
+    out = tmp_path / "mine"
+    (out / "queries").mkdir(parents=True)
+    keep = {out / "queries" / "notes.html": "my notes", out / "index-2.html": "my page", out / "todo.txt": "x"}
+    for path, text in keep.items():
+        path.write_text(text)
+    with pytest.raises(ReportError, match=r"is not empty .* Choose a new or empty folder for --out"):
+        build_report(synthetic_run.run_dir, out)
+    assert {p: p.read_text() for p in keep} == keep
+    assert sorted(p.name for p in out.rglob("*")) == ["index-2.html", "notes.html", "queries", "todo.txt"]
+
+    from agent_cir.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["report", str(synthetic_run.run_dir), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "not empty" in result.output and {p: p.read_text() for p in keep} == keep
+    with pytest.raises(ReportError, match="is a file"):
+        build_report(synthetic_run.run_dir, out / "todo.txt")
+
+
+def test_a_report_folder_is_reused_and_only_its_own_files_are_removed(tmp_path):
+    from agent_cir.report.folder import MARKER_NAME, read_marker
+
+    run_dir = write_run(tmp_path, repeat=2)  # 12 queries
+    out = tmp_path / "report"
+    build_report(run_dir, out, page_size=5)
+    marker = json.loads((out / MARKER_NAME).read_text())
+    assert marker["format"] == "agent_cir-report" and marker["version"] == 1
+    listed = set(marker["files"])
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MARKER_NAME,
+                                                                                           ".agent_cir_report.lock"}
+    assert listed == on_disk, "the marker lists exactly the files the report wrote"
+    assert not list(out.rglob("*.part")), "no temporary file is left"
+    # the user adds files of their own to the report folder
+    (out / "queries" / "my-notes.html").write_text("mine")
+    (out / "README.txt").write_text("mine too")
+    build_report(run_dir, out, limit=3, page_size=5)
+    assert (out / "queries" / "my-notes.html").read_text() == "mine" and (out / "README.txt").read_text() == "mine too"
+    assert len(list((out / "queries").glob("*-*.html"))) == 3 + 1  # three pages + the user's
+    assert not (out / "index-2.html").exists()
+    assert "queries/my-notes.html" not in read_marker(out)
+    # a file of the user's where the next report wants to write is refused, not overwritten
+    wanted = next(q["page"] for q in summary(out)["queries"])
+    build_report(run_dir, out, page_size=5)  # the full report again: 12 pages
+    victim = out / "index-3.html"
+    victim.unlink()
+    victim.write_text("the user's own page")
+    marker = json.loads((out / MARKER_NAME).read_text())
+    marker["files"].remove("index-3.html")
+    (out / MARKER_NAME).write_text(json.dumps(marker))
+    with pytest.raises(ReportError, match="was not written by an earlier report"):
+        build_report(run_dir, out, page_size=5)
+    assert victim.read_text() == "the user's own page"
+    assert (out / wanted).is_file()
+
+
+def test_a_tampered_marker_never_deletes_outside_the_folder(synthetic_run, tmp_path):
+    from agent_cir.report.folder import MARKER_NAME
+
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    marker = json.loads((out / MARKER_NAME).read_text())
+    marker["files"] += ["../precious.txt", str(outside), "queries/../../precious.txt", "", 7, "sub\\..\\x"]
+    (out / MARKER_NAME).write_text(json.dumps(marker))
+    build_report(synthetic_run.run_dir, out, filter="lost")
+    assert outside.read_text() == "keep me"
+    # a symlinked folder inside the report folder is not followed for deletion either
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "page.html").write_text("not the report's")
+    os.symlink(elsewhere, out / "linked")
+    marker = json.loads((out / MARKER_NAME).read_text())
+    marker["files"].append("linked/page.html")
+    (out / MARKER_NAME).write_text(json.dumps(marker))
+    build_report(synthetic_run.run_dir, out)
+    assert (elsewhere / "page.html").read_text() == "not the report's"
+
+
+def test_an_interrupted_report_is_finished_by_the_next_one(synthetic_run, tmp_path, monkeypatch):
+    from agent_cir.report import folder as folder_module
+
+    out = tmp_path / "report"
+
+    def crash(self, keep_prefixes=()):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(folder_module.ReportFolder, "commit", crash)
+        with pytest.raises(KeyboardInterrupt):
+            build_report(synthetic_run.run_dir, out)
+    assert (out / "index.html").is_file() and not (out / folder_module.MARKER_NAME).exists()
+    build_report(synthetic_run.run_dir, out, filter="hurt")  # its files are known to be the report's own
+    assert list(parse(out / "index.html").rows) == ["q-hurt"]
+    assert len(list((out / "queries").glob("*.html"))) == 1
+    assert not (out / folder_module.JOURNAL_NAME).exists()
+
+
+def test_a_second_writer_into_the_same_folder_is_refused(synthetic_run, tmp_path):
+    from filelock import FileLock
+
+    from agent_cir.report.folder import LOCK_NAME
+
+    out = tmp_path / "report"
+    out.mkdir()
+    with FileLock(str(out / LOCK_NAME)):
+        with pytest.raises(ReportError, match="another report is being written"):
+            build_report(synthetic_run.run_dir, out)
+    build_report(synthetic_run.run_dir, out)
+
+
+# --------------------------------------------------------------------------------------- image paths
+
+
+def _one_trace_run(tmp_path: Path, rows: list[dict], image_path: str | None = None) -> Path:
+    """An eval run folder whose gallery is tmp/gallery, with one trace naming ``rows`` as its ranking."""
+    gallery = tmp_path / "gallery"
+    gallery.mkdir(exist_ok=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"name": "paths", "images_root": str(gallery)}))
+    trace = make_trace("paths-1", None, None, ground_truth=[], retrieve_order=[0], rerank_order=None)
+    trace["results"] = rows
+    trace["stages"] = [s for s in trace["stages"] if s["stage"] != "retrieve"]
+    trace["query"]["image_path"] = image_path
+    with TraceWriter(run_dir / "traces.jsonl", mode="w") as writer:
+        writer.write(trace)
+    return run_dir
+
+
+def test_only_images_inside_the_gallery_are_embedded(tmp_path):
+    from PIL import Image
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(gallery / "inside.png")
+    private = tmp_path / "private"
+    private.mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(private / "secret.png")
+    os.symlink(private / "secret.png", gallery / "link-out.png")
+    rows = [
+        {"rank": 1, "id": "inside.png", "path": str(gallery / "inside.png"), "score": 0.9},
+        {"rank": 2, "id": "abs", "path": str(private / "secret.png"), "score": 0.8},
+        {"rank": 3, "id": "dotdot", "path": str(gallery / ".." / "private" / "secret.png"), "score": 0.7},
+        {"rank": 4, "id": "relative", "path": "../private/secret.png", "score": 0.6},
+        {"rank": 5, "id": "link", "path": str(gallery / "link-out.png"), "score": 0.5},
+        {"rank": 6, "id": "../private/secret.png", "path": None, "score": 0.4},
+    ]
+    run_dir = _one_trace_run(tmp_path, rows, image_path=str(private / "secret.png"))
+    out = tmp_path / "report"
+    build_report(run_dir, out)
+    page_path = out / summary(out)["queries"][0]["page"]
+    page = parse(page_path)
+    assert len(page.images) == 1, "only the image inside the gallery is shown"
+    html = page_path.read_text()
+    assert html.count("outside the gallery") >= 5  # abs, dotdot, relative, link, and the reference
+    thumbs = list((out / "thumbs").glob("*.jpg"))
+    assert len(thumbs) == 1
+    with Image.open(thumbs[0]) as thumb:
+        assert thumb.convert("RGB").getpixel((5, 5))[0] > 150, "the thumbnail is of the gallery image, not the secret"
+    index = (out / "index.html").read_text()
+    assert "outside the gallery folders recorded for this run" in index and "--gallery" in index
+    assert summary(out)["images_outside_gallery"] >= 4
+    # naming the folder on purpose shows it
+    out2 = tmp_path / "report2"
+    build_report(run_dir, out2, gallery=[private])
+    assert len(parse(out2 / summary(out2)["queries"][0]["page"]).images) == 6  # 5 rows with paths + reference
+
+
+def test_a_bomb_or_broken_image_in_the_gallery_is_a_placeholder_not_a_traceback(tmp_path):
+    from PIL import Image
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.new("1", (10_000, 10_000)).save(gallery / "bomb.png")  # 100 MP: over PIL's bomb limit, a tiny file
+    (gallery / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (gallery / "recipe.yaml").write_text("name: x\n")
+    rows = [{"rank": i + 1, "id": name, "path": str(gallery / name), "score": 0.5}
+            for i, name in enumerate(["bomb.png", "broken.jpg", "recipe.yaml"])]
+    run_dir = _one_trace_run(tmp_path, rows, image_path=str(gallery / "bomb.png"))
+    out = tmp_path / "report"
+    build_report(run_dir, out)
+    html = (out / summary(out)["queries"][0]["page"]).read_text()
+    assert parse(out / summary(out)["queries"][0]["page"]).images == []
+    assert "decompression bomb" in html and "not a usable image" in html
+    assert "decompression bomb" in (out / "index.html").read_text(), "the index notes list what could not be shown"
+
+
+# ------------------------------------------------------------------------------------- what pages say
+
+
+def test_lost_query_shows_the_official_rank_and_k_is_worded_consistently(synthetic_run, tmp_path):
+    from tests.fixtures.report import GALLERY_SIZE, LOST_OFFICIAL_RANK, RETRIEVE_K
+
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    index = (out / "index.html").read_text()
+    expected = f"rank {LOST_OFFICIAL_RANK} (outside the top {RETRIEVE_K} kept)"
+    row = re.search(r'data-query-id="q-lost">(.*?)</tr>', index, re.S).group(1)
+    assert expected in row and f"not in top {RETRIEVE_K}" in row
+    assert next(q for q in summary(out)["queries"] if q["id"] == "q-lost")["official_rank"] == LOST_OFFICIAL_RANK
+    lost = _query_page(out, "q-lost").read_text()
+    assert expected in lost
+    assert f"Retrieval: top {RETRIEVE_K} of {GALLERY_SIZE} ranked" in lost
+    assert f"k (items the stage was asked to rank): {GALLERY_SIZE}" in lost
+    assert f"the trace keeps the top {RETRIEVE_K}" in lost
+    assert "Retrieval top-" not in lost
+    # the query table comes before the run's details, which are collapsible
+    assert index.index('id="query-table"') < index.index('id="run-details"') < index.index('id="metrics"')
+    assert re.search(r'<details class="card" id="run-details">', index)
+
+
+def test_random_init_encoder_banner(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        for number, random_weights in enumerate([True, False, None]):
+            trace = make_trace(f"e-{number}", None, None, ground_truth=[1], retrieve_order=[0, 1], rerank_order=None)
+            if random_weights is not None:
+                trace["encoder"] = {"backend": "open_clip", "model": "ViT-B-32", "pretrained": None,
+                                    "preprocess": {}, "random_weights": random_weights}
+            writer.write(trace)
+    out = tmp_path / "report"
+    build_report(traces, out)
+    banner = "random-init encoder: rankings are meaningless"
+    assert banner in (out / "index.html").read_text() and "1 of 3 queries" in (out / "index.html").read_text()
+    assert banner in _query_page(out, "e-0").read_text()
+    assert banner not in _query_page(out, "e-1").read_text() and banner not in _query_page(out, "e-2").read_text()
+    plain = tmp_path / "plain.jsonl"
+    with TraceWriter(plain, mode="w") as writer:
+        writer.write(make_trace("p", None, None, ground_truth=[1], retrieve_order=[0, 1], rerank_order=None))
+    build_report(plain, tmp_path / "plain-report")
+    assert banner not in (tmp_path / "plain-report" / "index.html").read_text()
+
+
+PAYLOADS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "{{ 7*7 }}", "</pre><b>bold</b>"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_trace_text_is_escaped_everywhere(tmp_path, payload):
+    trace = make_trace("x", None, None, ground_truth=[1], retrieve_order=[0, 1, 2, 3], rerank_order=[1, 0, 2, 3])
+    trace["query_id"] = trace["query"]["id"] = f"id {payload}"
+    trace["query"]["text"] = payload
+    trace["captions"] = [payload]
+    trace["reasoning"] = payload
+    trace["target_descriptions"] = [payload]
+    trace["query"]["meta"]["note"] = payload
+    rerank = next(s for s in trace["stages"] if s["stage"] == "rerank")
+    rerank["calls"][0]["raw"] = payload
+    rerank["output"]["repairs"] = [payload]
+    trace["results"][0]["id"] = payload
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(trace)
+    out = tmp_path / "report"
+    build_report(traces, out)
+    for page in [out / "index.html", *(out / "queries").glob("*.html")]:
+        html = page.read_text()
+        assert "<script>alert" not in html and "<img src=x" not in html and "<b>bold</b>" not in html
+        if payload == "{{ 7*7 }}":
+            assert payload in html, "template syntax in data is shown as text, never evaluated"
+    escaped = payload.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
+    assert escaped in (out / "index.html").read_text(), "the modification text is shown, escaped"

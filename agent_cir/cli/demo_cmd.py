@@ -14,12 +14,20 @@ from agent_cir.cli._common import user_errors
 def demo(
     config: str = typer.Option(..., "--config", "-c", help="Recipe: packaged name or YAML path."),
     index: Path = typer.Option(..., "--index", "-i", help="Gallery index folder (made by `agent-cir index`)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default keeps it on this machine."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host",
+        help="Interface to bind; the default keeps it on this machine. Any other (e.g. 0.0.0.0) makes the gallery "
+             "visible to the network: a warning is printed; consider --auth.",
+    ),
     port: int | None = typer.Option(None, "--port", "-p", help="Port (default: the first free one from 7860)."),
     artifacts: Path | None = typer.Option(None, "--artifacts", help="Where grid images are written (default: a temporary folder)."),
+    auth: str | None = typer.Option(
+        None, "--auth", envvar="AGENT_CIR_DEMO_AUTH", show_envvar=True,
+        help="USER:PASSWORD: Gradio's login page in front of the demo (the variable keeps it out of the process list).",
+    ),
 ) -> None:
     """Run the interactive demo (needs the `demo` extra: pip install 'agent-cir\\[demo]')."""
     from agent_cir.demo import launch_demo
 
     with user_errors():
-        launch_demo(config, index, host=host, port=port, artifacts_dir=artifacts)
+        launch_demo(config, index, host=host, port=port, artifacts_dir=artifacts, auth=auth)

@@ -2,65 +2,66 @@
 
 A thumbnail's file name is a hash of the source's absolute path, size, modification time and the
 thumbnail size, so a changed image gets a new thumbnail and an unchanged one is never decoded again.
+Sources are decoded by ``agent_cir.index.decode.load_image`` (EXIF orientation, decompression-bomb guard),
+the one decoder the gallery and reference images go through.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from agent_cir.index.decode import BadImageError, load_image
+from agent_cir.report.folder import ReportFolder
 
 
 class ThumbnailCache:
-    """Writes JPEG thumbnails under ``out_dir/folder`` and returns their paths relative to ``out_dir``."""
+    """Writes JPEG thumbnails under ``folder/subfolder`` and returns their paths relative to the folder."""
 
-    def __init__(self, out_dir: str | Path, folder: str = "thumbs", max_side: int = 256, quality: int = 85) -> None:
-        self.out_dir = Path(out_dir)
+    def __init__(self, folder: ReportFolder, subfolder: str = "thumbs", max_side: int = 256, quality: int = 85) -> None:
         self.folder = folder
+        self.subfolder = subfolder
         self.max_side = max_side
         self.quality = quality
         self.generated = 0
         self.reused = 0
         self.failed: dict[str, str] = {}
-        """Source path -> why no thumbnail could be made (unreadable or not an image)."""
+        """Source path -> why no thumbnail could be made (unreadable, not an image, a decompression bomb)."""
         self._memo: dict[str, str | None] = {}
 
     def _key(self, source: Path, stat: os.stat_result) -> str:
         text = f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{self.max_side}|{self.quality}"
-        return hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
+        return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
-    def get(self, source: str | Path | None) -> str | None:
-        """Relative path (posix) of the thumbnail of ``source``, or None when it is missing or unreadable."""
-        if source is None:
-            return None
-        path = Path(source).expanduser().resolve()
-        memo_key = str(path)
+    def get(self, source: Path) -> str | None:
+        """Relative path (posix) of the thumbnail of ``source`` (a checked, resolved file), or None (see ``failed``)."""
+        memo_key = str(source)
         if memo_key in self._memo:
             return self._memo[memo_key]
         try:
-            stat = path.stat()
-        except OSError:
+            stat = source.stat()
+        except OSError as err:
+            self.failed[memo_key] = f"unreadable: {err.strerror or err}"
             self._memo[memo_key] = None
             return None
-        relative = f"{self.folder}/{self._key(path, stat)}.jpg"
-        target = self.out_dir / relative
-        if target.is_file() and target.stat().st_size > 0:
+        relative = f"{self.subfolder}/{self._key(source, stat)}.jpg"
+        target = self.folder.path / relative
+        if self.folder.owns(relative) and target.is_file() and target.stat().st_size > 0:
+            self.folder.claim(relative)
             self.reused += 1
         else:
             try:
-                with Image.open(path) as image:
-                    image.thumbnail((self.max_side, self.max_side))
-                    rgb = image.convert("RGB")
-            except (OSError, UnidentifiedImageError, ValueError) as err:
+                image = load_image(source)
+            except BadImageError as err:
                 self.failed[memo_key] = str(err)
                 self._memo[memo_key] = None
                 return None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".part")
-            rgb.save(partial, format="JPEG", quality=self.quality)
-            os.replace(partial, target)  # never leave a half-written thumbnail under the final name
+            image.thumbnail((self.max_side, self.max_side))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=self.quality)
+            self.folder.write_bytes(relative, buffer.getvalue())
             self.generated += 1
         self._memo[memo_key] = relative
         return relative

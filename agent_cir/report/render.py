@@ -1,0 +1,154 @@
+"""HTML of the report: jinja2 templates (autoescaped: trace text is data, never markup) fed with page contexts
+built from ``QueryView``s, ``TraceData`` and the checked images (``images.ReportImages``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jinja2
+
+from agent_cir.report.analyse import STATUS_LABELS, STATUSES, QueryView
+from agent_cir.report.chart import rank_chart
+from agent_cir.report.images import ReportImages
+from agent_cir.report.load import Row, Stage, TraceData
+from agent_cir.report.served import readable_name
+
+RANDOM_ENCODER_BANNER = "random-init encoder: rankings are meaningless"
+_HEAVY_OUTPUT_KEYS = {"candidates", "grids", "repairs"}
+"""Stage output fields shown elsewhere on the page (thumbnails, grids, repair lines)."""
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("agent_cir.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = format_number
+    env.filters["pretty_json"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2, default=str)
+    env.tests["mapping"] = lambda value: isinstance(value, dict)
+    return env
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return f"{value:.{digits}f}"
+
+
+def readable_output(stage: Stage, max_items: int = 10, max_chars: int = 300) -> dict[str, Any]:
+    """A stage's output for people: heavy fields left out (shown elsewhere), long lists and texts cut."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str):
+            return value if len(value) <= max_chars else value[:max_chars] + "…"
+        if isinstance(value, list):
+            head = [cut(item) for item in value[:max_items]]
+            return ", ".join(map(str, head)) + (f" … ({len(value)} in all)" if len(value) > max_items else "")
+        if isinstance(value, dict):
+            return {str(k): cut(v) for k, v in list(value.items())[:max_items]}
+        return value
+
+    return {key: cut(value) for key, value in stage.output.items() if key not in _HEAVY_OUTPUT_KEYS}
+
+
+def _rows(rows: list[Row], images: ReportImages, targets: set[str], subset: set[str],
+          captions: dict[str, list[str]]) -> list[dict[str, Any]]:
+    return [{
+        "rank": row.rank,
+        "id": row.id,
+        "name": readable_name(row.id),
+        "score": row.score,
+        "image": images.thumb_of_id(row.id, row.path),
+        "is_target": row.id in targets,
+        "in_subset": row.id in subset,
+        "caption": (captions.get(row.id) or [None])[0],
+    } for row in rows]
+
+
+def retrieval_heading(trace: TraceData) -> dict[str, Any]:
+    """The numbers behind 'Retrieval': rows shown, items ranked, the k asked for, in words that say which is which."""
+    retrieval = trace.retrieval
+    if retrieval is None:
+        return {"title": "Retrieval", "detail": ""}
+    shown = len(retrieval.rows)
+    title = f"Retrieval: top {shown}" + (f" of {retrieval.ranked:,} ranked" if retrieval.ranked > shown else "")
+    parts = [f"mode: {retrieval.mode}"]
+    if retrieval.k is not None:
+        parts.append(f"k (items the stage was asked to rank): {retrieval.k:,}")
+    if retrieval.ranked > shown:
+        parts.append(f"the trace keeps the top {shown}")
+    return {"title": title, "detail": " · ".join(parts)}
+
+
+def query_context(view: QueryView, images: ReportImages, captions: dict[str, list[str]]) -> dict[str, Any]:
+    trace = view.trace
+    targets, subset = set(view.ground_truth), set(view.subset)
+    base = trace.artifacts_dir
+    grids = [{
+        "number": number,
+        "image": images.grid(grid.path, base),
+        "label": images.display_path(grid.path) or f"grid {number}",
+        "cells": [{"cell": cell, "id": item, "is_target": item in targets} for cell, item in grid.cells],
+    } for number, grid in enumerate(trace.rerank.grids if trace.rerank else [], start=1)]
+    reference = images.thumb(trace.image_path)
+    if reference.src is None and reference.note is None and trace.reference_id:
+        reference = images.thumb_of_id(trace.reference_id)
+    eval_facts = None
+    if trace.eval is not None:
+        eval_facts = {"dataset": trace.eval.dataset, "split": trace.eval.split,
+                      "official target rank": trace.eval.target_rank, "items ranked": trace.eval.ranked,
+                      "top kept in the trace": trace.eval.kept_top}
+    return {
+        "view": view,
+        "trace": trace,
+        "meta": trace.meta,
+        "reference": reference,
+        "reference_label": trace.reference_id or images.display_path(trace.image_path) or "no reference image",
+        "reference_path": images.display_path(trace.image_path),
+        "reference_caption": (captions.get(str(trace.reference_id)) or [None])[0],
+        "caption_stage": trace.stage("caption"),
+        "retrieval": trace.retrieval,
+        "retrieval_heading": retrieval_heading(trace),
+        "retrieve_rows": _rows(trace.retrieval.rows if trace.retrieval else [], images, targets, subset, captions),
+        "rerank": trace.rerank,
+        "grids": grids,
+        "final_rows": _rows(trace.results, images, targets, subset, captions),
+        "same_as_retrieval": trace.rerank is None and trace.retrieval is not None
+        and [r.id for r in trace.results] == [r.id for r in trace.retrieval.rows],
+        "ground_truth": [{"id": gt, "image": images.thumb_of_id(gt), "caption": (captions.get(gt) or [None])[0]}
+                         for gt in view.ground_truth],
+        "rank_chart": rank_chart(view.points) if view.ground_truth else None,
+        "stages": [{"record": stage, "output": readable_output(stage)} for stage in trace.stages],
+        "eval_facts": eval_facts,
+        "random_encoder": trace.encoder is not None and trace.encoder.random_weights,
+        "banner": RANDOM_ENCODER_BANNER,
+    }
+
+
+def index_row(view: QueryView, images: ReportImages) -> dict[str, Any]:
+    trace = view.trace
+    reference = images.thumb(trace.image_path)
+    if reference.src is None and reference.note is None and trace.reference_id:
+        reference = images.thumb_of_id(trace.reference_id)
+    return {
+        "view": view,
+        "reference": reference,
+        "reference_label": trace.reference_id or view.query_id,
+        "text": trace.text,
+        "description": (trace.descriptions or [""])[0],
+        "manual": trace.description_source == "manual",
+        "seconds": trace.totals.get("seconds", 0.0),
+        "model_calls": trace.totals.get("model_calls", 0),
+    }
+
+
+COMMON = {"status_labels": STATUS_LABELS, "statuses": STATUSES, "banner": RANDOM_ENCODER_BANNER}
+
+__all__ = ["COMMON", "RANDOM_ENCODER_BANNER", "environment", "format_number", "index_row", "query_context",
+           "readable_output", "retrieval_heading"]

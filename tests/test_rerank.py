@@ -9,7 +9,7 @@ import pytest
 
 from agent_cir.config import GridConfig, RerankConfig
 from agent_cir.hashing import content_hash
-from agent_cir.stages.rerank import (
+from agent_cir.rerank import (
     RerankStage,
     aggregate_rankings,
     fuse_scores,

@@ -301,7 +301,8 @@ def _find_items(text: str, structured: Any = None) -> tuple[list[Any] | None, st
         return chains[-1], "arrow_chain", {}
     # A bare list of numbers: the whole answer, or its last line.
     non_empty = [line for line in lines if line.strip()]
-    for candidate in (stripped, non_empty[-1] if non_empty else ""):
+    last_line = non_empty[-1] if len(non_empty) > 1 else ""
+    for candidate in (stripped, last_line):
         sequence = number_sequence(candidate)
         if sequence:
             return sequence, "number_list", {}

@@ -4,6 +4,10 @@ Keys are stable hashes of everything that decides a model's answer (backend, mod
 hash, rendered messages, image content hashes, sampling parameters); values are small JSON dicts.
 Several processes may read and write one file at once: WAL journal, a busy timeout, one connection per
 thread, and upserts so that two writers of the same key never fail.
+
+A damaged value (not JSON, not an object, or failing the caller's shape check, e.g. no ``raw`` text) is a
+miss: the caller computes the answer again and its ``put`` overwrites the entry. Damaged values are counted
+(``ModelCache.damaged``, in ``stats``) and the caller notes them in its record.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from agent_cir.errors import AgentCirError
@@ -43,6 +48,8 @@ class ModelCache:
         self.path = Path(path).expanduser() if path else default_cache_path()
         self.hits = 0
         self.misses = 0
+        self.damaged = 0
+        """Values found unreadable or of the wrong shape (counted as misses too)."""
         self._counter_lock = threading.Lock()
         self._local = threading.local()
         try:
@@ -51,7 +58,7 @@ class ModelCache:
             raise CacheError(
                 f"model cache folder {self.path.parent} cannot be created ({err}); set cache.path in the recipe "
                 f"or ${CACHE_ENV} to a writable file, or disable the cache (cache: {{enabled: false}})"
-            ) from None
+            ) from err
         self._connection()  # fail early, with a clear message, if the file is unusable
 
     @classmethod
@@ -80,7 +87,7 @@ class ModelCache:
             raise CacheError(
                 f"model cache {self.path} cannot be opened ({err}); delete the file if it is corrupt, "
                 f"or point cache.path / ${CACHE_ENV} elsewhere"
-            ) from None
+            ) from err
         self._local.conn = conn
         return conn
 
@@ -98,15 +105,44 @@ class ModelCache:
                 time.sleep(0.05 * (attempt + 1))
         return None
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The stored value, or None; counts a hit or a miss."""
-        row = self._connection().execute("SELECT value FROM model_cache WHERE key = ?", (key,)).fetchone()
+    def lookup(
+        self, key: str, validate: Callable[[dict[str, Any]], bool] | None = None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """(value, "hit") or (None, "miss" | "damaged"). A value that is not a JSON object, or that
+        ``validate`` rejects, is damaged: counted, and a miss for the caller (whose put replaces it)."""
+        try:
+            row = self._connection().execute("SELECT value FROM model_cache WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise CacheError(
+                f"model cache {self.path} cannot be read ({err}); delete the file if it is corrupt, "
+                f"or point cache.path / ${CACHE_ENV} elsewhere"
+            ) from err
+        value: Any = None
+        status = "miss"
+        if row is not None:
+            try:
+                value = json.loads(row[0]) if isinstance(row[0], (str, bytes)) else None
+            except (ValueError, RecursionError):
+                value = None
+            ok = isinstance(value, dict)
+            if ok and validate is not None:
+                try:
+                    ok = bool(validate(value))
+                except Exception:  # noqa: BLE001 - a shape check that trips over the value: damaged
+                    ok = False
+            status = "hit" if ok else "damaged"
         with self._counter_lock:
-            if row is None:
-                self.misses += 1
-            else:
+            if status == "hit":
                 self.hits += 1
-        return json.loads(row[0]) if row is not None else None
+            else:
+                self.misses += 1
+                if status == "damaged":
+                    self.damaged += 1
+        return (value, status) if status == "hit" else (None, status)
+
+    def get(self, key: str, validate: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """The stored value, or None (absent or damaged); counts a hit or a miss."""
+        return self.lookup(key, validate)[0]
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store (or replace) a value. Safe when another process writes the same key at the same time."""

@@ -1,4 +1,14 @@
-"""Tolerant extraction of JSON from model text: plain JSON, fenced JSON, or the first balanced object/array."""
+"""Tolerant extraction of JSON and descriptions from model text: plain JSON, fenced JSON, the first balanced
+object/array, labelled lines.
+
+Model output is hostile input. Every function here is total and linear-time:
+- only the first ``MAX_ANSWER_CHARS`` (64 KiB) of an answer are read; a longer answer is cut there and the
+  cut is recorded (a parse note / the ``repaired`` status), never an error;
+- no regular expression with nested or adjacent overlapping quantifiers (the kind that backtracks
+  catastrophically): structure is found with ``str`` methods, one-pass scanners and anchored patterns;
+- JSON nested deeper than Python's recursion limit (``[[[[...]]]]``), numbers too long for ``int`` and any
+  other exception inside a parser become "nothing usable here", recorded, not raised.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,43 @@ import json
 import re
 from typing import Any
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+MAX_ANSWER_CHARS = 64 * 1024
+"""How much of a model answer the parsers read; the rest is ignored (and the cut recorded)."""
+MAX_JSON_DEPTH = 32
+"""Nesting depth below which JSON values are searched for answers (deeper values are not answers)."""
+
+
+def bound_answer(text: str | None) -> tuple[str, str | None]:
+    """(the part of ``text`` the parsers read, a note when it was cut)."""
+    if not text:
+        return "", None
+    if not isinstance(text, str):
+        text = str(text)
+    if len(text) <= MAX_ANSWER_CHARS:
+        return text, None
+    return text[:MAX_ANSWER_CHARS], (
+        f"answer was {len(text)} characters; only the first {MAX_ANSWER_CHARS} were read"
+    )
+
+
+def fenced_blocks(text: str) -> list[str]:
+    """The contents of ```` ``` ```` fenced blocks (an optional ``json`` tag and leading whitespace dropped).
+
+    One left-to-right pass with ``str.find``: linear in the text, whatever it holds."""
+    blocks: list[str] = []
+    position = text.find("```")
+    while position != -1:
+        start = position + 3
+        if text.startswith(("json", "JSON"), start):
+            start += 4
+        while start < len(text) and text[start].isspace():
+            start += 1
+        end = text.find("```", start)
+        if end == -1:
+            break
+        blocks.append(text[start:end])
+        position = text.find("```", end + 3)
+    return blocks
 
 
 def _balanced_spans(text: str, opener: str, closer: str) -> list[str]:
@@ -35,30 +81,45 @@ def _balanced_spans(text: str, opener: str, closer: str) -> list[str]:
     return spans
 
 
-def _loads(candidate: str) -> Any | None:
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+def _json_or_none(candidate: str) -> Any | None:
     try:
         return json.loads(candidate)
-    except (json.JSONDecodeError, ValueError):
-        pass
-    # Common model slips: trailing commas, single-quoted keys/strings.
-    repaired = re.sub(r",\s*([}\]])", r"\1", candidate)
-    if "'" in repaired and '"' not in repaired:
-        repaired = repaired.replace("'", '"')
-    try:
-        return json.loads(repaired)
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):  # JSONDecodeError, int too long, nested deeper than the stack
         return None
 
 
+def _loads(candidate: str) -> Any | None:
+    value = _json_or_none(candidate)
+    if value is not None:
+        return value
+    # Common model slips: trailing commas, single-quoted keys/strings.
+    repaired = _TRAILING_COMMA.sub(r"\1", candidate)
+    if "'" in repaired and '"' not in repaired:
+        repaired = repaired.replace("'", '"')
+    return _json_or_none(repaired) if repaired != candidate else None
+
+
 def extract_json(text: str, prefer: type | None = dict) -> Any | None:
-    """Return the first JSON value found in ``text`` (``prefer`` dict: objects first, then arrays), or None."""
+    """Return the first JSON value found in ``text`` (``prefer`` dict: objects first, then arrays), or None.
+
+    Reads at most ``MAX_ANSWER_CHARS``; never raises."""
+    try:
+        return _extract_json(bound_answer(text)[0], prefer)
+    except Exception:  # noqa: BLE001 - hostile text must never fail a caller
+        return None
+
+
+def _extract_json(text: str, prefer: type | None) -> Any | None:
     if not text:
         return None
     stripped = text.strip()
     whole = _loads(stripped)
     if whole is not None and (prefer is None or isinstance(whole, prefer)):
         return whole
-    candidates: list[str] = [match.strip() for match in _FENCE.findall(text)]
+    candidates: list[str] = [block.strip() for block in fenced_blocks(text)]
     order = [("{", "}"), ("[", "]")] if prefer is not list else [("[", "]"), ("{", "}")]
     for opener, closer in order:
         candidates.extend(_balanced_spans(text, opener, closer))
@@ -131,13 +192,13 @@ class ParsedDescriptions:
 _SINGLE_KEYS = ("target_description", "description", "target", "target_caption", "edited_description", "answer")
 _MULTI_KEYS = ("target_descriptions", "descriptions", "targets", "target_captions")
 _REASONING_KEYS = ("reasoning", "reason", "thoughts", "thinking", "analysis", "edit", "edit_type")
-_PLACEHOLDER = re.compile(r"^\s*(<[^>]*>|\.\.\.|…|n/?a|none|null)?\s*$", re.IGNORECASE)
-_LABELLED = re.compile(
-    r"^[ \t>*#_-]*(?:\d+[.)][ \t]*)?\**[ \t]*(?:final[ \t]+)?target(?:[ \t]+image)?[ \t]+descriptions?(?:[ \t]*\d+)?[ \t]*\**[ \t]*[:：][ \t]*\**[ \t]*(.*)$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_REASONING_LINE = re.compile(r"^[ \t>*#_-]*\**[ \t]*reasoning[ \t]*\**[ \t]*[:：][ \t]*(.+)$", re.IGNORECASE | re.MULTILINE)
+_PLACEHOLDER = re.compile(r"(?:<[^>]*>|\.\.\.|…|n/?a|none|null)?", re.IGNORECASE)
+_LINE_DECORATION = " \t>*#_-"
+_LIST_NUMBER = re.compile(r"\d{1,6}[.)]")
+_LABEL_WORDS = re.compile(r"(?:final )?target (?:image )?descriptions?(?: ?\d{1,6})?", re.IGNORECASE)
+_COLONS = (":", "：")
 _TRUNCATED_FIELD = r'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)'
+_TRUNCATED_LIST = r'"{key}"\s*:\s*\[\s*"((?:[^"\\]|\\.)*)'
 
 
 def clean_description(text: Any) -> str:
@@ -147,8 +208,65 @@ def clean_description(text: Any) -> str:
     value = text.strip().strip("*").strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'`":
         value = value[1:-1]
-    value = re.sub(r"\s+", " ", value).strip()
-    return "" if _PLACEHOLDER.match(value) else value
+    value = " ".join(value.split())
+    return "" if _PLACEHOLDER.fullmatch(value) else value
+
+
+def _split_label(line: str) -> tuple[str, str] | None:
+    """``(label, value)`` of a ``Label: value`` line (decoration and a list number before the label, stars
+    around it); None without a colon. Plain string operations: linear in the line."""
+    cut = min((i for i in (line.find(c) for c in _COLONS) if i != -1), default=-1)
+    if cut == -1:
+        return None
+    head = line[:cut].lstrip(_LINE_DECORATION)
+    number = _LIST_NUMBER.match(head)
+    if number:
+        head = head[number.end():]
+    label = " ".join(head.replace("*", " ").split())
+    value = line[cut + 1:].lstrip(" \t*")
+    return label, value
+
+
+def _labelled_descriptions(text: str) -> list[str]:
+    """Values of ``Target description: ...`` lines (``Final target description 2:``, ``**Target image
+    description**:``, ``1. Target description: ...``)."""
+    found = []
+    for line in text.splitlines():
+        split = _split_label(line)
+        if split and _LABEL_WORDS.fullmatch(split[0]):
+            found.append(split[1])
+    return found
+
+
+def _reasoning_line(text: str) -> str | None:
+    for line in text.splitlines():
+        split = _split_label(line)
+        if split and split[0].lower() == "reasoning" and split[1].strip():
+            return split[1].strip()
+    return None
+
+
+def _listed_after_header(text: str) -> list[str]:
+    """Items of a numbered or bulleted list under a ``Target descriptions:`` line of its own."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        body = line.rstrip(" \t*")
+        if not body.endswith(_COLONS):
+            continue
+        words = body[:-1].replace("*", " ").split()
+        if len(words) >= 2 and words[-2].lower() == "target" and words[-1].lower() in ("description", "descriptions"):
+            items = []
+            for item_line in lines[index + 1:]:
+                item = item_line.lstrip()
+                if item[:1] in ("-", "*", "•"):
+                    rest = item[1:]
+                else:
+                    number = _LIST_NUMBER.match(item)
+                    rest = item[number.end():] if number else ""
+                if rest[:1].isspace() and rest.strip():
+                    items.append(rest.strip())
+            return items
+    return []
 
 
 def _descriptions_from(value: Any) -> list[str]:
@@ -178,20 +296,30 @@ def _from_mapping(data: dict[str, Any]) -> tuple[list[str], str | None, dict[str
 
 
 def parse_target_descriptions(text: str | None, expected: int = 1) -> ParsedDescriptions:
-    """Read target description(s) and reasoning from a model answer, however it was formatted.
+    """Read target description(s) and reasoning from a model answer, however it was formatted; never raises.
 
     Accepts, in order: the answer being exactly the JSON object asked for (status ``ok``); JSON inside
     fences or other text, other key spellings, a JSON list, a truncated JSON string, or lines labelled
     ``Target description: ...`` (status ``repaired``). Nothing usable: status ``fallback``, no descriptions.
+    Only the first ``MAX_ANSWER_CHARS`` are read (the cut is noted and makes the status ``repaired``).
     """
-    text = (text or "").strip()
+    bounded, cut_note = bound_answer(text)
+    try:
+        parsed = _parse_target_descriptions(bounded.strip(), expected)
+    except Exception as err:  # noqa: BLE001 - a parser bug or hostile text must never fail a query
+        return ParsedDescriptions([], None, "fallback", note=f"answer could not be parsed ({type(err).__name__})")
+    if cut_note:
+        if parsed.status == "ok":
+            parsed.status = "repaired"
+        parsed.note = f"{cut_note}; {parsed.note}" if parsed.note else cut_note
+    return parsed
+
+
+def _parse_target_descriptions(text: str, expected: int) -> ParsedDescriptions:
     if not text:
         return ParsedDescriptions([], None, "fallback", note="empty answer")
 
-    try:
-        whole = json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        whole = None
+    whole = _json_or_none(text)
     if isinstance(whole, dict):
         descriptions, reasoning, fields, canonical = _from_mapping(whole)
         if descriptions:
@@ -209,9 +337,8 @@ def parse_target_descriptions(text: str | None, expected: int = 1) -> ParsedDesc
             return _limit(ParsedDescriptions(descriptions, None, "repaired"), expected)
 
     # JSON cut off by max_tokens: take the description string up to where it stops.
-    for key in ("target_descriptions", "target_description"):
-        match = re.search(_TRUNCATED_FIELD.format(key=key) if key == "target_description" else
-                          rf'"{key}"\s*:\s*\[\s*"((?:[^"\\]|\\.)*)', text)
+    for key, pattern in (("target_descriptions", _TRUNCATED_LIST), ("target_description", _TRUNCATED_FIELD)):
+        match = re.search(pattern.format(key=key), text)
         if match:
             description = clean_description(match.group(1).replace('\\"', '"'))
             if description:
@@ -221,21 +348,16 @@ def parse_target_descriptions(text: str | None, expected: int = 1) -> ParsedDesc
                     ParsedDescriptions([description], reasoning, "repaired", note="answer was cut off"), expected
                 )
 
-    labelled = [clean_description(m.group(1)) for m in _LABELLED.finditer(text)]
-    labelled = [item for item in dict.fromkeys(labelled) if item]
+    labelled = [item for item in dict.fromkeys(clean_description(v) for v in _labelled_descriptions(text)) if item]
     if not labelled:
         # "Target descriptions:" on its own line followed by a numbered or bulleted list
-        header = re.search(r"target\s+descriptions?\s*\**\s*[:：]\s*\**\s*$", text, re.IGNORECASE | re.MULTILINE)
-        if header:
-            tail = text[header.end():]
-            items = re.findall(r"^\s*(?:[-*•]|\d+[.)])\s+(.+)$", tail, re.MULTILINE)
-            labelled = [item for item in dict.fromkeys(clean_description(i) for i in items) if item]
+        labelled = [item for item in dict.fromkeys(clean_description(i) for i in _listed_after_header(text)) if item]
     if labelled:
-        reasoning_match = _REASONING_LINE.search(text)
-        reasoning = reasoning_match.group(1).strip() if reasoning_match else None
+        reasoning = _reasoning_line(text)
         if reasoning is None:
-            first = _LABELLED.search(text)
-            before = text[: first.start()].strip() if first else ""
+            first = next((i for i, line in enumerate(text.splitlines())
+                          if (split := _split_label(line)) and _LABEL_WORDS.fullmatch(split[0])), None)
+            before = "\n".join(text.splitlines()[:first]).strip() if first is not None else ""
             reasoning = before or None
         return _limit(ParsedDescriptions(labelled, reasoning, "repaired"), expected)
 
@@ -258,12 +380,25 @@ def fallback_description(caption: str | None, modification: str) -> str:
     return caption or modification
 
 
-_CAPTION_LABEL = re.compile(r"^\s*\**\s*(?:image\s+)?(?:caption|description)\s*\**\s*[:：]\s*", re.IGNORECASE)
+_CAPTION_LABELS = ("caption", "description", "image caption", "image description")
 
 
 def parse_caption(text: str | None) -> tuple[str, str]:
-    """(caption, status) from a captioner's answer: plain text, a labelled line, or JSON with a caption key."""
-    raw = (text or "").strip()
+    """(caption, status) from a captioner's answer: plain text, a labelled line, or JSON with a caption key.
+
+    Never raises; reads at most ``MAX_ANSWER_CHARS`` (a longer answer is at best ``repaired``)."""
+    bounded, cut_note = bound_answer(text)
+    try:
+        caption, status = _parse_caption(bounded)
+    except Exception:  # noqa: BLE001 - hostile text must never fail a query
+        return "", "fallback"
+    if cut_note and status == "ok":
+        status = "repaired"
+    return caption, status
+
+
+def _parse_caption(text: str) -> tuple[str, str]:
+    raw = text.strip()
     if not raw:
         return "", "fallback"
     found = extract_json(raw, prefer=dict) if raw.startswith(("{", "```")) else None
@@ -271,12 +406,15 @@ def parse_caption(text: str | None) -> tuple[str, str]:
         for key in ("caption", "description", "text"):
             if isinstance(found.get(key), str) and found[key].strip():
                 return clean_description(found[key]), "repaired"
-    fenced = _FENCE.findall(raw)
+    fenced = fenced_blocks(raw)
     if fenced:
         raw = fenced[0].strip()
     lines = [line for line in raw.splitlines() if line.strip()]
     first = lines[0] if lines else ""
-    stripped = _CAPTION_LABEL.sub("", first)
+    stripped = first
+    split = _split_label(first)
+    if split and split[0].lower() in _CAPTION_LABELS:
+        stripped = split[1]
     caption = clean_description(stripped)
     if not caption:
         return "", "fallback"

@@ -1,24 +1,33 @@
 """Prompt templates: jinja2 files in ``prompts/``, hashed into every trace and cache key.
 
-A template renders to one or more chat messages. A line that is exactly ``[system]`` or ``[user]``
-starts a message of that role; text before the first marker belongs to a user message.
+A template is one or more chat messages. A line of the template *source* that is exactly ``[system]``,
+``[user]`` or ``[assistant]`` starts a message of that role; text before the first marker belongs to a
+user message. The source is split into its role parts first and each part is rendered on its own, so
+whatever a variable holds (a modification text that says ``[system]``, a caption) stays data inside its
+message and can never open a new one.
+
+Templates render in jinja2's ``ImmutableSandboxedEnvironment``: a template can format the variables it is
+given, but cannot reach Python internals (``__class__``, ``os.popen`` ...) or mutate its inputs.
+
 Templates are looked up by name (``rewrite_cot`` or ``rewrite_cot.j2``) in the packaged prompts folder,
-or given as a path to a user's own file.
+or given as a path to a user's own file. The file is read on every load and compiled parts are cached by
+their text, so an edited template gets its new text and hash in a long-lived process (the demo).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import text_hash
 
-_ROLE_MARKERS = {"[system]": "system", "[user]": "user"}
+_ROLE_MARKERS = {"[system]": "system", "[user]": "user", "[assistant]": "assistant"}
 
 
 class PromptError(AgentCirError, ValueError):
@@ -38,43 +47,85 @@ def available_prompts() -> list[str]:
     return sorted(p.stem for p in prompts_dir().glob("*.j2"))
 
 
+def split_roles(source: str) -> list[tuple[str, str]]:
+    """The template source cut at its role-marker lines: [(role, part source), ...], in order."""
+    parts: list[tuple[str, list[str]]] = []
+    for line in source.splitlines():
+        role = _ROLE_MARKERS.get(line.strip())
+        if role is not None:
+            parts.append((role, []))
+        else:
+            if not parts:
+                parts.append(("user", []))
+            parts[-1][1].append(line)
+    return [(role, "\n".join(lines)) for role, lines in parts]
+
+
+# One sandbox for every template: StrictUndefined so that a missing variable is an error, not "".
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(part_source: str) -> jinja2.Template:
+    return _ENV.from_string(part_source)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
     path: Path
     source: str
+    _parts: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_parts", tuple(split_roles(self.source)))
 
     @property
     def hash(self) -> str:
-        """sha256 of the template file's text: changes whenever a word of the prompt changes."""
+        """sha256 of the template text actually used: changes whenever a word of the prompt changes."""
         return text_hash(self.source)
 
+    @property
+    def roles(self) -> list[str]:
+        return [role for role, _ in self._parts]
+
     def render_messages(self, **variables: Any) -> list[tuple[str, str]]:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-        try:
-            text = env.from_string(self.source).render(**variables)
-        except jinja2.UndefinedError as err:
-            raise PromptError(f"prompt {self.path}: {err}; pass it when rendering") from None
-        messages: list[tuple[str, list[str]]] = []
-        for line in text.splitlines():
-            role = _ROLE_MARKERS.get(line.strip())
-            if role is not None:
-                messages.append((role, []))
-            else:
-                if not messages:
-                    messages.append(("user", []))
-                messages[-1][1].append(line)
-        rendered = [(role, "\n".join(lines).strip()) for role, lines in messages]
-        return [(role, body) for role, body in rendered if body]
+        """[(role, text), ...]: each role part rendered separately; empty messages are left out."""
+        rendered: list[tuple[str, str]] = []
+        for role, part in self._parts:
+            try:
+                body = _compile(part).render(**variables)
+            except jinja2.UndefinedError as err:
+                raise PromptError(f"prompt {self.path}: {err}; pass it when rendering") from err
+            except SecurityError as err:
+                raise PromptError(
+                    f"prompt {self.path} tried something templates may not do ({err}); prompts render in a "
+                    "sandbox: use only the variables passed to the template and jinja2 filters"
+                ) from err
+            except jinja2.TemplateSyntaxError as err:
+                raise PromptError(
+                    f"prompt {self.path}, {role} part, line {err.lineno}: {err.message}. A jinja2 block "
+                    "({% if %}, {% for %}) must open and close within one [system]/[user] part"
+                ) from err
+            except jinja2.TemplateError as err:
+                raise PromptError(f"prompt {self.path} could not be rendered: {err}") from err
+            body = body.strip()
+            if body:
+                rendered.append((role, body))
+        return rendered
 
     def render(self, **variables: Any) -> str:
-        """The whole prompt as one text (roles joined), for cache keys and traces."""
+        """The whole prompt as one text (roles joined), for display; cache keys use the message list."""
         return "\n\n".join(f"[{role}]\n{body}" for role, body in self.render_messages(**variables))
 
 
-@functools.lru_cache(maxsize=128)
-def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+def read_template(path: Path) -> str:
+    """A template file's current text. Read on every load (templates are a few KB): an edited file gives
+    its new text and hash at once, in a long-lived process too; compiled parts are cached by content."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptError(f"prompt template {path} cannot be read ({err}); check the file") from err
 
 
 def load_prompt(name_or_path: str | Path) -> PromptTemplate:
@@ -89,4 +140,15 @@ def load_prompt(name_or_path: str | Path) -> PromptTemplate:
             f"prompt template {raw!r} not found; packaged templates are: {', '.join(available_prompts())} "
             "(or give the path of your own .j2 file)"
         )
-    return PromptTemplate(name=path.stem, path=path, source=_read(path.resolve()))
+    resolved = path.resolve()
+    source = read_template(resolved)
+    template = PromptTemplate(name=path.stem, path=path, source=source)
+    try:
+        for _, part in template._parts:
+            _compile(part)
+    except jinja2.TemplateSyntaxError as err:
+        raise PromptError(
+            f"prompt {path}: line {err.lineno} of a role part: {err.message}. A jinja2 block "
+            "({% if %}, {% for %}) must open and close within one [system]/[user] part"
+        ) from err
+    return template

@@ -176,22 +176,6 @@ def test_structured_json_mode_for_servers_without_json_schema(fake_openai_server
     assert call.params["structured"] is True and json.loads(call.raw)["target_description"] == "a cat"
 
 
-def test_structured_output_refused_falls_back_to_plain_text(fake_openai_server) -> None:
-    def reply(body: dict) -> str:
-        return "Target description: a cat on a sofa"
-
-    fake_openai_server.replies = [reply]
-    fake_openai_server.fail_next(1, status=400)  # a server without response_format support
-    handle = create_chat_model(ModelConfig(spec="openai:m", base_url=fake_openai_server.base_url, max_retries=0))
-    call = invoke(handle, _messages(), prompt=PROMPT, schema=TargetDescriptionAnswer)
-    assert call.raw == "Target description: a cat on a sofa"
-    assert call.params["structured"] is False and "unavailable" in call.params["structured_note"]
-    assert [("response_format" in r.body) for r in fake_openai_server.requests] == [True, False]
-    assert handle.structured_disabled
-    invoke(handle, [("user", "again")], prompt=PROMPT, schema=TargetDescriptionAnswer)
-    assert "response_format" not in fake_openai_server.requests[-1].body  # no second refused request
-
-
 def test_openai_retries_server_errors(fake_openai_server) -> None:
     fake_openai_server.replies = ["fine"]
     fake_openai_server.fail_next(1, status=500)

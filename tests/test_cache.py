@@ -102,3 +102,34 @@ def test_threads_share_one_cache(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(cache) == 200 and cache.stats == {"hits": 200, "misses": 0}
+
+
+@pytest.mark.parametrize("stored", ["not json", "[1, 2]", "null", '"text"', '{"raw": 5}', '{"structured": true}',
+                                    "[" * 5000 + "]" * 5000])
+def test_a_damaged_value_is_a_counted_miss_and_is_overwritten(tmp_path: Path, stored: str) -> None:
+    cache = ModelCache(tmp_path / "c.sqlite")
+    key = cache.make_key(n=1)
+    sqlite3.connect(cache.path, isolation_level=None).execute(
+        "INSERT INTO model_cache (key, value, created) VALUES (?, ?, 0)", (key, stored))
+    has_raw = lambda value: isinstance(value.get("raw"), str)  # noqa: E731
+    assert cache.lookup(key, has_raw) == (None, "damaged")
+    assert cache.get(key, has_raw) is None
+    assert cache.damaged == 2 and cache.stats == {"hits": 0, "misses": 2}
+    cache.put(key, {"raw": "fresh"})
+    assert cache.lookup(key, has_raw) == ({"raw": "fresh"}, "hit") and cache.damaged == 2
+
+
+def test_invoke_recomputes_a_damaged_answer_and_notes_it(tmp_path: Path, make_fake_model) -> None:
+    from agent_cir.backends import invoke
+    from agent_cir.prompts import load_prompt
+
+    cache = ModelCache(tmp_path / "c.sqlite")
+    handle = make_fake_model(["the answer"])
+    prompt = load_prompt("caption")
+    first = invoke(handle, [("user", "q")], prompt=prompt, cache=cache)
+    sqlite3.connect(cache.path, isolation_level=None).execute("UPDATE model_cache SET value = '{\"raw\": null}'")
+    second = invoke(handle, [("user", "q")], prompt=prompt, cache=cache)
+    assert (first.cache, second.cache) == ("miss", "miss") and second.raw == "the answer"
+    assert "damaged" in second.params["cache_note"] and cache.damaged == 1
+    third = invoke(handle, [("user", "q")], prompt=prompt, cache=cache)
+    assert third.cache == "hit" and "cache_note" not in third.params

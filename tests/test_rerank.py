@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_cir.config import GridConfig, RerankConfig
 from agent_cir.hashing import content_hash
-from agent_cir.stages.rerank import (
+from agent_cir.rerank import (
     RerankStage,
     aggregate_rankings,
     fuse_scores,
@@ -580,3 +582,130 @@ def test_second_run_is_served_from_the_cache(rerank_candidates, reference_image,
     assert [call.cache for call in second.calls] == ["hit", "hit"]  # same grids, same bytes, same keys
     assert len(judge.seen) == 2
     assert second.output["final_order"] == first.output["final_order"] == [c.id for c in second_state.candidates]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Termination: grids that cannot make progress are refused; the others finish within a stated bound
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("grid", "k"), [(dict(rows=1, cols=1), 2), (dict(rows=1, cols=2, reference="cell"), 5),
+                                         (dict(rows=1, cols=1, reference="cell"), 1)])
+@pytest.mark.parametrize("overflow", ["tournament", "sliding"])
+def test_grids_that_cannot_make_progress_are_refused(grid, k, overflow) -> None:
+    from agent_cir.rerank import RerankConfigError
+
+    config = RerankConfig(enabled=True, k=k, overflow=overflow, grid=GridConfig(cell_size=64, **grid))
+    with pytest.raises(RerankConfigError, match=r"rerank.grid \(1x"):
+        RerankStage(config, scripted_judge(responses=["[1]"]))
+
+
+def test_a_one_cell_grid_for_one_candidate_and_pointwise_with_any_grid_are_fine(rerank_candidates) -> None:
+    one = RerankConfig(enabled=True, k=1, grid=GridConfig(rows=1, cols=1, cell_size=64))
+    state = make_state(rerank_candidates(3))
+    assert RerankStage(one, scripted_judge(responses=["[1]"])).run(state).output["calls"] == 1
+    pointwise = RerankConfig(enabled=True, k=3, method="pointwise", grid=GridConfig(rows=1, cols=1, cell_size=64))
+    assert RerankStage(pointwise, scripted_judge(responses=["yes"])).run(state).output["calls"] == 3
+
+
+def _reference_tournament_calls(n: int, s: int) -> int:
+    """Calls of one tournament pass, from the rule as documented: round r judges ceil(n_r / s) groups and
+    g * max(1, s // g) items advance; a round of at most s items is the final grid."""
+    calls = 0
+    while n > s:
+        groups = -(-n // s)
+        calls += groups
+        n = groups * max(1, s // groups)
+    return calls + 1
+
+
+@given(n=st.integers(1, 400), s=st.integers(2, 30), step=st.integers(1, 40),
+       judge_seed=st.integers(0, 10**6))
+@settings(max_examples=300, deadline=None)
+def test_windows_and_tournaments_terminate_within_the_bound_and_return_a_permutation(n, s, step, judge_seed) -> None:
+    import math
+    import random
+
+    from agent_cir.rerank.windows import listwise_order, tournament_call_bound
+
+    rng = random.Random(judge_seed)
+    for overflow in ("tournament", "sliding"):
+        calls = []
+
+        def judge(items, kind, round_index):  # a judge with arbitrary (random) opinions
+            assert 1 <= len(items) <= s
+            calls.append(len(items))
+            order = list(range(len(items)))
+            rng.shuffle(order)
+            return order
+
+        order = listwise_order(n, s, overflow, step, judge)
+        assert sorted(order) == list(range(n))
+        if overflow == "tournament":
+            assert len(calls) == _reference_tournament_calls(n, s)
+            assert len(calls) <= tournament_call_bound(n, s)
+            assert len(calls) <= n / (s - 1) + math.log(max(n, 2), s) + 1
+        else:
+            expected = 1 if n <= s else math.ceil((n - s) / min(step, s)) + 1
+            assert len(calls) == expected
+
+
+def test_a_tournament_over_one_cell_grids_is_refused_not_run_forever() -> None:
+    from agent_cir.rerank import RerankConfigError
+    from agent_cir.rerank.windows import tournament_order
+
+    with pytest.raises(RerankConfigError, match="cannot finish"):
+        tournament_order([0, 1, 2], 1, lambda items, kind, round_index: [0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The judge registry and hostile answers through the whole stage
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_judges_come_from_the_registry(rerank_candidates) -> None:
+    from agent_cir.rerank import JUDGES, GridJudge, LogitJudge, PointwiseJudge
+    from agent_cir.stages.rerank import RerankStage as ReExported
+
+    assert ReExported is RerankStage
+    assert JUDGES == {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge}
+    judge = scripted_judge(responses=["yes"])
+    assert isinstance(_stage(judge).judge, GridJudge)
+    assert type(_stage(judge, method="pointwise").judge) is PointwiseJudge  # fake: no logits
+    record = _stage(judge).run(make_state(rerank_candidates(2)))
+    assert record.output["judge"] == "grid"
+
+
+@pytest.mark.parametrize("answer", ["[" * 5000 + "]" * 5000, "1" + " " * 20000 + "x", "Final answer: " + "9" * 5000,
+                                    '{"ranking": [' + "1, " * 30000 + "2]}"])
+def test_hostile_judge_answers_keep_the_query_alive(rerank_candidates, answer) -> None:
+    state = make_state(rerank_candidates(4))
+    record = _stage(scripted_judge(responses=[answer])).run(state)
+    assert sorted(c.id for c in state.candidates) == ["c00", "c01", "c02", "c03"]
+    assert record.parse_status in ("repaired", "fallback")
+    json.dumps(record.output)
+
+
+def test_hostile_answers_are_cached_and_a_resume_still_completes(rerank_candidates, tmp_path) -> None:
+    """The issue's data-loss case: the raw answer is cached before parsing, so a parser crash would kill
+    every resume on the same query. Now the second run reads the cached answer and completes too."""
+    from agent_cir.cache import ModelCache
+
+    cache = ModelCache(tmp_path / "c.sqlite")
+    nested = "[" * 5000 + "]" * 5000
+    stage = RerankStage(RerankConfig(enabled=True, grid=SMALL_GRID), scripted_judge(responses=[nested]), cache)
+    candidates = rerank_candidates(3)
+    first = stage.run(make_state(candidates))
+    second = stage.run(make_state(candidates))
+    assert [c.cache for c in second.calls] == ["hit"] and second.parse_status == first.parse_status == "fallback"
+
+
+def test_logit_scoring_lives_in_the_backend_and_refuses_backends_without_logits() -> None:
+    from agent_cir.backends.logit_scoring import supports_yes_probability, yes_probability
+    from agent_cir.errors import AgentCirError
+    from agent_cir.prompts import load_prompt
+
+    handle = scripted_judge(responses=["yes"])
+    assert not supports_yes_probability(handle)
+    with pytest.raises(AgentCirError, match="exposes no logits"):
+        yes_probability(handle, [("user", "q")], prompt=load_prompt("judge_pointwise"))

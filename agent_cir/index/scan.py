@@ -73,7 +73,7 @@ def _valid_utf8(name: str) -> bool:
 def classify(root: Path, rel: str, follow_symlinks: bool = False) -> FoundFile | Rejected:
     """lstat, then (for a symlink) resolve and stat the target: never opens the file."""
     if not _valid_utf8(rel):
-        shown = rel.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")  # the bad bytes as \\xNN
         return Rejected(shown, REASON_BAD_NAME, "rename the file to index it")
     path = root / rel
     try:

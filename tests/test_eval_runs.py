@@ -195,7 +195,7 @@ def test_image_benchmark_builds_and_reuses_the_index(tmp_path, tiny_open_clip_en
     args = dict(dataset="fashioniq", split="val", images_root=images_root, recipe="clip_fusion",
                 annotations=annotations, categories=["dress"], encoder=tiny_open_clip_encoder, progress=False)
     outcome = run_eval(out_dir=tmp_path / "run", **args)
-    assert (tmp_path / "run" / "index" / "fashioniq-dress-val" / "meta.json").is_file()
+    assert (tmp_path / "run" / "index" / "fashioniq-dress-val" / "CURRENT").is_file()  # index generations (agent_cir/index/generation.py)
     assert set(outcome.metrics["metrics"]) == {"dress"}
     assert set(outcome.metrics["metrics"]["dress"]) == {"recall@10", "recall@50"}
     # 10 gallery images, reference kept (FashionIQ convention): every target is within the top 10

@@ -32,10 +32,12 @@ def test_build_writes_every_artifact_and_skips_bad_files(image_folder, tmp_path,
     assert summary.indexed == 6 and summary.reused == 0 and summary.total == 6
     assert summary.skipped == {reason: 1 for reason in BAD_FILES.values()}
 
-    embeddings = np.load(out / "embeddings.npy", mmap_mode="r")
+    generation = index.generation_dir
+    assert generation.parent == out and generation.name == index.generation and index.generation.startswith("gen-")
+    embeddings = np.load(generation / "embeddings.npy", mmap_mode="r")
     assert embeddings.dtype == np.float32 and embeddings.shape == (6, 32)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
-    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    manifest = [json.loads(line) for line in (generation / "manifest.jsonl").read_text().splitlines()]
     by_path = {entry["path"]: entry for entry in manifest}
     for rel in GOOD_IMAGES:
         entry = by_path[rel]
@@ -46,13 +48,13 @@ def test_build_writes_every_artifact_and_skips_bad_files(image_folder, tmp_path,
         np.testing.assert_allclose(embeddings[entry["row"]], expected, atol=1e-5)
     for rel, reason in BAD_FILES.items():
         assert by_path[rel]["status"] == "skipped" and by_path[rel]["reason"] == reason and by_path[rel]["row"] is None
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((generation / "meta.json").read_text())
     assert meta["count"] == 6 and meta["dim"] == 32 and meta["index_factory"] == "Flat"
     assert meta["encoder"]["weights"] == "random-init:seed=0" and meta["preprocess"]["size"] == [32, 32]
     assert meta["agent_cir_version"] and meta["created"] and meta["images_dir"] == str(image_folder.resolve())
     import faiss
 
-    assert faiss.read_index(str(out / "index.faiss")).ntotal == 6
+    assert faiss.read_index(str(generation / "index.faiss")).ntotal == 6
 
 
 def test_decode_workers_give_the_same_embeddings(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
@@ -125,10 +127,10 @@ def test_incremental_reindex_encodes_only_new_and_changed(image_folder, tmp_path
     before = dict(zip(first.ids, np.asarray(first.embeddings).copy()))
 
     # Unchanged folder: nothing re-encoded, and no file is even re-hashed (size + mtime shortcut).
-    import agent_cir.index.gallery_index as gallery_module
+    import agent_cir.index.plan as plan_module
 
     calls: list[str] = []
-    monkeypatch.setattr(gallery_module, "content_hash", lambda path: calls.append(str(path)) or content_hash(path))
+    monkeypatch.setattr(plan_module, "read_hash", lambda path: calls.append(str(path)) or content_hash(path))
     again = _build(image_folder, out, tiny_open_clip_encoder)
     assert (again.build_summary.indexed, again.build_summary.reused, calls) == (0, 6, [])
 
@@ -228,7 +230,7 @@ def test_faiss_factories(image_folder, tmp_path, tiny_open_clip_encoder) -> None
     hnsw = _build(image_folder, tmp_path / "hnsw", tiny_open_clip_encoder, index_type="HNSW8")
     top = hnsw.search(tiny_open_clip_encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
     assert top[0].id == "gray.bmp"
-    assert json.loads((tmp_path / "hnsw" / "meta.json").read_text())["index_factory"] == "HNSW8"
+    assert GalleryIndex.load(tmp_path / "hnsw").meta["index_factory"] == "HNSW8"
     with pytest.raises(AgentCirError, match="not a valid faiss index_factory"):
         _build(image_folder, tmp_path / "bad", tiny_open_clip_encoder, index_type="Flatt")
     assert not (tmp_path / "bad").exists()  # refused before any work

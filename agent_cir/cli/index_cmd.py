@@ -42,6 +42,8 @@ def run_index(
     device: str = "cpu",
     precision: str = "fp32",
     progress: bool = True,
+    follow_symlinks: bool = False,
+    wait: bool = False,
 ):
     """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex."""
     from agent_cir.config import EncoderConfig
@@ -65,6 +67,8 @@ def run_index(
         workers=workers,
         index_type=index_type,
         progress=progress,
+        follow_symlinks=follow_symlinks,
+        wait=wait,
     )
 
 
@@ -90,6 +94,10 @@ def index_command(
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks", help="Also index file symlinks that point outside IMAGES_DIR (regular files only)."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="If another `agent-cir index` is writing --out, wait for it instead of failing."),
 ) -> None:
     """Embed every image of IMAGES_DIR into INDEX_DIR; re-runs encode only new or changed files."""
     from agent_cir.errors import AgentCirError
@@ -111,6 +119,8 @@ def index_command(
             device=device,
             precision=precision,
             progress=not quiet,
+            follow_symlinks=follow_symlinks,
+            wait=wait,
         )
         summary = index.build_summary.to_dict()
         if json_output:

@@ -1,68 +1,130 @@
-"""Decoding one image file safely: every way a file can be bad becomes a ``BadImageError`` with a short reason."""
+"""The one image decoder of agent_cir: gallery files and reference images go through ``load_image``.
+
+Every way a file can be bad becomes a ``BadImageError`` with a short reason. Limits (documented in the
+README's index section):
+
+- ``MAX_IMAGE_PIXELS`` (134 MP): a file whose header declares more pixels is refused before any pixel is
+  decoded (a "decompression bomb": a 900 MP PNG is a few kB on disk and 2.7 GB in memory).
+- ``MAX_DECODE_PIXELS`` (67 MP, 8192 x 8192): the most pixels decoded at full size (~200 MB as RGB). A
+  larger JPEG is decoded at 1/2 scale by the JPEG decoder itself (PIL ``draft``), which costs a quarter of
+  the memory and loses nothing an encoder at 224-448 px can see; other formats above it are refused.
+
+Orientation: EXIF orientations 2-8 are applied (``ImageOps.exif_transpose``), so a photo looks the same to
+the encoder whether it is a gallery image or a reference. The first frame of an animation is used.
+Modes: everything becomes 8-bit RGB; 16-bit greyscale is scaled down (>> 8) rather than clipped to white.
+"""
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-REASON_EMPTY = "empty file"
-REASON_NOT_IMAGE = "not an image"
-REASON_TRUNCATED = "truncated"
-REASON_CORRUPT = "corrupt"
-REASON_BOMB = "decompression bomb"
-REASON_UNREADABLE = "unreadable"
+from agent_cir.index.files import open_regular
+from agent_cir.index.reasons import (
+    REASON_BOMB,
+    REASON_CORRUPT,
+    REASON_EMPTY,
+    REASON_NOT_IMAGE,
+    REASON_TRUNCATED,
+    REASON_UNREADABLE,
+    BadImageError,
+    one_line,
+)
+
+__all__ = [
+    "MAX_DECODE_PIXELS",
+    "MAX_IMAGE_PIXELS",
+    "REASON_BOMB",
+    "REASON_CORRUPT",
+    "REASON_EMPTY",
+    "REASON_NOT_IMAGE",
+    "REASON_TRUNCATED",
+    "REASON_UNREADABLE",
+    "BadImageError",
+    "load_image",
+    "to_rgb",
+]
+
+MAX_DECODE_PIXELS = 8192 * 8192
+MAX_IMAGE_PIXELS = 2 * MAX_DECODE_PIXELS
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError)
 
 
-class BadImageError(Exception):
-    """A file that cannot be used as an image; ``reason`` is one of the REASON_* categories."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} MP"
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:200]
+def _fit_decode_budget(image: Image.Image) -> None:
+    """Refuse images over the limits; ask the JPEG decoder for 1/2 scale when that brings one under budget."""
+    width, height = image.size
+    pixels = width * height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise BadImageError(
+            REASON_BOMB, f"{width} x {height} = {_megapixels(pixels)}, over the {_megapixels(MAX_IMAGE_PIXELS)} limit"
+        )
+    if pixels <= MAX_DECODE_PIXELS:
+        return
+    if image.format == "JPEG":
+        image.draft(image.mode, (width // 2, height // 2))
+        if image.size[0] * image.size[1] <= MAX_DECODE_PIXELS:
+            return
+    raise BadImageError(
+        REASON_BOMB,
+        f"{width} x {height} = {_megapixels(pixels)} {image.format or ''} image, over the "
+        f"{_megapixels(MAX_DECODE_PIXELS)} full-size decode limit (only JPEGs are decoded at reduced scale)",
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode. 16/32-bit greyscale and float images are rescaled, not clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values >> 8
+        image = Image.fromarray(values.astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if values.max(initial=0.0) <= 1.0:
+            values = values * 255.0
+        image = Image.fromarray(values.clip(0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("La", "RGBa"):  # premultiplied alpha: undo it first, PIL has no direct path to RGB
+        image = image.convert("RGBA" if image.mode == "RGBa" else "LA")
+    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open, fully decode and convert to RGB (first frame of animations, EXIF orientation applied).
-
-    PIL's decompression-bomb warning is treated as an error, like the hard limit: a gallery never needs
-    images of hundreds of megapixels, and decoding one could exhaust memory.
-    """
-    try:
-        with open(path, "rb") as handle:
+    """Open, decode and convert to RGB (first frame, EXIF orientation applied, within the pixel limits)."""
+    with open_regular(path) as handle:
+        try:
             if not handle.read(1):
                 raise BadImageError(REASON_EMPTY, "0 bytes")
-    except OSError as err:
-        raise BadImageError(REASON_UNREADABLE, _one_line(err)) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as image:
-                image.seek(0)
-                image.load()
-                image = ImageOps.exif_transpose(image) or image
-                return image.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadImageError(REASON_BOMB, _one_line(err)) from None
-        except UnidentifiedImageError as err:
-            raise BadImageError(REASON_NOT_IMAGE, _one_line(err)) from None
-        except BadImageError:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error()) as err:
-            reason = REASON_TRUNCATED if "truncated" in str(err).lower() else REASON_CORRUPT
-            raise BadImageError(reason, _one_line(err)) from None
-        except Exception as err:  # noqa: BLE001 - a hostile file may raise anything from a decoder plugin
-            raise BadImageError(REASON_CORRUPT, f"{type(err).__name__}: {_one_line(err)}") from None
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
+            handle.seek(0)
+        except OSError as err:
+            raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
+        # PIL's own bomb warning fires at 89 MP; the limits above decide instead (its hard error at 179 MP
+        # is above MAX_IMAGE_PIXELS and stays as a backstop for callers that raise MAX_IMAGE_PIXELS).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                with Image.open(handle) as image:
+                    image.seek(0)
+                    _fit_decode_budget(image)
+                    image.load()
+                    image = ImageOps.exif_transpose(image) or image
+                    return to_rgb(image)
+            except BadImageError:
+                raise
+            except Image.DecompressionBombError as err:
+                raise BadImageError(REASON_BOMB, one_line(err)) from err
+            except UnidentifiedImageError as err:
+                raise BadImageError(REASON_NOT_IMAGE, one_line(err)) from err
+            except _DECODE_ERRORS as err:
+                reason = REASON_TRUNCATED if "truncated" in str(err).lower() else REASON_CORRUPT
+                raise BadImageError(reason, one_line(err)) from err
+            except Exception as err:  # noqa: BLE001 - a hostile file may raise anything from a decoder plugin
+                raise BadImageError(REASON_CORRUPT, f"{type(err).__name__}: {one_line(err)}") from err

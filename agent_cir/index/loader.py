@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_cir.index.decode import BadImageError, load_image
+from agent_cir.index.reasons import REASON_CORRUPT, REASON_PREPROCESS
 
 
 def default_workers() -> int:
@@ -48,14 +49,14 @@ class _ImageFiles:
         except BadImageError as err:
             return position, None, err.reason, err.detail
         except Exception as err:  # noqa: BLE001 - e.g. a preprocessing error on an odd image: skip it, say why
-            return position, None, "preprocessing failed", f"{type(err).__name__}: {err}"[:200]
+            return position, None, REASON_PREPROCESS, f"{type(err).__name__}: {err}"[:200]
 
 
 def _collate(items: list[tuple[int, Any, str | None, str | None]]) -> DecodedBatch:
     import torch
 
     good = [(pos, tensor) for pos, tensor, _, _ in items if tensor is not None]
-    failures = [(pos, reason or "corrupt", detail or "") for pos, tensor, reason, detail in items if tensor is None]
+    failures = [(pos, reason or REASON_CORRUPT, detail or "") for pos, tensor, reason, detail in items if tensor is None]
     pixels = torch.stack([tensor for _, tensor in good]) if good else None
     return DecodedBatch([pos for pos, _ in good], pixels, failures)
 

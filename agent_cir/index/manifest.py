@@ -1,10 +1,9 @@
-"""The index manifest: one JSON line per gallery file (indexed or skipped), in embedding-row order."""
+"""The index manifest: one JSON line per gallery file (indexed or skipped), ok entries first in row order."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -21,12 +20,12 @@ class ManifestEntry:
     mtime: float
     mtime_ns: int
     hash: str
-    """sha256 of the file's bytes (agent_cir.hashing.content_hash)."""
+    """sha256 of the file's bytes (agent_cir.hashing.content_hash); "" when the file could not be read."""
     status: Literal["ok", "skipped"] = "ok"
     row: int | None = None
     """Row of embeddings.npy and id in the faiss index (ok entries only)."""
     reason: str | None = None
-    """Why a skipped file was skipped (a decode.REASON_* category)."""
+    """Why a skipped file was skipped (a reasons.REASON_* category)."""
     detail: str | None = None
 
     def to_json(self) -> str:
@@ -34,27 +33,56 @@ class ManifestEntry:
         return json.dumps(data, ensure_ascii=False, sort_keys=False)
 
 
-def read_manifest(path: str | Path) -> list[ManifestEntry]:
+_FIELDS = {f.name for f in fields(ManifestEntry)}
+_REQUIRED_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str,),
+    "size": (int,),
+    "mtime": (int, float),
+    "mtime_ns": (int,),
+    "hash": (str,),
+}
+
+
+def _entry(data: object) -> ManifestEntry:
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    for key, types in _REQUIRED_TYPES.items():
+        if not isinstance(data.get(key), types) or isinstance(data.get(key), bool):
+            raise ValueError(f"field {key!r} missing or not {' / '.join(t.__name__ for t in types)}")
+    status, row = data.get("status", "ok"), data.get("row")
+    if status not in ("ok", "skipped"):
+        raise ValueError(f"status must be ok or skipped, got {status!r}")
+    if status == "ok" and (not isinstance(row, int) or isinstance(row, bool) or row < 0):
+        raise ValueError("an ok entry needs a row number >= 0")
+    return ManifestEntry(**data)
+
+
+def manifest_bytes(entries: list[ManifestEntry]) -> bytes:
+    return "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8")
+
+
+def parse_manifest(data: bytes, path: str | Path) -> list[ManifestEntry]:
+    """Entries of a manifest file's bytes; any damaged line is an AgentCirError naming the file and line."""
     entries = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                entries.append(ManifestEntry(**data))
-            except (json.JSONDecodeError, TypeError) as err:
-                raise AgentCirError(
-                    f"index manifest {path} line {number} is damaged ({err}); rebuild the index with a new --out"
-                ) from None
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entries.append(_entry(json.loads(raw.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, RecursionError) as err:
+            raise AgentCirError(
+                f"index manifest {path} line {number} is damaged ({' '.join(str(err).split())[:200]}); "
+                "re-run `agent-cir index` on the images folder to write a fresh index generation"
+            ) from err
     return entries
 
 
-def write_manifest(path: str | Path, entries: list[ManifestEntry]) -> None:
-    """Written to a temporary file and renamed, so a crash never leaves a half-written manifest."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for entry in entries:
-            handle.write(entry.to_json() + "\n")
-    os.replace(tmp, path)
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise AgentCirError(f"index manifest {path} cannot be read ({err})") from err
+    return parse_manifest(data, path)

@@ -1,0 +1,85 @@
+"""Reading gallery files safely: only regular files are ever opened, and nothing can block on open or read.
+
+A FIFO named ``x.jpg`` blocks ``open()`` forever, a device file reads without end, a symlink loop raises
+``ELOOP``: every such file becomes a ``BadImageError`` with a short reason, before any decoder sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from agent_cir.index.reasons import (
+    REASON_DANGLING_LINK,
+    REASON_NOT_REGULAR,
+    REASON_SYMLINK_LOOP,
+    REASON_UNREADABLE,
+    BadImageError,
+    one_line,
+)
+
+_CHUNK = 1 << 20
+
+
+def file_kind(mode: int) -> str:
+    """Human name of a non-regular file type, for skip reasons."""
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symlink"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def os_error_reason(err: OSError) -> str:
+    import errno
+
+    if err.errno == errno.ELOOP:
+        return REASON_SYMLINK_LOOP
+    if err.errno == errno.ENOENT:
+        return REASON_DANGLING_LINK
+    return REASON_UNREADABLE
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (after following symlinks).
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once (instead of waiting for a writer); the type is then
+    checked on the open descriptor itself (``fstat``), so a file swapped for a FIFO after the scan is
+    caught too. Raises ``BadImageError``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise BadImageError(os_error_reason(err), one_line(err)) from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BadImageError(REASON_NOT_REGULAR, f"{file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_hash(path: str | Path) -> str:
+    """sha256 of a regular file's bytes (the same value as ``agent_cir.hashing.content_hash``)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        try:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+        except OSError as err:
+            raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
+    return digest.hexdigest()

@@ -18,12 +18,17 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import click
 import typer
 
 from agent_cir.errors import AgentCirError
 
 EXIT_USER_ERROR = 2
+
+# A bad option value (typer.BadParameter) derives from click's UsageError; newer typer vendors click, so
+# take the class from typer itself rather than importing click.
+_USAGE_ERROR: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"
+)
 
 EXTRA_OF_MODULE = {
     "accelerate": "hf",
@@ -84,7 +89,7 @@ def user_errors(as_json: bool = False) -> Iterator[None]:
         yield
     except AgentCirError as err:
         _fail(str(err), as_json, err)
-    except click.UsageError as err:
+    except _USAGE_ERROR as err:
         if not as_json:
             raise
         _fail(err.format_message(), as_json, err)

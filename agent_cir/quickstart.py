@@ -232,7 +232,7 @@ def run_quickstart(
     from agent_cir.config import load_recipe
     from agent_cir.report import build_report
 
-    folder = prepare_folder(Path(folder))
+    folder = prepare_folder(Path(folder).expanduser().resolve())  # absolute: printed paths work from anywhere
     query = pick_query(query_id)
     gallery = copy_gallery(folder)
     reason = offline_reason(offline, probe)

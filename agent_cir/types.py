@@ -19,10 +19,15 @@ DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modif
 
 @dataclass
 class Query:
-    """One composed query: a reference image plus a modification text."""
+    """One composed query: a reference image plus a modification text.
 
-    id: str
-    text: str
+    ``Query(image="ref.jpg", text="make it red")`` gets an automatic ``id`` (see :func:`auto_query_id`);
+    positional ``Query("q1", "make it red")`` still means id, text.
+    """
+
+    id: str | None = None
+    """None: derived from text, image path and target_text (stable across runs and machines)."""
+    text: str = ""
     image: str | None = None
     """Path of the reference image file (None in caption-only runs such as the CIRR text surrogate)."""
     reference_id: str | None = None
@@ -35,6 +40,25 @@ class Query:
     """Rank only these gallery ids (a per-query gallery, as in GeneCIS); None ranks the whole gallery."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Anything the caller wants carried into the trace (e.g. benchmark subset members). Not read by stages."""
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.image = str(self.image)  # a Path is welcome; the trace and the cache key hold strings
+        if self.id is None or self.id == "":
+            self.id = auto_query_id(self.text, self.image, self.target_text)
+
+
+def auto_query_id(text: str, image: str | None, target_text: str | None) -> str:
+    """``q-`` + 10 hex digits of sha256 over (text, image path as given, target_text).
+
+    The path is taken as written (not resolved), so the same command line gives the same id anywhere;
+    two queries differing in any of the three get different ids.
+    """
+    import hashlib
+    import json
+
+    payload = json.dumps([text or "", image, target_text], ensure_ascii=False)
+    return "q-" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:10]
 
 
 @dataclass

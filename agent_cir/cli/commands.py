@@ -1,3 +1,10 @@
-"""Imports every command module so that it registers itself on the app."""
+"""Imports every command module so that it registers itself on the app (``--help`` order: cli.COMMAND_ORDER)."""
 
-from agent_cir.cli import demo_cmd, eval_cmd, index_cmd, report_cmd, search_cmd  # noqa: F401
+from agent_cir.cli import (  # noqa: F401
+    demo_cmd,
+    eval_cmd,
+    index_cmd,
+    quickstart_cmd,
+    report_cmd,
+    search_cmd,
+)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, user_errors
+from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, status, user_errors
 
 _DEFAULTS = {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
 
@@ -28,6 +28,16 @@ def format_summary(summary_dict: dict, out: Path) -> str:
         f"  time:            {summary_dict['seconds']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def check_images_dir(images_dir: Path) -> None:
+    """Fail before any model loads when the folder to index is not there."""
+    from agent_cir.errors import AgentCirError
+
+    if not images_dir.exists():
+        raise AgentCirError(f"images folder {images_dir} does not exist; give the folder of images to index")
+    if not images_dir.is_dir():
+        raise AgentCirError(f"{images_dir} is a file, not a folder; give the folder of images to index")
 
 
 def run_index(
@@ -75,7 +85,7 @@ def run_index(
 @app.command("index")
 def index_command(
     images_dir: Path = typer.Argument(..., help="Folder of images, scanned recursively (jpg jpeg png webp bmp gif)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create or update."),
+    out: Path = out_option("Index folder to create or update."),
     model: str = typer.Option(
         _DEFAULTS["model"], "--model", help="open_clip architecture or model JSON config; hf: hub id or local folder."
     ),
@@ -92,8 +102,8 @@ def index_command(
     index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string (Flat, HNSW32, IVF256,Flat)."),
     device: str = typer.Option("cpu", "--device", help="torch device for the encoder (cpu, cuda, cuda:1, mps)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_output: bool = json_option("Print the summary as one JSON object (errors too: {\"error\": ...})."),
+    quiet: bool = quiet_option(),
     follow_symlinks: bool = typer.Option(
         False, "--follow-symlinks", help="Also index file symlinks that point outside IMAGES_DIR (regular files only)."
     ),
@@ -102,11 +112,13 @@ def index_command(
     """Embed every image of IMAGES_DIR into INDEX_DIR; re-runs encode only new or changed files."""
     from agent_cir.errors import AgentCirError
 
-    with user_errors():
+    with user_errors(json_output):
         if backend not in ("open_clip", "hf"):
             raise AgentCirError(f"--backend must be open_clip or hf, got {backend!r}")
         if precision not in ("fp32", "fp16", "bf16"):
             raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
+        check_images_dir(images_dir)
+        status(f"loading encoder {backend} {model} / {pretrained} ...", quiet or json_output)
         index = run_index(
             images_dir,
             out,
@@ -122,8 +134,14 @@ def index_command(
             follow_symlinks=follow_symlinks,
             wait=wait,
         )
+        from agent_cir.provenance import encoder_provenance, random_weights_warning
+
         summary = index.build_summary.to_dict()
+        encoder_info = dict(index.meta.get("encoder") or {}) if isinstance(getattr(index, "meta", None), dict) else {}
         if json_output:
-            echo_json({"index": str(out), **summary})
+            echo_json({"index": str(out), **summary, "encoder": encoder_provenance(encoder_info)})
         else:
+            warning = random_weights_warning(encoder_info) if encoder_info else None
+            if warning:
+                typer.secho(warning, fg=typer.colors.YELLOW)
             typer.echo(format_summary(summary, out))

@@ -1,0 +1,204 @@
+"""CLI conventions every command shares (cli/_common.py) and the honest-output rules of `search` / `index`."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from agent_cir.cli import COMMAND_ORDER, _register, app
+from agent_cir.cli._common import missing_extra_message, user_errors
+from agent_cir.quickstart import example_gallery
+
+ROOT = Path(__file__).resolve().parent.parent
+_register()
+runner = CliRunner()
+
+
+def _commands() -> dict:
+    group = typer.main.get_command(app)
+    return {name: group.get_command(None, name) for name in group.list_commands(None)}
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory: pytest.TempPathFactory, tiny_open_clip_config: Path) -> tuple[Path, Path]:
+    """Ten example scenes indexed with a tiny random open_clip model; returns (index dir, gallery dir)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("conventions")
+    gallery = root / "gallery"
+    gallery.mkdir()
+    for path in sorted(example_gallery().glob("*.jpg"))[:10]:
+        shutil.copy(path, gallery / path.name)
+    result = runner.invoke(app, ["index", str(gallery), "-o", str(root / "idx"), "--model", str(tiny_open_clip_config),
+                                 "--pretrained", "none", "--workers", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    return root / "idx", gallery
+
+
+def test_version():
+    from agent_cir import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"agent-cir {__version__}"
+
+
+def test_help_lists_commands_in_order_of_use():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    listed = [name for name in re.findall(r"^│ (\w[\w-]*)\s", result.stdout, re.MULTILINE) if name in _commands()]
+    expected = [name for name in COMMAND_ORDER if name in _commands()]
+    assert listed[: len(expected)] == expected
+    assert listed[0] == "quickstart"
+
+
+# Commands whose modules other areas own; they adopt cli/_common's options when they next change.
+_ADOPTING = {"eval", "compare", "recipes", "report", "demo"}
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMAND_ORDER)))
+def test_one_spelling_per_concept(name: str):
+    command = _commands().get(name)
+    if command is None:
+        pytest.skip(f"{name} is not registered on this branch")
+    spellings = {"out": {"--out", "-o"}, "as_json": {"--json"}, "json_output": {"--json"}, "quiet": {"--quiet", "-q"}}
+    problems = []
+    for param in command.params:
+        opts = set(param.opts) | set(getattr(param, "secondary_opts", []))
+        if param.name in spellings and opts != spellings[param.name]:
+            problems.append(f"{param.name}: {sorted(opts)}")
+        if "--progress" in opts:
+            problems.append("--progress/--no-progress: use -q/--quiet")
+    if problems and name in _ADOPTING:
+        pytest.xfail(f"{name} (owned by another area) has not adopted cli/_common yet: {problems}")
+    assert not problems
+
+
+def test_index_on_a_wrong_path_fails_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import agent_cir.encoders as encoders
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded for a path that does not exist")
+
+    monkeypatch.setattr(encoders, "create_encoder", no_loading)
+    result = runner.invoke(app, ["index", str(tmp_path / "nope"), "-o", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
+    as_json = runner.invoke(app, ["index", str(tmp_path / "nope"), "-o", str(tmp_path / "idx"), "--json"])
+    assert as_json.exit_code == 2 and "does not exist" in json.loads(as_json.stdout)["error"]
+    assert not (tmp_path / "idx").exists()
+
+
+def test_search_errors_are_json_under_json(tmp_path: Path):
+    result = runner.invoke(app, ["search", "-i", str(tmp_path / "nope"), "--text", "x", "--json"])
+    assert result.exit_code == 2
+    assert "does not exist" in json.loads(result.stdout)["error"]
+    missing_image = runner.invoke(app, ["search", "-i", str(tmp_path), "--image", str(tmp_path / "a.jpg"), "--json"])
+    assert missing_image.exit_code == 2 and "a.jpg" in json.loads(missing_image.stdout)["error"]
+
+
+def test_image_alone_is_image_mode_and_json_names_the_encoder(tiny_index):
+    index, gallery = tiny_index
+    reference = sorted(gallery.iterdir())[0]
+    result = runner.invoke(app, ["search", "-i", str(index), "--image", str(reference), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["mode"] == "image" and answer["query_texts"] == []
+    encoder = answer["encoder"]
+    assert encoder["random_weights"] is True and encoder["backend"] == "open_clip"
+    assert {"architecture", "weights", "preprocess", "pretrained"} <= set(encoder)
+    assert answer["ordered_by"] == "retrieval"
+    # an empty text cannot be fused in
+    fused = runner.invoke(app, ["search", "-i", str(index), "--image", str(reference), "--mode", "fusion", "--json"])
+    assert fused.exit_code == 2 and "--text" in json.loads(fused.stdout)["error"]
+
+
+def test_text_output_warns_about_random_weights_first(tiny_index):
+    index, _ = tiny_index
+    result = runner.invoke(app, ["search", "-i", str(index), "--text", "a red star", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith("warning: the encoder") and "RANDOM" in result.stdout
+
+
+def test_search_leaves_no_temporary_folder(tiny_index, tiny_open_clip_config, tmp_path, monkeypatch):
+    index, gallery = tiny_index
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    recipe = yaml.safe_load((ROOT / "examples" / "offline_fake.yaml").read_text())
+    recipe["encoder"] = {"backend": "open_clip", "model": str(tiny_open_clip_config), "pretrained": "none"}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = runner.invoke(app, ["search", "-c", str(tmp_path / "r.yaml"), "-i", str(index), "--image",
+                                 str(sorted(gallery.iterdir())[0]), "--text", "make it green", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["grids"] == []
+    assert list(scratch.iterdir()) == []
+    asked = runner.invoke(app, ["search", "-c", str(tmp_path / "r.yaml"), "-i", str(index), "--image",
+                                str(sorted(gallery.iterdir())[0]), "--text", "make it green", "--json", "-q",
+                                "--artifacts", str(tmp_path / "art")])
+    [grid] = json.loads(asked.stdout)["grids"]
+    assert Path(grid).is_file() and Path(grid).is_relative_to(tmp_path / "art")
+
+
+def test_text_output_after_a_rerank_shows_the_judge_score_that_made_the_order(tiny_index, tiny_open_clip_config,
+                                                                               tmp_path):
+    index, gallery = tiny_index
+    recipe = yaml.safe_load((ROOT / "examples" / "offline_fake.yaml").read_text())
+    recipe["encoder"] = {"backend": "open_clip", "model": str(tiny_open_clip_config), "pretrained": "none"}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    args = ["search", "-c", str(tmp_path / "r.yaml"), "-i", str(index), "--image", str(sorted(gallery.iterdir())[0]),
+            "--text", "make it green", "-q"]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    header = next(line for line in text.stdout.splitlines() if line.strip().startswith("rank"))
+    assert header.split()[:3] == ["rank", "judge", "cosine"]
+    rows = [line.split() for line in text.stdout.splitlines() if re.match(r"\s+\d+\s", line)]
+    judged = [float(row[1]) for row in rows if row[1] != "-"]
+    assert len(judged) == 9 and judged == sorted(judged, reverse=True) and judged[0] == 1.0
+    answer = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    assert answer["ordered_by"] == "judge"
+    assert [round(r["rerank_score"], 4) for r in answer["results"][:9]] == judged
+    # the judge said 3 > 7 > ... : its first pick need not be the best cosine, and the table shows both
+    assert [float(row[2]) for row in rows] == [round(r["score"], 4) for r in answer["results"]]
+
+
+def test_use_index_encoder_reaches_the_pipeline(tiny_index, monkeypatch):
+    import inspect
+
+    from agent_cir.pipeline import Pipeline
+
+    seen = {}
+    original = Pipeline.from_config.__func__
+    takes_it = "use_index_encoder" in inspect.signature(original).parameters
+
+    def from_config(cls, recipe, use_index_encoder=False, **kwargs):
+        seen["use_index_encoder"] = use_index_encoder
+        return original(cls, recipe, **kwargs, **({"use_index_encoder": use_index_encoder} if takes_it else {}))
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(from_config))
+    index, _ = tiny_index
+    result = runner.invoke(app, ["search", "-i", str(index), "--text", "a star", "--use-index-encoder", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"use_index_encoder": True}
+
+
+def test_a_missing_extra_is_one_line_naming_it():
+    probe = typer.Typer()
+
+    @probe.command()
+    def needs_gradio(as_json: bool = typer.Option(False, "--json")) -> None:
+        with user_errors(as_json):
+            raise ModuleNotFoundError("No module named 'gradio'", name="gradio")
+
+    result = runner.invoke(probe, [])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "pip install 'agent-cir[demo]'" in result.stderr
+    assert "agent-cir[demo]" in json.loads(runner.invoke(probe, ["--json"]).stdout)["error"]
+    assert "agent-cir[hf]" in missing_extra_message(ModuleNotFoundError(name="accelerate.utils"))
+    assert missing_extra_message(ModuleNotFoundError(name="agent_cir.nonexistent")) is None  # a bug stays a bug

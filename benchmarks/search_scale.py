@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         refine = f"IVF{nlist},{args.pq},RFlat"
         measure("IVF-PQ + refine", refine, build_ivfpq(refine),
                 [{"nprobe": p, "faiss_params": {"k_factor_rf": args.k_factor}} for p in args.nprobe])
-    return {"args": vars(args), "rows": rows}
+    return {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+            "rows": rows}
 
 
 def main() -> None:

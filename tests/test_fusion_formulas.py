@@ -206,3 +206,66 @@ def test_weimocir_excludes_the_reference_and_needs_gallery_captions():
     assert [c.id for c in state.candidates] == ["B", "C"]
     with pytest.raises(AgentCirError, match="gallery_captions"):
         RetrieveStage(RetrieveConfig(mode="weimocir"), encoder, gallery)
+
+
+class RawTableEncoder(TableEncoder):
+    """Also exposes raw (unnormalised) projections, as WeiMoCIR's official code fuses them."""
+
+    def __init__(self, table, image_raw):
+        super().__init__(table)
+        self.image_raw = np.asarray(image_raw, dtype=np.float32)
+
+    def encode_texts_raw(self, texts):
+        self.text_calls.append(list(texts))
+        return np.stack([self.table[text] for text in texts]).astype(np.float32)
+
+    def encode_images_raw(self, images):
+        return np.stack([self.image_raw for _ in images])
+
+
+def test_weimocir_fuses_raw_projections_when_the_encoder_gives_them(tmp_path):
+    gallery, _ = _weimocir_gallery()
+    table = {"make it blue": 0.5 * E[1], "a blue thing": 4.0 * E[0] + E[3]}
+    image_raw = 3.0 * E[0] + 1.0 * E[2]
+    encoder = RawTableEncoder({**table, **{k: v for k, v in _weimocir_gallery()[1].table.items() if k not in table}},
+                              image_raw)
+    encoder.info = dict(_weimocir_gallery()[1].info)  # the gallery's caption embeddings stay valid
+    from PIL import Image
+
+    path = tmp_path / "ref.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(path)
+    alpha, beta = 0.8, 0.1
+    config = RetrieveConfig(mode="weimocir", alpha=alpha, k=3, text_source="modification",
+                            gallery_captions=GalleryCaptionsConfig(weight=beta))
+    state = QueryState(query=Query(id="q", text="make it blue", image=str(path), reference_caption="a blue thing"))
+    record = RetrieveStage(config, encoder, gallery).run(state)
+    assert record.output["raw_projections"] is True
+    m, c = table["make it blue"], table["a blue thing"]
+    q_img = unit((1 - alpha) * image_raw + alpha * m)
+    q_cap = unit((1 - alpha) * c + alpha * m)  # one reference caption: it fills both slots
+    slots = {"A": [E[0], E[3]], "B": [E[3], E[1]], "C": [E[2], E[2]]}
+    images = {"A": E[0], "B": E[1], "C": E[2]}
+    expected = {key: (1 - beta) * float(q_img @ images[key]) + beta * np.mean([float(q_cap @ s) for s in slots[key]])
+                for key in slots}
+    assert {cand.id: cand.score for cand in state.candidates} == pytest.approx(expected, abs=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=30))
+def test_any_modification_text_either_retrieves_or_fails_clearly_and_never_embeds_a_blank(text):
+    from tests.fixtures.pipeline import BagOfWordsEncoder
+    from agent_cir.stages.retrieve import QueryInputError
+
+    encoder = BagOfWordsEncoder()
+    seen: list[str] = []
+    original = encoder.encode_texts
+    encoder.encode_texts = lambda texts, batch_size=None: (seen.extend(texts), original(texts))[1]
+    gallery = RetrievalGallery.from_captions({"x": ["a red car"], "y": ["a blue dog"]}, encoder)
+    stage = RetrieveStage(RetrieveConfig(mode="text", k=2, text_source="modification"), encoder, gallery)
+    seen.clear()
+    outcome = stage.run_batch([QueryState(query=Query(id="q", text=text))])[0]
+    if text.strip():
+        assert not isinstance(outcome, BaseException) and len(outcome.output["candidates"]) == 2
+    else:
+        assert isinstance(outcome, QueryInputError)
+    assert all(s.strip() for s in seen)

@@ -269,23 +269,30 @@ class RetrieveStage:
             image = self._gallery_image(plan, raw=plan.mode == "weimocir")
         stack = (lambda strings: np.stack([text[s] for s in strings])) if text else None
         if plan.mode == "weimocir":
-            modification = stack(plan.texts).mean(axis=0) if raw_texts else mean_embedding(stack(plan.texts))
-            image_query = weimocir_query(image, modification, config.alpha)
+            # Raw projections are fused only where both sides are raw; otherwise both sides are unit vectors
+            # (a raw vector beside a unit one would silently change the effective alpha).
+            raw_modification = stack(plan.texts).mean(axis=0)
+            unit_modification = mean_embedding(stack(plan.texts))
+            image_raw = bool(raw_texts and plan.raw_image)
+            image_query = weimocir_query(image if image_raw else normalise(image),
+                                         raw_modification if image_raw else unit_modification, config.alpha)
             slots = self.paired_slots or 1
+            captions_raw = bool(raw_texts and plan.reference_texts)
             if plan.reference_texts:
                 reference_captions = stack(plan.reference_texts)
             else:
                 reference_captions = self.gallery.caption_rows_of(plan.reference_position)
+            if not captions_raw:
+                reference_captions = normalise(reference_captions)
+            modification = raw_modification if captions_raw else unit_modification
             # Slot j pairs the reference's j-th caption with each item's j-th caption (official
             # validate_clip.py:107-123); a reference with fewer captions reuses the mean of its own.
             fill = reference_captions.mean(axis=0)
             rows = [reference_captions[j] if j < len(reference_captions) else fill for j in range(slots)]
             caption_queries = np.stack([weimocir_query(row, modification, config.alpha) for row in rows])
             query = composite_query(image_query, caption_queries, self.caption_weight, self.gallery.has_images)
-            # Raw only when every fused vector was raw; gallery captions are stored as unit vectors.
-            raw_used = bool(raw_texts and plan.raw_image and plan.reference_texts)
             extra.update({"alpha": config.alpha, "pairing": "paired", "captions_per_item": slots,
-                          "raw_projections": raw_used})
+                          "raw_projections": image_raw and captions_raw})
             return query, extra
         if plan.mode == "image":
             query = normalise(image if image is not None else self._gallery_image(plan, raw=False))

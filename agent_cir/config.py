@@ -110,24 +110,77 @@ class GalleryCaptionsConfig(_Strict):
     path: str | None = None
     """JSON file: gallery id -> caption or list of captions (None: given at run time, e.g. --gallery-captions)."""
     weight: float = Field(1.0, ge=0.0, le=1.0)
-    """g in score = (1-g) cos(q, image) + g mean_j cos(q, caption_j). g = 1 needs no image encoder."""
+    """g in score = (1-g) cos(q, image) + g mean_j cos(q, caption_j). g = 1 needs no image encoder.
+    ImageScope's tau (0.15) and WeiMoCIR's beta (0.1) are this weight."""
+    pairing: Literal["mean", "paired"] = "mean"
+    """mean: every caption of an item is scored against the one query (ImageScope, our mixes).
+    paired: WeiMoCIR - the query built from the reference's j-th caption is scored against each item's
+    j-th caption, averaged over j (mode weimocir implies it)."""
+    per_item: int | None = Field(None, ge=1)
+    """paired: how many captions per item take part (J; WeiMoCIR: 3). None: the most any item has."""
+
+
+_RENAMED_RETRIEVE_FIELDS = {
+    "pdv_a": "pdv_alpha_t and pdv_alpha_i (PDV's alpha_T for the text branch, alpha_I for the image branch)",
+    "pdv_b": "pdv_beta (PDV-F's fusion weight of the image branch)",
+}
 
 
 class RetrieveConfig(_Strict):
-    """Consumed by ``agent_cir.stages.retrieve``."""
+    """Consumed by ``agent_cir.stages.retrieve`` (formulas in ``agent_cir.fusion``, search in ``agent_cir.retrieval``).
 
-    mode: Literal["text", "image", "fusion", "pdv"] = "text"
+    Modes (q = the query vector; txt = the target description(s) unless text_source says otherwise):
+      text      q = txt
+      image     q = img(reference)
+      fusion    q = normalise((1 - alpha) img + alpha txt)                              (unit inputs)
+      weimocir  image branch q = normalise((1 - alpha) img + alpha txt(modification)) (raw inputs), caption
+                branch q_j from the reference's caption j, scored against caption j; weight gallery_captions.weight
+      pdv       PDV-F of PDV-T = txt(ref caption) + alpha_T D and PDV-I = img + alpha_I D, D = txt - txt(ref caption)
+      sqaf      SQUARE: normalise((1 - sqaf_weight) normalise((1 - alpha) img + alpha txt(modification))
+                + sqaf_weight txt(target description))
+    """
+
+    mode: Literal["text", "image", "fusion", "pdv", "weimocir", "sqaf"] = "text"
     alpha: float = Field(0.8, ge=0.0, le=1.0)
-    """fusion: q = normalise((1 - alpha) * img + alpha * txt)."""
-    pdv_a: float = 1.0
-    pdv_b: float = Field(0.5, ge=0.0, le=1.0)
-    """pdv: d = txt(target) - txt(caption); q = normalise((1-b)(img + a d) + b (txt(target) + a d))."""
+    """fusion / weimocir / sqaf: weight of the text in the image-text fusion (WeiMoCIR CLIP: 0.8)."""
+    pdv_alpha_t: float = 1.0
+    """PDV alpha_T: scale of the prompt direction added to the reference-text embedding (PDV-T)."""
+    pdv_alpha_i: float = 1.0
+    """PDV alpha_I: scale of the prompt direction added to the reference-image embedding (PDV-I)."""
+    pdv_beta: float = Field(0.5, ge=0.0, le=1.0)
+    """PDV-F: score = beta cos(PDV-I, v) + (1 - beta) cos(PDV-T, v)."""
+    sqaf_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """sqaf: weight of the MLLM target caption added to the composed image+modification query."""
+    description_scoring: Literal["mean_embedding", "mean_score"] = "mean_embedding"
+    """Several target descriptions: mean_embedding = one query, the normalised mean embedding (CIReVL-style);
+    mean_score = the mean of each description's score (ImageScope). Same ranking in text mode; scores differ."""
+    max_descriptions: int | None = Field(None, ge=1)
+    """Score only the first n target descriptions (ImageScope: 3, core / enhanced / comprehensive). None: all."""
     k: int = Field(50, ge=1)
     exclude_reference: bool = True
+    """Leave every gallery copy of the reference (same content hash or id) out of its results."""
     gallery_captions: GalleryCaptionsConfig | None = None
     text_source: Literal["target", "target+modification", "modification", "caption", "caption+modification"] = "target"
     """Which text becomes txt: the target description(s) (default); target+modification ensembles them with
     the modification text itself (mean of normalised embeddings); the others are no-LLM baselines."""
+    nprobe: int | None = Field(None, ge=1)
+    """IVF indexes: inverted lists visited per query (None: the index's own setting)."""
+    ef_search: int | None = Field(None, ge=1)
+    """HNSW indexes: search-time candidate list size, efSearch (None: the index's own setting)."""
+    faiss_params: dict[str, float] = Field(default_factory=dict)
+    """Any other faiss ParameterSpace setting of the image index, e.g. {"k_factor_rf": 4} for a refine stage."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, replacement in _RENAMED_RETRIEVE_FIELDS.items():
+                if old in data:
+                    raise ValueError(
+                        f"retrieve.{old} was replaced by {replacement}; PDV is now computed as published "
+                        "(see agent_cir/fusion.py), so set the new fields instead"
+                    )
+        return data
 
 
 class GridConfig(_Strict):

@@ -1,4 +1,9 @@
-"""Query-vector arithmetic shared by the Python API and the retrieve stage. Rows are float32 embeddings."""
+"""Query-vector arithmetic of the published training-free CIR methods. Rows are float32 embeddings.
+
+Each function follows one paper (or its official code, where the paper leaves a detail open); where a
+detail could not be checked against a primary source the docstring says so. Every function accepts one
+vector ``(d,)`` or a batch ``(n, d)`` and works along the last axis.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +17,106 @@ def normalise(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return vectors / np.maximum(norms, eps)
 
 
+def _check_weight(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
 def mean_embedding(rows: np.ndarray) -> np.ndarray:
-    """Ensemble of several normalised embeddings: the normalised mean of the normalised rows."""
+    """Ensemble of several embeddings: the normalised mean of the normalised rows (CIReVL-style)."""
     rows = normalise(np.atleast_2d(rows))
     return normalise(rows.mean(axis=0))
 
 
+def mean_score_query(rows: np.ndarray) -> np.ndarray:
+    """A query whose inner product with any gallery vector v is the MEAN of the rows' cosine scores with v.
+
+    ImageScope (official code, utils/inference_entrypoint_ray.py:541-571) scores every target description
+    separately against the gallery and divides the summed similarities by the number of descriptions. As
+    scoring is an inner product, mean_d <t_d, v> = <mean_d t_d, v>: the mean of the unit rows, NOT
+    renormalised, gives exactly those averaged scores in a single search.
+    """
+    return normalise(np.atleast_2d(rows)).mean(axis=0)
+
+
 def weighted_fusion(image: np.ndarray, text: np.ndarray, alpha: float) -> np.ndarray:
-    """q = normalise((1 - alpha) * img + alpha * txt)  (WeiMoCIR / SQUARE first stage)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    """q = normalise((1 - alpha) * img/|img| + alpha * txt/|txt|): fusion of unit embeddings (our ``fusion`` mode)."""
+    _check_weight("alpha", alpha)
     return normalise((1.0 - alpha) * normalise(image) + alpha * normalise(text))
 
 
-def pdv_fusion(image: np.ndarray, target_text: np.ndarray, caption_text: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Directional fusion: d = txt(target) - txt(caption); q = normalise((1-b)(img + a d) + b (txt(target) + a d))."""
-    image, target_text, caption_text = normalise(image), normalise(target_text), normalise(caption_text)
-    direction = target_text - caption_text
-    return normalise((1.0 - b) * (image + a * direction) + b * (target_text + a * direction))
+def weimocir_query(image: np.ndarray, text: np.ndarray, alpha: float) -> np.ndarray:
+    """WeiMoCIR weighted modality fusion: q = normalise((1 - alpha) * image + alpha * text).
+
+    The inputs are used as given: the official code fuses the RAW (unnormalised) CLIP projections
+    (src/utils.py:274-282 ``element_wise_sum_with_alpha``; features from src/utils.py:120 and
+    src/validate_clip.py:577, normalised only after fusion, validate_clip.py:590). Pass unit vectors only
+    when raw projections are not available (the retrieve stage records which it used). The same function
+    builds the image-branch query (image = reference image) and each caption-branch query
+    (image = the reference's j-th caption embedding), as the official code calls one combining function
+    for both (validate_clip.py:107-138).
+    """
+    _check_weight("alpha", alpha)
+    return normalise((1.0 - alpha) * np.asarray(image, dtype=np.float32) + alpha * np.asarray(text, dtype=np.float32))
+
+
+def pdv_direction(reference_text: np.ndarray, composed_text: np.ndarray) -> np.ndarray:
+    """PDV's prompt directional vector: delta = txt(composed) - txt(reference text), on unit embeddings.
+
+    Tursun et al. 2025 (arXiv 2502.07215), §3 "Prompt Directional Vector". Not verified here: the method
+    section and its equation numbers could not be read from this machine; that both text embeddings are
+    L2-normalised before the difference is our reading of "CLIP embeddings" in the abstract.
+    """
+    return normalise(composed_text) - normalise(reference_text)
+
+
+def pdv_text(reference_text: np.ndarray, composed_text: np.ndarray, alpha_t: float) -> np.ndarray:
+    """PDV-T: q_T = normalise(txt(reference text) + alpha_T * delta). alpha_T = 1 gives txt(composed) back."""
+    return normalise(normalise(reference_text) + alpha_t * pdv_direction(reference_text, composed_text))
+
+
+def pdv_image(
+    reference_image: np.ndarray, reference_text: np.ndarray, composed_text: np.ndarray, alpha_i: float
+) -> np.ndarray:
+    """PDV-I: q_I = normalise(img(reference) + alpha_I * delta): the prompt's direction moved onto the image."""
+    return normalise(normalise(reference_image) + alpha_i * pdv_direction(reference_text, composed_text))
+
+
+def pdv_fused(
+    reference_image: np.ndarray,
+    reference_text: np.ndarray,
+    composed_text: np.ndarray,
+    alpha_t: float,
+    alpha_i: float,
+    beta: float,
+) -> np.ndarray:
+    """PDV-F: score(v) = beta * cos(q_I, v) + (1 - beta) * cos(q_T, v), as one query vector.
+
+    The abstract describes PDV-F as a weighted fusion that "balances visual and semantic similarity", i.e.
+    a weighted sum of the two branches' similarities. With unit q_I, q_T and unit gallery rows that sum is
+    linear in v, so it equals the inner product with beta * q_I + (1 - beta) * q_T (returned NOT
+    renormalised, so the scores are the fused similarities themselves). Not verified: whether beta weights
+    the image or the text branch in the paper's notation (here: the image branch).
+    """
+    _check_weight("beta", beta)
+    q_text = pdv_text(reference_text, composed_text, alpha_t)
+    q_image = pdv_image(reference_image, reference_text, composed_text, alpha_i)
+    return beta * q_image + (1.0 - beta) * q_text
+
+
+def sqaf_query(
+    image: np.ndarray, modification_text: np.ndarray, target_caption: np.ndarray, alpha: float, weight: float
+) -> np.ndarray:
+    """SQUARE's Semantic Query-Augmented Fusion (Wu, Lin, Yang 2025, arXiv 2509.26330, stage 1 / Fig. 1).
+
+    The paper: the composed query, "formed by fusing the embeddings of the reference image and modification
+    text from a VLM", is enriched with the MLLM-generated target caption. Here:
+        q_c = normalise((1 - alpha) * img + alpha * txt(modification))   (composed query, WeiMoCIR-style)
+        q   = normalise((1 - weight) * q_c + weight * txt(target caption))
+    on unit embeddings. Not verified: the exact enrichment formula and its weights (only the abstract and
+    overview figure caption could be read here; no official code was found).
+    """
+    _check_weight("alpha", alpha)
+    _check_weight("weight", weight)
+    composed = weighted_fusion(image, modification_text, alpha)
+    return normalise((1.0 - weight) * composed + weight * normalise(target_caption))

@@ -3,7 +3,9 @@
 score(q, i) = (1 - g) * cos(q, image_i) + g * mean_j cos(q, caption_ij)
 
 With g = 1 no image embeddings are needed (caption-only gallery, e.g. the CIRR text surrogate with a
-text-only encoder); with no captions g is 0 and scoring is the plain image index.
+text-only encoder); with no captions g is 0 and scoring is the plain image index. The score is linear in
+q, so the search runs as one inner-product search over composite item vectors
+(``composite_vectors``); ``agent_cir.retrieval.SearchEngine`` does the searching.
 """
 
 from __future__ import annotations
@@ -109,11 +111,19 @@ class RetrievalGallery:
     encoder_info: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     index: Any = None
-    """The GalleryIndex this gallery came from, when it came from one."""
+    """The GalleryIndex this gallery came from, when it came from one (its faiss structure is searched)."""
+    caption_slot: np.ndarray | None = None
+    """For each caption row, its order j among its item's captions (0-based): WeiMoCIR pairs caption j with j."""
+    image_norms: np.ndarray | None = None
+    """Raw (pre-normalisation) norm of each image embedding, when known (WeiMoCIR fuses raw projections)."""
 
     def __post_init__(self) -> None:
         self._position = {gallery_id: i for i, gallery_id in enumerate(self.ids)}
-        self._by_hash: dict[str, int] = {h: i for i, h in enumerate(self.hashes) if h}
+        self._by_hash: dict[str, list[int]] = {}
+        for position, digest in enumerate(self.hashes):
+            if digest:
+                self._by_hash.setdefault(digest, []).append(position)
+        self._engine: Any = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -130,7 +140,27 @@ class RetrievalGallery:
         return self._position.get(gallery_id)
 
     def position_of_hash(self, content_hash: str | None) -> int | None:
-        return self._by_hash.get(content_hash) if content_hash else None
+        """The first gallery position holding this content (None when absent)."""
+        positions = self.positions_of_hash(content_hash)
+        return positions[0] if positions else None
+
+    def positions_of_hash(self, content_hash: str | None) -> list[int]:
+        """Every gallery position holding this content (byte-identical copies share a hash)."""
+        return list(self._by_hash.get(content_hash, ())) if content_hash else []
+
+    def copies_of(self, position: int) -> list[int]:
+        """``position`` and every other position with the same content hash."""
+        digest = self.hashes[position] if 0 <= position < len(self.hashes) else None
+        return self.positions_of_hash(digest) or [position]
+
+    @property
+    def engine(self) -> Any:
+        """The faiss search engine over this gallery (built on first use, then cached)."""
+        if self._engine is None:
+            from agent_cir.retrieval import SearchEngine
+
+            self._engine = SearchEngine(self)
+        return self._engine
 
     # ---------- construction ----------
     @classmethod
@@ -149,6 +179,7 @@ class RetrievalGallery:
             encoder_info=dict(index.encoder_info),
             source=str(getattr(index, "root", "")),
             index=index,
+            image_norms=getattr(index, "norms", None),
         )
 
     @classmethod
@@ -177,13 +208,17 @@ class RetrievalGallery:
         table = table if table is not None else load_gallery_captions(captions)
         texts: list[str] = []
         owners: list[int] = []
+        slots: list[int] = []
         for position, gallery_id in enumerate(self.ids):
-            for text in table.get(gallery_id, []):
+            for slot, text in enumerate(table.get(gallery_id, [])):
                 texts.append(text)
                 owners.append(position)
+                slots.append(slot)
         self.captions = {gallery_id: table[gallery_id] for gallery_id in self.ids if gallery_id in table}
         self.caption_embeddings = embed_texts_cached(encoder, texts)
         self.caption_owner = np.asarray(owners, dtype=np.int64)
+        self.caption_slot = np.asarray(slots, dtype=np.int64)
+        self._engine = None  # the composition changed: cached composite indexes are stale
         return self
 
     @property
@@ -191,6 +226,64 @@ class RetrievalGallery:
         return sum(1 for gallery_id in self.ids if gallery_id not in self.captions)
 
     # ---------- scoring ----------
+    @property
+    def captions_per_item(self) -> int:
+        """The most captions any item has (0 without captions)."""
+        if not self.has_captions:
+            return 0
+        return int(np.bincount(self.caption_owner, minlength=len(self.ids)).max())
+
+    def mean_caption_vectors(self) -> np.ndarray:
+        """(n, d): mean_j caption_ij per item (zeros for items without captions), so that
+        <q, mean_j caption_ij> = mean_j cos(q, caption_ij) for unit captions."""
+        if not self.has_captions:
+            raise GalleryError("this gallery has no captions; configure retrieve.gallery_captions")
+        dim = self.caption_embeddings.shape[1]
+        sums = np.zeros((len(self.ids), dim), dtype=np.float64)
+        np.add.at(sums, self.caption_owner, self.caption_embeddings)
+        counts = np.bincount(self.caption_owner, minlength=len(self.ids))
+        return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+    def slot_caption_vectors(self, slots: int) -> np.ndarray:
+        """(n, slots, d): caption j of each item in slot j (zeros where an item has fewer captions)."""
+        if not self.has_captions:
+            raise GalleryError("this gallery has no captions; configure retrieve.gallery_captions")
+        dim = self.caption_embeddings.shape[1]
+        out = np.zeros((len(self.ids), slots, dim), dtype=np.float32)
+        keep = self.caption_slot < slots
+        out[self.caption_owner[keep], self.caption_slot[keep]] = self.caption_embeddings[keep]
+        return out
+
+    def caption_rows_of(self, position: int) -> np.ndarray:
+        """The caption embeddings of one item, in caption order (j = 0, 1, ...)."""
+        if not self.has_captions:
+            return np.zeros((0, 0), dtype=np.float32)
+        rows = np.flatnonzero(self.caption_owner == position)
+        rows = rows[np.argsort(self.caption_slot[rows], kind="stable")]
+        return np.asarray(self.caption_embeddings[rows], dtype=np.float32)
+
+    def composite_vectors(self, caption_weight: float, paired_slots: int | None = None) -> np.ndarray:
+        """Item vectors V with score(q, i) = <Q, V_i> for the query layout of ``retrieval.composite_query``.
+
+        mean pairing:   V_i = (1 - g) image_i + g mean_j caption_ij                 (d columns)
+        paired (J):     V_i = [image_i, caption_i1, ..., caption_iJ]                 ((1 + J) d columns;
+                        the weights live in the query: [(1 - g) q_img, g/J q_1, ..., g/J q_J])
+        Without images (caption-only), the image part is absent.
+        """
+        parts: list[np.ndarray] = []
+        if paired_slots is not None:
+            if self.has_images and caption_weight < 1.0:
+                parts.append(np.asarray(self.image_embeddings, dtype=np.float32))
+            slots = self.slot_caption_vectors(paired_slots)
+            parts.append(slots.reshape(len(self.ids), -1))
+            return np.ascontiguousarray(np.concatenate(parts, axis=1))
+        if caption_weight >= 1.0 or not self.has_images:
+            return np.ascontiguousarray(self.mean_caption_vectors())
+        images = np.asarray(self.image_embeddings, dtype=np.float32)
+        if caption_weight <= 0.0 or not self.has_captions:
+            return np.ascontiguousarray(images)
+        return np.ascontiguousarray((1.0 - caption_weight) * images + caption_weight * self.mean_caption_vectors())
+
     def caption_scores(self, query: np.ndarray) -> np.ndarray:
         """mean_j cos(q, caption_ij) for every item (0 for items without captions)."""
         if not self.has_captions:
@@ -201,6 +294,7 @@ class RetrievalGallery:
         return (sums / np.maximum(counts, 1)).astype(np.float32)
 
     def scores(self, query: np.ndarray, caption_weight: float = 0.0) -> np.ndarray:
+        """Exact scores of one query against every item (a reference implementation; search uses the engine)."""
         query = normalise(np.asarray(query, dtype=np.float32).reshape(-1))
         if caption_weight >= 1.0 or not self.has_images:
             if not self.has_captions:
@@ -219,25 +313,13 @@ class RetrievalGallery:
         exclude: Iterable[int] = (),
         restrict: Iterable[int] | None = None,
     ) -> list[Candidate]:
-        """The k best items by score (exact: a full dot product over the memory-mapped embeddings).
-        ``exclude`` positions never appear; with ``restrict`` only those positions can."""
-        scores = self.scores(query, caption_weight).astype(np.float64)
-        excluded = {i for i in exclude if i is not None}
-        allowed = set(range(len(scores))) if restrict is None else {i for i in restrict if i is not None}
-        allowed -= excluded
-        if len(allowed) < len(scores):
-            mask = np.ones(len(scores), dtype=bool)
-            if allowed:
-                mask[np.fromiter(allowed, dtype=np.int64)] = False
-            scores[mask] = -np.inf
-        available = len(allowed)
-        k = max(0, min(k, available))
-        if k == 0:
-            return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        # Stable order: by score, ties broken by gallery position so runs are reproducible.
-        top = top[np.lexsort((top, -scores[top]))]
-        return [
-            Candidate(id=self.ids[i], score=float(scores[i]), path=self.paths[i], rank=rank)
-            for rank, i in enumerate(top, start=1)
-        ]
+        """The k best items for one (normalised) query, through the faiss engine. ``exclude`` positions never
+        appear; with ``restrict`` only those positions can. Ties are broken by gallery position."""
+        query = normalise(np.asarray(query, dtype=np.float32).reshape(-1))
+        return self.engine.search(
+            query[None, :],
+            k,
+            caption_weight=caption_weight,
+            exclude=[[i for i in exclude if i is not None]],
+            restrict=[None if restrict is None else [i for i in restrict if i is not None]],
+        )[0]

@@ -21,7 +21,6 @@ import numpy as np
 
 from agent_cir.encoders.base import Encoder, describe_encoder
 from agent_cir.errors import AgentCirError
-from agent_cir.fusion import normalise, weighted_fusion
 from agent_cir.index.build import BuildSummary, check_same_encoder
 from agent_cir.index.encode import EncodeEngine, encode_image_file
 from agent_cir.index.faiss_io import DEFAULT_INDEX_TYPE, tune_search
@@ -189,28 +188,13 @@ class GalleryIndex:
         exclude_reference: bool = True,
     ) -> list[Candidate]:
         """Composed query without an LLM: 'text' (modification text only), 'image' (reference only), or
-        'fusion': q = normalise((1 - alpha) * img + alpha * txt). The reference image is left out of its
-        own results when its content is in the gallery (``exclude_reference``)."""
-        if mode not in ("text", "image", "fusion"):
-            raise AgentCirError(f"mode must be text, image or fusion, got {mode!r}")
-        if mode in ("image", "fusion") and image is None:
-            raise AgentCirError(f"mode {mode!r} needs a reference image (--image)")
-        if mode in ("text", "fusion") and not (text and text.strip()):
-            raise AgentCirError(f"mode {mode!r} needs a modification text (--text)")
-        if not 0.0 <= alpha <= 1.0:
-            raise AgentCirError(f"alpha must be between 0 and 1, got {alpha}")
-        self.check_encoder(encoder)
-        image_vector = text_vector = None
-        if image is not None and mode != "text":
-            image_vector = encode_image_file(encoder, image)
-        if mode != "image":
-            text_vector = encoder.encode_texts([text])[0]  # type: ignore[list-item]
-        if mode == "fusion":
-            query = weighted_fusion(image_vector, text_vector, alpha)  # type: ignore[arg-type]
-        else:
-            query = normalise(image_vector if mode == "image" else text_vector)  # type: ignore[arg-type]
-        exclude = [reference_hash(image)] if (exclude_reference and image is not None) else []
-        return self.search_vectors(query, k, exclude_hashes=exclude)  # type: ignore[return-value]
+        'fusion': q = normalise((1 - alpha) * img + alpha * txt). Every copy of the reference image in the
+        gallery is left out of its results (``exclude_reference``). Ranked by the retrieval engine the
+        pipeline uses (``agent_cir.retrieval.search_index``), through this index's faiss structure."""
+        from agent_cir.retrieval import search_index
+
+        return search_index(self, encoder, image=image, text=text, mode=mode, alpha=alpha, k=k,
+                            exclude_reference=exclude_reference)
 
     # ------------------------------------------------------------------ building
     @classmethod

@@ -1,23 +1,34 @@
-"""Retrieve stage: target description(s) (+ reference image) -> one query vector -> top-k from the gallery.
+"""Retrieve stage: target description(s) (+ reference image) -> query vector(s) -> top-k from the gallery.
 
-Modes: ``text`` (mean of the normalised description embeddings), ``image`` (the reference alone),
-``fusion`` (q = normalise((1-alpha) img + alpha txt)), ``pdv`` (directional: d = txt(target) - txt(caption);
-q = normalise((1-b)(img + a d) + b (txt(target) + a d))). Gallery captions, when configured, mix in as
-score = (1-g) cos(q, image) + g mean_j cos(q, caption_j).
+Modes and their formulas are in ``agent_cir.config.RetrieveConfig`` and ``agent_cir.fusion``; the ranking is
+done by ``agent_cir.retrieval.SearchEngine`` (faiss). ``run_batch`` embeds every query text of a chunk in
+one encoder call, every external reference image in one image call, and searches every query in one faiss
+call; ``run`` is a batch of one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from agent_cir.config import RetrieveConfig
 from agent_cir.errors import AgentCirError
-from agent_cir.fusion import mean_embedding, pdv_fusion, weighted_fusion
+from agent_cir.fusion import (
+    mean_embedding,
+    mean_score_query,
+    normalise,
+    pdv_fused,
+    sqaf_query,
+    weighted_fusion,
+    weimocir_query,
+)
 from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval import composite_query
 from agent_cir.types import QueryState, StageRecord
+
+_IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
 
 
 class QueryInputError(AgentCirError):
@@ -28,6 +39,29 @@ def _join_caption_and_modification(caption: str, modification: str) -> str:
     return f"{caption.strip().rstrip('.')}. {modification.strip()}"
 
 
+def _non_blank(texts: list[str]) -> list[str]:
+    return [t for t in texts if t and t.strip()]
+
+
+@dataclass
+class _Plan:
+    """What one query needs before the batched encoder and search calls."""
+
+    state: QueryState
+    mode: str
+    notes: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    reference_texts: list[str] = field(default_factory=list)
+    target_texts: list[str] = field(default_factory=list)
+    reference_position: int | None = None
+    image_file: str | None = None
+    excluded: list[int] = field(default_factory=list)
+    restrict: list[int] | None = None
+    image_vector: np.ndarray | None = None
+    raw_image: bool = False
+    query: np.ndarray | None = None
+
+
 class RetrieveStage:
     name = "retrieve"
 
@@ -35,11 +69,17 @@ class RetrieveStage:
         self.config = config
         self.encoder = encoder
         self.gallery = gallery
-        if config.gallery_captions is not None:
-            self.caption_weight = config.gallery_captions.weight
+        captions_config = config.gallery_captions
+        if captions_config is not None:
+            self.caption_weight = captions_config.weight
         else:
             # A captions-only gallery can only be scored through its captions.
             self.caption_weight = 0.0 if gallery.has_images else 1.0
+        if config.mode == "weimocir" and captions_config is None:
+            raise AgentCirError(
+                "retrieve.mode 'weimocir' scores gallery captions: set retrieve.gallery_captions (its weight is "
+                "WeiMoCIR's beta, 0.1 in the paper's CLIP setting) and pass the captions file"
+            )
         if self.caption_weight > 0 and not gallery.has_captions:
             raise AgentCirError(
                 "retrieve.gallery_captions is set but the gallery has no captions attached; "
@@ -51,12 +91,19 @@ class RetrieveStage:
                 f"retrieve.gallery_captions.weight must be 1.0 (it is {self.caption_weight}); "
                 "or index the images with `agent-cir index` and pass --index"
             )
-        if config.mode in ("image", "fusion", "pdv") and not gallery.has_images and self.caption_weight >= 1.0:
+        if config.mode in _IMAGE_MODES and config.mode != "weimocir" and not gallery.has_images:
             # Caption-only galleries live in a text space: there is no reference image vector to fuse.
             raise AgentCirError(
                 f"retrieve.mode {config.mode!r} needs image embeddings, but this gallery is captions only; "
                 "use mode: text"
             )
+        paired = config.mode == "weimocir" or (captions_config is not None and captions_config.pairing == "paired")
+        self.paired_slots: int | None = None
+        if paired and gallery.has_captions:
+            self.paired_slots = (captions_config.per_item if captions_config else None) or gallery.captions_per_item
+        self.search_settings: dict[str, float] = {}
+        if gallery.has_images and (config.nprobe or config.ef_search or config.faiss_params):
+            self.search_settings = gallery.engine.configure(config.nprobe, config.ef_search, config.faiss_params)
 
     # ---------- query texts ----------
     def _query_texts(self, state: QueryState, notes: list[str]) -> list[str]:
@@ -64,15 +111,21 @@ class RetrieveStage:
         source = self.config.text_source
         captions = state.captions or ([query.reference_caption] if query.reference_caption else [])
         if source in ("target", "target+modification"):
-            if state.target_descriptions:
-                extra = [query.text] if source == "target+modification" and query.text else []
-                return list(dict.fromkeys([*state.target_descriptions, *extra]))
+            descriptions = _non_blank(list(state.target_descriptions))
+            if self.config.max_descriptions is not None:
+                descriptions = descriptions[: self.config.max_descriptions]
+            if descriptions:
+                extra = [query.text] if source == "target+modification" and query.text.strip() else []
+                return list(dict.fromkeys([*descriptions, *extra]))
+            if not query.text.strip():
+                return []
             notes.append("no target description was produced: retrieving with the modification text")
+            # Kept for the trace readers that expect it (tests pin it); the pipeline owns this field.
             state.description_source = state.description_source or "modification"
             state.target_descriptions = [query.text]
             return [query.text]
         if source == "modification":
-            return [query.text]
+            return _non_blank([query.text])
         if not captions:
             raise QueryInputError(
                 f"query {query.id}: retrieve.text_source is {source!r} but the query has no caption "
@@ -80,33 +133,22 @@ class RetrieveStage:
             )
         if source == "caption":
             return list(captions)
+        if not query.text.strip():
+            return list(captions)
         return [_join_caption_and_modification(caption, query.text) for caption in captions]
 
-    # ---------- reference image ----------
-    def _reference_position(self, state: QueryState) -> int | None:
+    # ---------- planning (no model calls) ----------
+    def _reference_positions(self, state: QueryState) -> tuple[int | None, list[int]]:
+        """The reference's gallery position (to reuse its embedding) and every position holding a copy."""
+        gallery = self.gallery
         query = state.query
-        if query.reference_id is not None:
-            position = self.gallery.position(query.reference_id)
-            if position is not None:
-                return position
-        return self.gallery.position_of_hash(state.image_hash)
-
-    def _image_vector(self, state: QueryState, reference_position: int | None) -> np.ndarray:
-        query = state.query
-        if reference_position is not None and self.gallery.has_images:
-            return np.asarray(self.gallery.image_embeddings[reference_position], dtype=np.float32)
-        if not query.image:
-            raise QueryInputError(
-                f"query {query.id}: retrieve.mode {self.config.mode!r} needs a reference image; pass --image "
-                "or use mode: text"
-            )
-        try:
-            with Image.open(query.image) as image:
-                image.load()
-                rgb = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise QueryInputError(f"query {query.id}: cannot read reference image {query.image}: {err}") from None
-        return np.asarray(self.encoder.encode_images([rgb]), dtype=np.float32)[0]
+        position = gallery.position(query.reference_id) if query.reference_id is not None else None
+        copies = set(gallery.copies_of(position)) if position is not None else set()
+        by_hash = gallery.positions_of_hash(state.image_hash)
+        copies.update(by_hash)
+        if position is None and by_hash:
+            position = by_hash[0]
+        return position, sorted(copies)
 
     def _restriction(self, state: QueryState, notes: list[str]) -> list[int] | None:
         wanted = state.query.candidate_ids
@@ -118,48 +160,243 @@ class RetrieveStage:
             notes.append(f"{len(missing)} candidate ids are not in the gallery: {', '.join(missing[:5])}")
         return [pos for pos in positions if pos is not None]
 
+    def _plan(self, state: QueryState) -> _Plan:
+        config = self.config
+        query = state.query
+        plan = _Plan(state=state, mode=config.mode)
+        plan.reference_position, copies = self._reference_positions(state)
+        if config.exclude_reference:
+            plan.excluded = copies
+        plan.restrict = self._restriction(state, plan.notes)
+        has_image = (plan.reference_position is not None and self.gallery.has_images) or bool(query.image)
+        if plan.mode in ("weimocir", "sqaf"):
+            plan.texts = _non_blank([query.text]) if plan.mode == "sqaf" else self._query_texts(state, plan.notes)
+        elif plan.mode != "image":
+            plan.texts = self._query_texts(state, plan.notes)
+        if plan.mode != "image" and not plan.texts:
+            if has_image and self.gallery.has_images:
+                plan.notes.append("the modification text is empty: retrieving with the reference image alone")
+                plan.mode = "image"
+            else:
+                raise QueryInputError(
+                    f"query {query.id}: no text to retrieve with (the modification text is empty and no target "
+                    "description exists); give a modification text, or a reference image"
+                )
+        captions = _non_blank(state.captions or ([query.reference_caption] if query.reference_caption else []))
+        if plan.mode == "pdv":
+            if captions:
+                plan.reference_texts = captions
+            else:
+                plan.notes.append("pdv needs a reference caption and none exists: used weighted fusion instead")
+                plan.mode = "fusion"
+        if plan.mode == "sqaf":
+            plan.target_texts = _non_blank(list(state.target_descriptions))[: config.max_descriptions]
+            if not plan.target_texts:
+                plan.notes.append("no target caption was produced: SQAF used the composed image+text query alone")
+        if plan.mode == "weimocir":
+            in_gallery = plan.reference_position is not None and len(self.gallery.caption_rows_of(plan.reference_position))
+            if not in_gallery:
+                if not captions:
+                    raise QueryInputError(
+                        f"query {query.id}: mode weimocir builds its caption queries from the reference's captions, "
+                        "and this reference has none in the gallery captions; enable the caption stage or supply "
+                        "reference_caption"
+                    )
+                plan.reference_texts = captions
+        if plan.mode in _IMAGE_MODES:
+            if plan.reference_position is None or not self.gallery.has_images:
+                if not query.image:
+                    raise QueryInputError(
+                        f"query {query.id}: retrieve.mode {plan.mode!r} needs a reference image; pass --image "
+                        "or use mode: text"
+                    )
+                plan.image_file = str(query.image)
+        return plan
+
+    # ---------- batched encoding ----------
+    def _encode_texts(self, strings: list[str], raw: bool) -> tuple[dict[str, np.ndarray], bool]:
+        """One encoder call for every string of the batch; raw (unnormalised) rows when asked and available."""
+        if not strings:
+            return {}, raw
+        raw_encode = getattr(self.encoder, "encode_texts_raw", None) if raw else None
+        rows = np.asarray((raw_encode or self.encoder.encode_texts)(strings), dtype=np.float32)
+        return dict(zip(strings, rows)), raw_encode is not None
+
+    def _encode_images(self, plans: list[_Plan], failures: dict[int, BaseException], raw: bool) -> None:
+        from agent_cir.index.decode import BadImageError, load_image
+
+        pictures, owners = [], []
+        for position, plan in enumerate(plans):
+            if plan.image_file is None or position in failures:
+                continue
+            try:
+                pictures.append(load_image(plan.image_file))
+            except BadImageError as err:
+                failures[position] = QueryInputError(
+                    f"query {plan.state.query.id}: cannot read reference image {plan.image_file}: {err}"
+                )
+                failures[position].__cause__ = err
+                continue
+            owners.append(position)
+        if not pictures:
+            return
+        raw_encode = getattr(self.encoder, "encode_images_raw", None) if raw else None
+        vectors = np.asarray((raw_encode or self.encoder.encode_images)(pictures), dtype=np.float32)
+        for position, vector in zip(owners, vectors):
+            plans[position].image_vector = vector
+            plans[position].raw_image = raw_encode is not None
+
+    def _gallery_image(self, plan: _Plan, raw: bool) -> np.ndarray:
+        vector = np.asarray(self.gallery.image_embeddings[plan.reference_position], dtype=np.float32)
+        norms = self.gallery.image_norms
+        if raw and norms is not None:
+            plan.raw_image = True
+            return vector * float(norms[plan.reference_position])
+        return vector
+
+    # ---------- query vectors ----------
+    def _text_query(self, vectors: np.ndarray) -> np.ndarray:
+        if self.config.description_scoring == "mean_score":
+            return mean_score_query(vectors)
+        return mean_embedding(vectors)
+
+    def _query_vector(self, plan: _Plan, text: dict[str, np.ndarray], raw_texts: bool) -> tuple[np.ndarray, dict]:
+        """The search row for one plan, laid out for the engine's structure; plus record fields."""
+        config = self.config
+        extra: dict[str, Any] = {}
+        image = plan.image_vector
+        if plan.mode in _IMAGE_MODES and image is None:
+            image = self._gallery_image(plan, raw=plan.mode == "weimocir")
+        stack = (lambda strings: np.stack([text[s] for s in strings])) if text else None
+        if plan.mode == "weimocir":
+            # Raw projections are fused only where both sides are raw; otherwise both sides are unit vectors
+            # (a raw vector beside a unit one would silently change the effective alpha).
+            raw_modification = stack(plan.texts).mean(axis=0)
+            unit_modification = mean_embedding(stack(plan.texts))
+            image_raw = bool(raw_texts and plan.raw_image)
+            image_query = weimocir_query(image if image_raw else normalise(image),
+                                         raw_modification if image_raw else unit_modification, config.alpha)
+            slots = self.paired_slots or 1
+            captions_raw = bool(raw_texts and plan.reference_texts)
+            if plan.reference_texts:
+                reference_captions = stack(plan.reference_texts)
+            else:
+                reference_captions = self.gallery.caption_rows_of(plan.reference_position)
+            if not captions_raw:
+                reference_captions = normalise(reference_captions)
+            modification = raw_modification if captions_raw else unit_modification
+            # Slot j pairs the reference's j-th caption with each item's j-th caption (official
+            # validate_clip.py:107-123); a reference with fewer captions reuses the mean of its own.
+            fill = reference_captions.mean(axis=0)
+            rows = [reference_captions[j] if j < len(reference_captions) else fill for j in range(slots)]
+            caption_queries = np.stack([weimocir_query(row, modification, config.alpha) for row in rows])
+            query = composite_query(image_query, caption_queries, self.caption_weight, self.gallery.has_images)
+            extra.update({"alpha": config.alpha, "pairing": "paired", "captions_per_item": slots,
+                          "raw_projections": image_raw and captions_raw})
+            return query, extra
+        if plan.mode == "image":
+            query = normalise(image if image is not None else self._gallery_image(plan, raw=False))
+        elif plan.mode == "text":
+            query = self._text_query(stack(plan.texts))
+        elif plan.mode == "fusion":
+            query = weighted_fusion(image, mean_embedding(stack(plan.texts)), config.alpha)
+            extra["alpha"] = config.alpha
+        elif plan.mode == "pdv":
+            query = pdv_fused(
+                image, mean_embedding(stack(plan.reference_texts)), mean_embedding(stack(plan.texts)),
+                config.pdv_alpha_t, config.pdv_alpha_i, config.pdv_beta,
+            )
+            extra.update({"pdv_alpha_t": config.pdv_alpha_t, "pdv_alpha_i": config.pdv_alpha_i,
+                          "pdv_beta": config.pdv_beta, "reference_texts": plan.reference_texts})
+        else:  # sqaf
+            modification = mean_embedding(stack(plan.texts))
+            if plan.target_texts:
+                query = sqaf_query(image, modification, mean_embedding(stack(plan.target_texts)), config.alpha,
+                                   config.sqaf_weight)
+            else:
+                query = weighted_fusion(image, modification, config.alpha)
+            extra.update({"alpha": config.alpha, "sqaf_weight": config.sqaf_weight, "target_texts": plan.target_texts})
+        if self.paired_slots is not None:
+            # A paired gallery layout: the same query scores every caption slot.
+            query = composite_query(query, np.repeat(query[None, :], self.paired_slots, axis=0),
+                                    self.caption_weight, self.gallery.has_images)
+        return query, extra
+
     # ---------- run ----------
     def run(self, state: QueryState) -> StageRecord:
-        config = self.config
-        notes: list[str] = []
-        texts = self._query_texts(state, notes) if config.mode != "image" else []
-        reference_position = self._reference_position(state)
-        mode = config.mode
-        caption_vector = None
-        if mode == "pdv":
-            captions = state.captions or ([state.query.reference_caption] if state.query.reference_caption else [])
-            if captions:
-                caption_vector = mean_embedding(self.encoder.encode_texts(captions))
-            else:
-                notes.append("pdv needs a reference caption and none exists: used weighted fusion instead")
-                mode = "fusion"
-        text_vector = mean_embedding(self.encoder.encode_texts(texts)) if texts else None
-        if mode == "text":
-            query_vector = text_vector
-        elif mode == "image":
-            query_vector = self._image_vector(state, reference_position)
-        elif mode == "fusion":
-            query_vector = weighted_fusion(self._image_vector(state, reference_position), text_vector, config.alpha)
-        else:
-            query_vector = pdv_fusion(
-                self._image_vector(state, reference_position), text_vector, caption_vector, config.pdv_a, config.pdv_b
+        outcome = self.run_batch([state])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def run_batch(self, states: list[QueryState]) -> list[StageRecord | BaseException]:
+        """One record per state (same order), or the exception that made that query fail. All query texts go
+        to the encoder in one call, all external reference images in one call, all searches in one faiss call."""
+        failures: dict[int, BaseException] = {}
+        plans: list[_Plan] = []
+        for position, state in enumerate(states):
+            try:
+                plans.append(self._plan(state))
+            except AgentCirError as err:
+                failures[position] = err
+                plans.append(_Plan(state=state, mode=self.config.mode))
+        live = [i for i in range(len(states)) if i not in failures]
+        raw = self.config.mode == "weimocir"
+        strings = list(dict.fromkeys(
+            s for i in live for s in (*plans[i].texts, *plans[i].reference_texts, *plans[i].target_texts)
+        ))
+        text, raw_texts = self._encode_texts(strings, raw)
+        self._encode_images(plans, failures, raw)
+        extras: dict[int, dict[str, Any]] = {}
+        rows: list[np.ndarray] = []
+        searched: list[int] = []
+        for i in live:
+            if i in failures:
+                continue
+            try:
+                query, extras[i] = self._query_vector(plans[i], text, raw_texts)
+            except (AgentCirError, ValueError) as err:
+                failures[i] = err if isinstance(err, AgentCirError) else QueryInputError(
+                    f"query {plans[i].state.query.id}: {err}"
+                )
+                continue
+            rows.append(query)
+            searched.append(i)
+        rankings = []
+        if searched:
+            rankings = self.gallery.engine.search(
+                np.stack(rows),
+                self.config.k,
+                caption_weight=self.caption_weight,
+                paired_slots=self.paired_slots,
+                exclude=[plans[i].excluded for i in searched],
+                restrict=[plans[i].restrict for i in searched],
             )
-        excluded = [reference_position] if (config.exclude_reference and reference_position is not None) else []
-        restrict = self._restriction(state, notes)
-        candidates = self.gallery.top_k(query_vector, config.k, self.caption_weight, exclude=excluded, restrict=restrict)
-        state.candidates = candidates
-        output = {
-            "mode": mode,
-            "k": config.k,
-            "query_texts": texts,
-            "caption_weight": self.caption_weight,
-            "excluded": [self.gallery.ids[i] for i in excluded],
-            "candidates": [{"rank": c.rank, "id": c.id, "score": round(c.score, 6)} for c in candidates],
-        }
-        if restrict is not None:
-            output["restricted_to"] = len(restrict)
-        if mode == "fusion":
-            output["alpha"] = config.alpha
-        if mode == "pdv":
-            output.update({"pdv_a": config.pdv_a, "pdv_b": config.pdv_b})
-        return StageRecord(stage=self.name, output=output, notes=notes)
+        structure = self.gallery.engine.describe(self.caption_weight, self.paired_slots) if searched else ""
+        outcomes: list[StageRecord | BaseException] = [failures.get(i) for i in range(len(states))]  # type: ignore[misc]
+        for i, candidates in zip(searched, rankings):
+            plan = plans[i]
+            plan.state.candidates = candidates
+            output: dict[str, Any] = {
+                "mode": plan.mode,
+                "k": self.config.k,
+                "query_texts": plan.texts,
+                "caption_weight": self.caption_weight,
+                "excluded": [self.gallery.ids[p] for p in plan.excluded],
+                "candidates": [{"rank": c.rank, "id": c.id, "score": round(c.score, 6)} for c in candidates],
+                "search": structure,
+            }
+            if self.search_settings:
+                output["search_settings"] = dict(self.search_settings)
+            if plan.restrict is not None:
+                output["restricted_to"] = len(plan.restrict)
+            if plan.mode == "text" and len(plan.texts) > 1:
+                output["description_scoring"] = self.config.description_scoring
+            output.update(extras.get(i, {}))
+            if plan.mode == "weimocir" and not output.get("raw_projections"):
+                plan.notes.append(
+                    "WeiMoCIR fuses raw CLIP projections; this encoder/index gives unit vectors only, so the "
+                    "fusion used unit vectors"
+                )
+            outcomes[i] = StageRecord(stage=self.name, output=output, notes=plan.notes)
+        return outcomes

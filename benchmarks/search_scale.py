@@ -1,0 +1,187 @@
+"""Search at scale: exact batched search vs HNSW32 vs IVF-PQ over clustered synthetic unit vectors.
+
+Real CLIP galleries are not uniform on the sphere: images form many tight groups. The data here are
+unit vectors around ~10k random centroids (noise sigma chosen so a point's cosine to its centroid is ~0.8),
+and the queries are fresh points drawn the same way (not gallery members). For each structure it reports
+build time, bytes per vector, ms per query (one batched faiss call for all queries) and recall@50 against
+the exact top 50. Every structure is searched through ``agent_cir.retrieval.SearchEngine``, the code path
+the pipeline uses, so the timings include our over-fetch/filter layer (one excluded item per query, as a
+reference image would be).
+
+    nice -n 10 python benchmarks/search_scale.py --structures ivfpq   # 1M x 512, 1,000 queries
+    nice -n 10 python benchmarks/search_scale.py --n 200000 --structures hnsw
+    python benchmarks/search_scale.py --n 20000 --centroids 200  # quick sanity check (~20 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent_cir.fusion import normalise  # noqa: E402
+from agent_cir.gallery import RetrievalGallery  # noqa: E402
+
+
+def clustered_unit_vectors(count: int, dim: int, centroids: np.ndarray, sigma: float, rng: np.random.Generator,
+                           chunk: int = 100_000) -> np.ndarray:
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, chunk):
+        stop = min(count, start + chunk)
+        owners = rng.integers(0, len(centroids), stop - start)
+        noise = rng.standard_normal((stop - start, dim), dtype=np.float32) * sigma
+        out[start:stop] = normalise(centroids[owners] + noise)
+    return out
+
+
+class _IndexStub:
+    """What SearchEngine needs from a GalleryIndex: its faiss index, paths and factory string."""
+
+    def __init__(self, faiss_index, paths, factory: str) -> None:
+        self.faiss_index = faiss_index
+        self.paths = paths
+        self.meta = {"index_factory": factory}
+
+
+def index_bytes(index) -> int:
+    import faiss
+
+    return int(faiss.serialize_index(index).size)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    dim = args.dim
+    centroids = normalise(rng.standard_normal((args.centroids, dim), dtype=np.float32))
+    # sigma: |noise|^2 = dim sigma^2; cos(point, centroid) ~ 1 / sqrt(1 + dim sigma^2) = 0.8
+    sigma = float(np.sqrt((1 / 0.8**2 - 1) / dim))
+    started = time.perf_counter()
+    data = clustered_unit_vectors(args.n, dim, centroids, sigma, rng)
+    queries = clustered_unit_vectors(args.queries, dim, centroids, sigma, rng)
+    print(f"data: {args.n} x {dim}, {args.centroids} centroids, {args.queries} queries "
+          f"({time.perf_counter() - started:.1f} s to generate)", flush=True)
+    ids = [str(i) for i in range(args.n)]
+    paths = ids
+    # One excluded position per query (the reference image of a composed query).
+    excluded = [[int(x)] for x in rng.integers(0, args.n, args.queries)]
+    k = 50
+    rows = []
+
+    def measure(name: str, factory: str, build, settings: list[dict]) -> None:
+        gc.collect()
+        t0 = time.perf_counter()
+        index = build()
+        build_s = time.perf_counter() - t0
+        size = index_bytes(index)
+        gallery = RetrievalGallery(ids=ids, paths=paths, hashes=[None] * args.n, image_embeddings=data,
+                                   index=_IndexStub(index, paths, factory))
+        engine = gallery.engine
+        for setting in settings:
+            engine.configure(**setting)
+            engine.search(queries[:10], k, exclude=excluded[:10])  # warm-up
+            t1 = time.perf_counter()
+            found = engine.search(queries, k, exclude=excluded)
+            seconds = time.perf_counter() - t1
+            recall = float(np.mean([
+                len({int(c.id) for c in got} & truth_sets[q]) / k for q, got in enumerate(found)
+            ]))
+            row = {"structure": name, "factory": factory, "settings": setting, "build_s": round(build_s, 1),
+                   "bytes_per_vector": round(size / args.n, 1), "ms_per_query": round(1000 * seconds / args.queries, 3),
+                   "recall_at_50": round(recall, 4)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del gallery, engine, index
+
+    # exact ground truth, through the same engine over a Flat index
+    def build_flat():
+        index = faiss.IndexFlatIP(dim)
+        index.add(data)
+        return index
+
+    gc.collect()
+    flat = build_flat()
+    gallery = RetrievalGallery(ids=ids, paths=paths, hashes=[None] * args.n, image_embeddings=data,
+                               index=_IndexStub(flat, paths, "Flat"))
+    t1 = time.perf_counter()
+    truth = gallery.engine.search(queries, k, exclude=excluded)
+    exact_s = time.perf_counter() - t1
+    truth_sets = [{int(c.id) for c in got} for got in truth]
+    rows.append({"structure": "exact", "factory": "Flat", "settings": {}, "build_s": 0.0,
+                 "bytes_per_vector": round(index_bytes(flat) / args.n, 1),
+                 "ms_per_query": round(1000 * exact_s / args.queries, 3), "recall_at_50": 1.0})
+    print(json.dumps(rows[-1]), flush=True)
+    del gallery, flat
+
+    if "hnsw" in args.structures:
+        def build_hnsw():
+            index = faiss.index_factory(dim, "HNSW32", faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = args.ef_construction
+            index.add(data)
+            return index
+
+        measure("HNSW32", "HNSW32", build_hnsw, [{"ef_search": e} for e in args.ef_search])
+
+    if "ivfpq" in args.structures:
+        nlist = args.nlist
+        train = data[rng.choice(args.n, min(args.n, nlist * 40), replace=False)]
+
+        def build_ivfpq(factory: str):
+            def build():
+                index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+                index.train(train)
+                index.add(data)
+                return index
+            return build
+
+        pq = f"IVF{nlist},{args.pq}"
+        measure("IVF-PQ", pq, build_ivfpq(pq), [{"nprobe": p} for p in args.nprobe])
+        refine = f"IVF{nlist},{args.pq},RFlat"
+        measure("IVF-PQ + refine", refine, build_ivfpq(refine),
+                [{"nprobe": p, "faiss_params": {"k_factor_rf": args.k_factor}} for p in args.nprobe])
+    return {"args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+            "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--centroids", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--structures", nargs="+", default=["hnsw", "ivfpq"], choices=["hnsw", "ivfpq"])
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: 1024 at 1M, ~2 sqrt(n) below)")
+    parser.add_argument("--pq", default="PQ64x4fs",
+                        help="the PQ part of the IVF factory (4-bit fast-scan codes train in seconds; PQ64 = 8-bit)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--k-factor", type=float, default=4.0, help="refine: candidates re-scored exactly = k x this")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args()
+    if args.nlist is None:
+        args.nlist = 1024 if args.n >= 500_000 else max(16, int(2 * np.sqrt(args.n)))
+    result = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("\n| structure | settings | build s | bytes/vector | ms/query | recall@50 |")
+    print("|---|---|---|---|---|---|")
+    for row in result["rows"]:
+        settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"
+        print(f"| {row['structure']} ({row['factory']}) | {settings} | {row['build_s']} | {row['bytes_per_vector']} "
+              f"| {row['ms_per_query']} | {row['recall_at_50']} |")
+
+
+if __name__ == "__main__":
+    main()

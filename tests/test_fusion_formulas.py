@@ -1,0 +1,271 @@
+"""The published query formulas, each checked against an independent implementation written here from the
+paper's / official code's equations (plain numpy, elementwise, no call into agent_cir.fusion helpers)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from agent_cir.config import GalleryCaptionsConfig, RetrieveConfig
+from agent_cir.errors import AgentCirError
+from agent_cir.fusion import mean_score_query, pdv_fused, pdv_image, pdv_text, sqaf_query, weimocir_query
+from agent_cir.gallery import RetrievalGallery
+from agent_cir.stages.retrieve import RetrieveStage
+from agent_cir.types import Query, QueryState
+
+DIM = 6
+finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)
+vectors = arrays(np.float32, DIM, elements=finite).filter(lambda v: float(np.linalg.norm(v)) > 1e-2)
+weights = st.floats(0.0, 1.0)
+scales = st.floats(-3.0, 3.0)
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / math.sqrt(sum(x * x for x in v))
+
+
+def cosine(a, b):
+    return float(np.dot(unit(a), unit(b)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, vectors, weights)
+def test_weimocir_fuses_raw_projections_then_normalises(image, text, alpha):
+    # official src/utils.py:274-282: F.normalize((1 - alpha) * image + alpha * text), inputs NOT normalised
+    expected = unit([(1 - alpha) * i + alpha * t for i, t in zip(image.astype(np.float64), text.astype(np.float64))]) \
+        if np.linalg.norm((1 - alpha) * image + alpha * text) > 1e-4 else None
+    got = weimocir_query(image, text, alpha)
+    if expected is not None:
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+    assert np.isfinite(got).all()
+
+
+def test_weimocir_raw_and_unit_inputs_differ_when_norms_differ():
+    image, text = np.array([3.0, 0, 0, 0, 0, 0]), np.array([0, 1.0, 0, 0, 0, 0])
+    raw = weimocir_query(image, text, 0.5)
+    assert raw[0] == pytest.approx(3 / math.sqrt(10), abs=1e-6)  # the bigger raw image norm dominates
+    assert weimocir_query(unit(image), unit(text), 0.5)[0] == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors, vectors, vectors, scales, scales, weights, arrays(np.float32, (4, DIM), elements=finite))
+def test_pdv_branches_and_fused_score(image, reference_text, composed_text, alpha_t, alpha_i, beta, gallery):
+    gallery = [row for row in gallery if np.linalg.norm(row) > 1e-2]
+    # PDV: delta = txt(composed) - txt(reference); PDV-T = txt(ref) + alpha_T delta; PDV-I = img + alpha_I delta
+    delta = unit(composed_text) - unit(reference_text)
+    text_branch = unit(reference_text) + alpha_t * delta
+    image_branch = unit(image) + alpha_i * delta
+    if np.linalg.norm(text_branch) < 1e-3 or np.linalg.norm(image_branch) < 1e-3:
+        return  # a degenerate direction: cosine undefined
+    np.testing.assert_allclose(pdv_text(reference_text, composed_text, alpha_t), unit(text_branch), atol=2e-4)
+    np.testing.assert_allclose(pdv_image(image, reference_text, composed_text, alpha_i), unit(image_branch), atol=2e-4)
+    fused = pdv_fused(image, reference_text, composed_text, alpha_t, alpha_i, beta)
+    for row in gallery:
+        expected = beta * cosine(image_branch, row) + (1 - beta) * cosine(text_branch, row)
+        assert float(fused @ unit(row)) == pytest.approx(expected, abs=5e-4)
+
+
+def test_pdv_text_with_alpha_one_is_the_composed_text():
+    rng = np.random.default_rng(3)
+    reference, composed = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    np.testing.assert_allclose(pdv_text(reference, composed, 1.0), unit(composed), atol=1e-6)
+    np.testing.assert_allclose(pdv_text(reference, composed, 0.0), unit(reference), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(vectors, vectors, vectors, weights, weights)
+def test_sqaf_enriches_the_composed_query_with_the_target_caption(image, modification, caption, alpha, weight):
+    composed = (1 - alpha) * unit(image) + alpha * unit(modification)
+    if np.linalg.norm(composed) < 1e-3:
+        return
+    enriched = (1 - weight) * unit(composed) + weight * unit(caption)
+    if np.linalg.norm(enriched) < 1e-3:
+        return
+    np.testing.assert_allclose(sqaf_query(image, modification, caption, alpha, weight), unit(enriched), atol=3e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, (3, DIM), elements=finite), arrays(np.float32, (5, DIM), elements=finite))
+def test_mean_score_query_scores_are_the_mean_of_per_description_scores(descriptions, gallery):
+    if min(np.linalg.norm(descriptions, axis=1)) < 1e-2:
+        return
+    query = mean_score_query(descriptions)
+    for row in gallery:
+        expected = sum(float(np.dot(unit(d), row)) for d in descriptions) / len(descriptions)
+        assert float(query @ row) == pytest.approx(expected, abs=5e-4)
+
+
+def test_renamed_pdv_fields_name_their_replacements():
+    with pytest.raises(ValueError, match="pdv_alpha_t and pdv_alpha_i"):
+        RetrieveConfig(pdv_a=1.0)
+    with pytest.raises(ValueError, match="pdv_beta"):
+        RetrieveConfig.model_validate({"pdv_b": 0.5})
+
+
+# ---------- ImageScope through the stage ----------
+class TableEncoder:
+    """Texts map to fixed vectors from a table (unknown texts are an error, so nothing is embedded by accident)."""
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = {key: np.asarray(value, dtype=np.float32) for key, value in table.items()}
+        self.dim = len(next(iter(self.table.values())))
+        self.info = {"backend": "test-table", "model": f"table-{len(table)}-{hash(tuple(sorted(table)))}"}
+        self.text_calls: list[list[str]] = []
+
+    def encode_texts(self, texts, batch_size=None):
+        self.text_calls.append(list(texts))
+        rows = [self.table[text] for text in texts]
+        return np.stack([row / np.linalg.norm(row) for row in rows]).astype(np.float32)
+
+    def encode_images(self, images, batch_size=None):  # pragma: no cover - references come from the gallery
+        raise AssertionError("no image should be encoded in these tests")
+
+
+def test_imagescope_score_is_the_mean_over_descriptions_of_each_descriptions_mixed_score():
+    rng = np.random.default_rng(7)
+    descriptions = ["core", "enhanced", "comprehensive"]
+    captions = {f"g{i}": [f"caption {i}"] for i in range(6)}
+    table = {text: rng.standard_normal(8) for text in [*descriptions, *(c[0] for c in captions.values())]}
+    encoder = TableEncoder(table)
+    images = rng.standard_normal((6, 8)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    gallery = RetrievalGallery(ids=list(captions), paths=[None] * 6, hashes=[None] * 6, image_embeddings=images)
+    gallery.with_captions(captions, encoder)
+    tau = 0.15
+    config = RetrieveConfig(mode="text", k=6, description_scoring="mean_score", max_descriptions=3,
+                            gallery_captions=GalleryCaptionsConfig(weight=tau))
+    state = QueryState(query=Query(id="q", text="make it so"))
+    state.target_descriptions = [*descriptions, "a fourth one that max_descriptions drops"]
+    RetrieveStage(config, encoder, gallery).run(state)
+    # official utils/inference_entrypoint_ray.py:548-571: per description (1 - tau) cos(d, img) + tau cos(d, cap),
+    # summed over descriptions, divided by their number
+    expected = {}
+    for position, gallery_id in enumerate(captions):
+        per_description = [
+            (1 - tau) * cosine(table[d], images[position]) + tau * cosine(table[d], table[captions[gallery_id][0]])
+            for d in descriptions
+        ]
+        expected[gallery_id] = sum(per_description) / 3
+    got = {c.id: c.score for c in state.candidates}
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert [c.id for c in state.candidates] == sorted(expected, key=lambda key: -expected[key])
+
+
+# ---------- WeiMoCIR's caption pairing, computed by hand ----------
+E = np.eye(4, dtype=np.float32)
+
+
+def _weimocir_gallery():
+    # Three items; image embeddings e1, e2, e3; two MLLM captions each.
+    captions = {"A": ["a zero", "a one"], "B": ["b zero", "b one"], "C": ["c zero", "c one"]}
+    table = {"a zero": E[0], "a one": E[3], "b zero": E[3], "b one": E[1], "c zero": E[2], "c one": E[2],
+             "make it blue": E[1]}
+    encoder = TableEncoder(table)
+    gallery = RetrievalGallery(ids=["A", "B", "C"], paths=[None] * 3, hashes=["ha", "hb", "hc"],
+                               image_embeddings=E[:3].copy())
+    gallery.with_captions(captions, encoder)
+    return gallery, encoder
+
+
+def test_weimocir_caption_pairing_on_three_images_by_hand():
+    gallery, encoder = _weimocir_gallery()
+    config = RetrieveConfig(mode="weimocir", alpha=0.5, k=3, exclude_reference=False, text_source="modification",
+                            gallery_captions=GalleryCaptionsConfig(weight=0.5))
+    state = QueryState(query=Query(id="q", text="make it blue", reference_id="A"))
+    record = RetrieveStage(config, encoder, gallery).run(state)
+    r = 1 / math.sqrt(2)
+    # image branch: q = (e1 + e2)/sqrt2 -> A: r, B: r, C: 0
+    # caption slot 0: q0 = norm(0.5 a0 + 0.5 m) = (e1 + e2)/sqrt2 vs caption 0 of each: A e1 -> r, B e4 -> 0, C e3 -> 0
+    # caption slot 1: q1 = norm(0.5 a1 + 0.5 m) = (e4 + e2)/sqrt2 vs caption 1: A e4 -> r, B e2 -> r, C e3 -> 0
+    # caption branch = mean over slots: A r, B r/2, C 0;  final = 0.5 image + 0.5 caption
+    expected = {"A": 0.5 * r + 0.5 * r, "B": 0.5 * r + 0.5 * (r / 2), "C": 0.0}
+    assert [c.id for c in state.candidates] == ["A", "B", "C"]
+    assert {c.id: c.score for c in state.candidates} == pytest.approx(expected, abs=1e-6)
+    assert record.output["pairing"] == "paired" and record.output["captions_per_item"] == 2
+    # Scoring every caption against the image-fused query (the old behaviour) would tie A and B: 0.75 r each.
+    unpaired = RetrieveConfig(mode="fusion", alpha=0.5, k=3, exclude_reference=False, text_source="modification",
+                              gallery_captions=GalleryCaptionsConfig(weight=0.5))
+    old = QueryState(query=Query(id="q", text="make it blue", reference_id="A"))
+    RetrieveStage(unpaired, encoder, gallery).run(old)
+    assert {c.id: c.score for c in old.candidates}["A"] == pytest.approx(0.75 * r, abs=1e-6)
+    assert {c.id: c.score for c in old.candidates}["B"] == pytest.approx(0.75 * r, abs=1e-6)
+
+
+def test_weimocir_excludes_the_reference_and_needs_gallery_captions():
+    gallery, encoder = _weimocir_gallery()
+    config = RetrieveConfig(mode="weimocir", alpha=0.5, k=3, text_source="modification",
+                            gallery_captions=GalleryCaptionsConfig(weight=0.1))
+    state = QueryState(query=Query(id="q", text="make it blue", reference_id="A"))
+    RetrieveStage(config, encoder, gallery).run(state)
+    assert [c.id for c in state.candidates] == ["B", "C"]
+    with pytest.raises(AgentCirError, match="gallery_captions"):
+        RetrieveStage(RetrieveConfig(mode="weimocir"), encoder, gallery)
+
+
+class RawTableEncoder(TableEncoder):
+    """Also exposes raw (unnormalised) projections, as WeiMoCIR's official code fuses them."""
+
+    def __init__(self, table, image_raw):
+        super().__init__(table)
+        self.image_raw = np.asarray(image_raw, dtype=np.float32)
+
+    def encode_texts_raw(self, texts):
+        self.text_calls.append(list(texts))
+        return np.stack([self.table[text] for text in texts]).astype(np.float32)
+
+    def encode_images_raw(self, images):
+        return np.stack([self.image_raw for _ in images])
+
+
+def test_weimocir_fuses_raw_projections_when_the_encoder_gives_them(tmp_path):
+    gallery, _ = _weimocir_gallery()
+    table = {"make it blue": 0.5 * E[1], "a blue thing": 4.0 * E[0] + E[3]}
+    image_raw = 3.0 * E[0] + 1.0 * E[2]
+    encoder = RawTableEncoder({**table, **{k: v for k, v in _weimocir_gallery()[1].table.items() if k not in table}},
+                              image_raw)
+    encoder.info = dict(_weimocir_gallery()[1].info)  # the gallery's caption embeddings stay valid
+    from PIL import Image
+
+    path = tmp_path / "ref.png"
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(path)
+    alpha, beta = 0.8, 0.1
+    config = RetrieveConfig(mode="weimocir", alpha=alpha, k=3, text_source="modification",
+                            gallery_captions=GalleryCaptionsConfig(weight=beta))
+    state = QueryState(query=Query(id="q", text="make it blue", image=str(path), reference_caption="a blue thing"))
+    record = RetrieveStage(config, encoder, gallery).run(state)
+    assert record.output["raw_projections"] is True
+    m, c = table["make it blue"], table["a blue thing"]
+    q_img = unit((1 - alpha) * image_raw + alpha * m)
+    q_cap = unit((1 - alpha) * c + alpha * m)  # one reference caption: it fills both slots
+    slots = {"A": [E[0], E[3]], "B": [E[3], E[1]], "C": [E[2], E[2]]}
+    images = {"A": E[0], "B": E[1], "C": E[2]}
+    expected = {key: (1 - beta) * float(q_img @ images[key]) + beta * np.mean([float(q_cap @ s) for s in slots[key]])
+                for key in slots}
+    assert {cand.id: cand.score for cand in state.candidates} == pytest.approx(expected, abs=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=30))
+def test_any_modification_text_either_retrieves_or_fails_clearly_and_never_embeds_a_blank(text):
+    from tests.fixtures.pipeline import BagOfWordsEncoder
+    from agent_cir.stages.retrieve import QueryInputError
+
+    encoder = BagOfWordsEncoder()
+    seen: list[str] = []
+    original = encoder.encode_texts
+    encoder.encode_texts = lambda texts, batch_size=None: (seen.extend(texts), original(texts))[1]
+    gallery = RetrievalGallery.from_captions({"x": ["a red car"], "y": ["a blue dog"]}, encoder)
+    stage = RetrieveStage(RetrieveConfig(mode="text", k=2, text_source="modification"), encoder, gallery)
+    seen.clear()
+    outcome = stage.run_batch([QueryState(query=Query(id="q", text=text))])[0]
+    if text.strip():
+        assert not isinstance(outcome, BaseException) and len(outcome.output["candidates"]) == 2
+    else:
+        assert isinstance(outcome, QueryInputError)
+    assert all(s.strip() for s in seen)

@@ -122,7 +122,7 @@ class GalleryCaptionsConfig(_Strict):
 
 _RENAMED_RETRIEVE_FIELDS = {
     "pdv_a": "pdv_alpha_t and pdv_alpha_i (PDV's alpha_T for the text branch, alpha_I for the image branch)",
-    "pdv_b": "pdv_beta (PDV-F's fusion weight of the image branch)",
+    "pdv_b": "pdv_beta (PDV-F's fusion weight of the text branch PDV-T; 1 - beta weights PDV-I)",
 }
 
 
@@ -147,8 +147,8 @@ class RetrieveConfig(_Strict):
     """PDV alpha_T: scale of the prompt direction added to the reference-text embedding (PDV-T)."""
     pdv_alpha_i: float = 1.0
     """PDV alpha_I: scale of the prompt direction added to the reference-image embedding (PDV-I)."""
-    pdv_beta: float = Field(0.5, ge=0.0, le=1.0)
-    """PDV-F: score = beta cos(PDV-I, v) + (1 - beta) cos(PDV-T, v)."""
+    pdv_beta: float = Field(1.0, ge=0.0, le=1.0)
+    """PDV-F = normalise((1 - beta) PDV-I + beta PDV-T) (official pseudo-code); 1 = PDV-T alone (the default)."""
     sqaf_weight: float = Field(0.5, ge=0.0, le=1.0)
     """sqaf: weight of the MLLM target caption added to the composed image+modification query."""
     description_scoring: Literal["mean_embedding", "mean_score"] = "mean_embedding"

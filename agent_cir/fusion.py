@@ -61,25 +61,27 @@ def weimocir_query(image: np.ndarray, text: np.ndarray, alpha: float) -> np.ndar
 
 
 def pdv_direction(reference_text: np.ndarray, composed_text: np.ndarray) -> np.ndarray:
-    """PDV's prompt directional vector: delta = txt(composed) - txt(reference text), on unit embeddings.
+    """PDV's prompt directional vector: delta = txt(composed) - txt(reference caption), of unit embeddings.
 
-    Tursun et al. 2025 (arXiv 2502.07215), §3 "Prompt Directional Vector". Not verified here: the method
-    section and its equation numbers could not be read from this machine; that both text embeddings are
-    L2-normalised before the difference is our reading of "CLIP embeddings" in the abstract.
+    Tursun et al. (WACV 2026, arXiv 2502.07215); official pseudo-code ``calculate_pdv_features`` in the
+    neouyghur/PDV README (commit c05bb1d, lines 45-51): the three inputs are L2-normalised, then the
+    difference is taken.
     """
     return normalise(composed_text) - normalise(reference_text)
 
 
 def pdv_text(reference_text: np.ndarray, composed_text: np.ndarray, alpha_t: float) -> np.ndarray:
-    """PDV-T: q_T = normalise(txt(reference text) + alpha_T * delta). alpha_T = 1 gives txt(composed) back."""
-    return normalise(normalise(reference_text) + alpha_t * pdv_direction(reference_text, composed_text))
+    """PDV-T = txt(reference caption) + alpha_T * delta (official README line 59); NOT normalised here:
+    only the fused PDV-F is (line 66). alpha_T = 1 gives txt(composed) back."""
+    return normalise(reference_text) + alpha_t * pdv_direction(reference_text, composed_text)
 
 
 def pdv_image(
     reference_image: np.ndarray, reference_text: np.ndarray, composed_text: np.ndarray, alpha_i: float
 ) -> np.ndarray:
-    """PDV-I: q_I = normalise(img(reference) + alpha_I * delta): the prompt's direction moved onto the image."""
-    return normalise(normalise(reference_image) + alpha_i * pdv_direction(reference_text, composed_text))
+    """PDV-I = img(reference) + alpha_I * delta (official README line 55): the prompt's direction moved onto
+    the image embedding; NOT normalised here."""
+    return normalise(reference_image) + alpha_i * pdv_direction(reference_text, composed_text)
 
 
 def pdv_fused(
@@ -90,18 +92,13 @@ def pdv_fused(
     alpha_i: float,
     beta: float,
 ) -> np.ndarray:
-    """PDV-F: score(v) = beta * cos(q_I, v) + (1 - beta) * cos(q_T, v), as one query vector.
-
-    The abstract describes PDV-F as a weighted fusion that "balances visual and semantic similarity", i.e.
-    a weighted sum of the two branches' similarities. With unit q_I, q_T and unit gallery rows that sum is
-    linear in v, so it equals the inner product with beta * q_I + (1 - beta) * q_T (returned NOT
-    renormalised, so the scores are the fused similarities themselves). Not verified: whether beta weights
-    the image or the text branch in the paper's notation (here: the image branch).
-    """
+    """PDV-F = normalise((1 - beta) * PDV-I + beta * PDV-T) (official README lines 61-66: "higher beta
+    values emphasize text features"). beta = 1 is PDV-T alone, beta = 0 PDV-I alone; the official default
+    is alpha_I = alpha_T = beta = 1."""
     _check_weight("beta", beta)
     q_text = pdv_text(reference_text, composed_text, alpha_t)
     q_image = pdv_image(reference_image, reference_text, composed_text, alpha_i)
-    return beta * q_image + (1.0 - beta) * q_text
+    return normalise((1.0 - beta) * q_image + beta * q_text)
 
 
 def sqaf_query(

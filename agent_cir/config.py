@@ -44,7 +44,11 @@ class ModelConfig(_Strict):
     """
 
     spec: str
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
+    """One OpenAI-compatible server, or a list of replicas of the same model: calls are spread round-robin and
+    failed over to the next replica on transport errors, timeouts and 5xx (``backends/multi_endpoint.py``)."""
+    failover_cooldown: float = Field(30.0, ge=0.0)
+    """With several base_urls: seconds a replica that failed is skipped."""
     api_key: str | None = None
     api_key_env: str | None = None
     temperature: float = 0.0

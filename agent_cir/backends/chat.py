@@ -221,8 +221,9 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
         "max_retries": config.max_retries,
         "rate_limiter": _rate_limiter(config),
     }
-    if config.base_url:
-        kwargs["base_url"] = config.base_url
+    endpoints = [config.base_url] if isinstance(config.base_url, str) else list(config.base_url or [])
+    if endpoints:
+        kwargs["base_url"] = endpoints[0]
         # ChatOpenAI sends max_completion_tokens; some OpenAI-compatible servers (llama-cpp-python) only read
         # max_tokens and would otherwise generate until the context is full.
         kwargs["extra_body"] = {"max_tokens": config.max_tokens}
@@ -231,7 +232,15 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
     if config.seed is not None:
         kwargs["seed"] = config.seed
     kwargs.update(config.extra)
-    chat = ChatOpenAI(**kwargs)
+    if len(endpoints) > 1:
+        from agent_cir.backends.multi_endpoint import MultiEndpointChatOpenAI
+
+        chat: Any = MultiEndpointChatOpenAI(
+            **kwargs, endpoints=endpoints, cooldown=config.failover_cooldown,
+            attempts=max(config.max_retries + 1, len(endpoints)),
+        )
+    else:
+        chat = ChatOpenAI(**kwargs)
     return ChatModelHandle(
         chat=chat,
         backend="openai",
@@ -239,7 +248,8 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
         config=config,
         supports_structured_output=True,
         retry_attempts=0,
-        fingerprint={"base_url": config.base_url},
+        # Replicas serve the same model: the cache key must not change with the list of servers.
+        fingerprint={"base_url": endpoints[0] if len(endpoints) == 1 else "replicas"},
     )
 
 
@@ -255,6 +265,11 @@ def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
         "client_kwargs": {"timeout": config.timeout},
         "rate_limiter": _rate_limiter(config),
     }
+    if isinstance(config.base_url, list):
+        raise BackendError(
+            f"{config.spec}: base_url lists several servers, which only the openai: backend balances; "
+            "give one Ollama URL (or serve the model through an OpenAI-compatible server)"
+        )
     if config.base_url:
         kwargs["base_url"] = config.base_url
     if config.top_p is not None:

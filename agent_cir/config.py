@@ -35,6 +35,13 @@ class EncoderConfig(_Strict):
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1)
+    preprocess: Literal["center_crop", "targetpad"] = "center_crop"
+    """Image preprocessing. center_crop: the model's own (open_clip's transforms / the transformers processor:
+    resize the short side, centre crop). targetpad: pad the short side with black until long / short =
+    target_ratio, then the model's own (CIReVL's and SEARLE's default). Recorded in the index; an index is
+    searched only with the preprocessing it was built with."""
+    target_ratio: float = Field(1.25, ge=1.0)
+    """targetpad only: the aspect ratio (long side / short side) images are padded to."""
 
 
 class ModelConfig(_Strict):

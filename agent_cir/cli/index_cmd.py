@@ -42,6 +42,8 @@ def run_index(
     device: str = "cpu",
     precision: str = "fp32",
     progress: bool = True,
+    preprocess: str = "center_crop",
+    target_ratio: float = 1.25,
 ):
     """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex."""
     from agent_cir.config import EncoderConfig
@@ -55,6 +57,8 @@ def run_index(
         device=device,
         precision=precision,  # type: ignore[arg-type]
         batch_size=batch_size,
+        preprocess=preprocess,  # type: ignore[arg-type]
+        target_ratio=target_ratio,
     )
     encoder = create_encoder(config)
     return GalleryIndex.build(
@@ -88,6 +92,10 @@ def index_command(
     index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string (Flat, HNSW32, IVF256,Flat)."),
     device: str = typer.Option("cpu", "--device", help="torch device for the encoder (cpu, cuda, cuda:1, mps)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    preprocess: str = typer.Option(
+        "center_crop", "--preprocess", help="center_crop (the model's own) or targetpad (CIReVL / SEARLE)."
+    ),
+    target_ratio: float = typer.Option(1.25, "--target-ratio", min=1.0, help="targetpad: long / short side ratio."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -99,6 +107,8 @@ def index_command(
             raise AgentCirError(f"--backend must be open_clip or hf, got {backend!r}")
         if precision not in ("fp32", "fp16", "bf16"):
             raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
+        if preprocess not in ("center_crop", "targetpad"):
+            raise AgentCirError(f"--preprocess must be center_crop or targetpad, got {preprocess!r}")
         index = run_index(
             images_dir,
             out,
@@ -111,6 +121,8 @@ def index_command(
             device=device,
             precision=precision,
             progress=not quiet,
+            preprocess=preprocess,
+            target_ratio=target_ratio,
         )
         summary = index.build_summary.to_dict()
         if json_output:

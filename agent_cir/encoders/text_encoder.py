@@ -69,6 +69,8 @@ class SentenceTransformerTextEncoder:
             "model": model,
             "pretrained": None,
             "weights": weights,
+            "architecture": _architecture(self.model),
+            "random_weights": False,
             "dim": self.dim,
             "preprocess": None,
             "precision": precision,
@@ -99,3 +101,10 @@ class SentenceTransformerTextEncoder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def _architecture(model: Any) -> str:
+    """The transformer class under a SentenceTransformer (``BertModel``), else the wrapper's class name."""
+    first = model[0] if len(model) else None
+    inner = getattr(first, "auto_model", None)
+    return type(inner).__name__ if inner is not None else type(model).__name__

@@ -542,16 +542,20 @@ def encode_image_file(encoder: Encoder, image: str | Path) -> np.ndarray:
 def encoder_config_from_meta(meta: dict[str, Any], device: str | None = None) -> EncoderConfig:
     """The EncoderConfig that rebuilds the encoder an index was made with (``meta`` = meta.json contents)."""
     from agent_cir.config import EncoderConfig
+    from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, preprocessing_of
 
     info = meta.get("encoder", meta)
     try:
         backend, model = info["backend"], info["model"]
     except KeyError:
         raise AgentCirError("index metadata has no encoder backend/model; rebuild the index") from None
+    method, ratio = preprocessing_of(info)
     return EncoderConfig(
         backend=backend,
         model=model,
         pretrained=info.get("pretrained"),
         precision=info.get("precision", "fp32"),
         device=device or info.get("device", "cpu"),
+        preprocess=method or "center_crop",  # type: ignore[arg-type]
+        target_ratio=ratio or DEFAULT_TARGET_RATIO,
     )

@@ -73,6 +73,9 @@ class ModelConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)
     """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
     often several times faster than oversubscribed threads."""
+    batch_size: int = Field(8, ge=1)
+    """Local backends (hf:, hf-vlm:): conversations per padded generate call when a stage sends a list of
+    prompts (LangChain ``batch``). Servers ignore it: they take up to max_concurrency requests at once."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the LangChain chat model constructor."""
 

@@ -255,8 +255,8 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
 def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
     try:
         from langchain_ollama import ChatOllama
-    except ImportError:
-        raise BackendError(f"{config.spec} needs langchain-ollama: pip install 'agent-cir[ollama]'") from None
+    except ImportError as err:
+        raise BackendError(f"{config.spec} needs langchain-ollama: pip install 'agent-cir[ollama]'") from err
     kwargs: dict[str, Any] = {
         "model": model,
         "temperature": config.temperature,

@@ -120,7 +120,7 @@ class HFEncoder:
                 f"transformers model {model}: could not load its weights or processor files "
                 f"({' '.join(str(err).split())[:300]}). Pass a complete local folder written by save_pretrained "
                 "as the model, or allow downloads (unset HF_HUB_OFFLINE)."
-            ) from None
+            ) from err
         if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
             raise AgentCirError(
                 f"transformers model {model} ({type(self.model).__name__}) is not an image-text dual encoder: "

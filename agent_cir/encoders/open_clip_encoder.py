@@ -60,7 +60,7 @@ def _register_config_file(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise AgentCirError(f"open_clip model config {path} is not valid JSON ({err})") from None
+        raise AgentCirError(f"open_clip model config {path} is not valid JSON ({err})") from err
     if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
         raise AgentCirError(
             f"open_clip model config {path} must be an object with 'embed_dim', 'vision_cfg' and 'text_cfg' "
@@ -229,7 +229,7 @@ class OpenClipEncoder:
                 raise ModelWeightsError(
                     f"open_clip model {model} / {pretrained}: could not load the weights ({_short(err)}). "
                     f"{_fix_hint(model, CHECKPOINT_NAMES[1])}"
-                ) from None
+                ) from err
             raise
         self.model.eval()
         # open_clip's own evaluation transform for this model, with the pad step in front for targetpad

@@ -61,7 +61,7 @@ class SentenceTransformerTextEncoder:
                 f"sentence-transformers model {model}: could not load it ({' '.join(str(err).split())[:300]}). "
                 "Pass a complete local folder (with modules.json, config.json and the weights) as the model, "
                 "or allow downloads (unset HF_HUB_OFFLINE)."
-            ) from None
+            ) from err
         self.batch_size = batch_size
         self.dim = int(self.encode_texts(["a photo"]).shape[1])
         self.info: dict[str, Any] = {

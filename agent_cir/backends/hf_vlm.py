@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from agent_cir.errors import AgentCirError
 
@@ -236,7 +236,7 @@ class _LocalTransformersChat(BaseChatModel):
     quantization: str | None = None
     num_threads: int | None = None
     """torch CPU threads while generating (restored afterwards); None keeps torch's setting."""
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1)
     """Conversations per padded ``generate`` call in ``batch``."""
     load_kwargs: dict[str, Any] = {}
 

@@ -35,6 +35,13 @@ class EncoderConfig(_Strict):
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(64, ge=1)
+    preprocess: Literal["center_crop", "targetpad"] = "center_crop"
+    """Image preprocessing. center_crop: the model's own (open_clip's transforms / the transformers processor:
+    resize the short side, centre crop). targetpad: pad the short side with black until long / short =
+    target_ratio, then the model's own (CIReVL's and SEARLE's default). Recorded in the index; an index is
+    searched only with the preprocessing it was built with."""
+    target_ratio: float = Field(1.25, ge=1.0)
+    """targetpad only: the aspect ratio (long side / short side) images are padded to."""
 
 
 class ModelConfig(_Strict):
@@ -70,6 +77,9 @@ class ModelConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)
     """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
     often several times faster than oversubscribed threads."""
+    batch_size: int = Field(8, ge=1)
+    """Local backends (hf:, hf-vlm:): conversations per padded generate call when a stage sends a list of
+    prompts (LangChain ``batch``). Servers ignore it: they take up to max_concurrency requests at once."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the LangChain chat model constructor."""
 

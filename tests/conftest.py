@@ -26,6 +26,7 @@ pytest_plugins = [
     "tests.fixtures.eval",
     "tests.fixtures.report",
     "tests.fixtures.pipeline",
+    "tests.fixtures.tiny_models",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

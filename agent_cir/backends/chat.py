@@ -6,8 +6,10 @@ Specs:
                           ``base_url`` and no key a placeholder is sent (local servers ignore it).
   ``ollama:MODEL``        ChatOllama (``pip install 'agent-cir[ollama]'``); ``base_url`` defaults to Ollama's.
   ``hf:ID_OR_PATH``       local transformers text LLM; a ``.gguf`` path or ``gguf_file`` loads GGUF weights.
-  ``hf-vlm:ID_OR_PATH``   local transformers VLM (AutoProcessor + AutoModelForImageTextToText).
-                          For both local backends ``extra`` goes to ``from_pretrained`` (e.g. revision).
+  ``hf-vlm:ID_OR_PATH``   local transformers VLM (AutoProcessor + AutoModelForImageTextToText): chat VLMs
+                          (LLaVA, Idefics3 / SmolVLM, Qwen2-VL, Qwen2.5-VL) and BLIP-2 / InstructBLIP.
+                          For both local backends ``extra`` goes to ``from_pretrained`` (e.g. revision), and
+                          ``chat.batch(list)`` runs padded batched ``generate`` calls of ``batch_size`` rows.
   ``fake:NAME``           scripted answers for tests and demos: ``extra: {responses: [...]}`` are returned in
                           order (cycling when ``cycle`` is true, the default); from Python, ``respond`` may be a
                           function of the messages instead. No network, no weights.
@@ -136,6 +138,13 @@ class ChatModelHandle:
         return f"{self.backend}:{self.model}"
 
     @property
+    def batches_natively(self) -> bool:
+        """True for in-process models (hf:, hf-vlm:), whose ``chat.batch(inputs)`` is one padded generate per
+        ``config.batch_size`` inputs; servers answer ``chat.batch(inputs, config={"max_concurrency": ...})``
+        with concurrent requests instead."""
+        return self.backend in ("hf", "hf-vlm")
+
+    @property
     def slot(self) -> threading.BoundedSemaphore:
         """Held while a call runs: at most ``max_concurrency`` calls at once for this model."""
         return self._semaphore
@@ -256,8 +265,8 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
 def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
     try:
         from langchain_ollama import ChatOllama
-    except ImportError:
-        raise BackendError(f"{config.spec} needs langchain-ollama: pip install 'agent-cir[ollama]'") from None
+    except ImportError as err:
+        raise BackendError(f"{config.spec} needs langchain-ollama: pip install 'agent-cir[ollama]'") from err
     kwargs: dict[str, Any] = {
         "model": model,
         "temperature": config.temperature,
@@ -306,6 +315,7 @@ def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
         dtype=config.dtype,
         quantization=config.quantization,
         num_threads=config.num_threads,
+        batch_size=config.batch_size,
         load_kwargs=dict(config.extra),
         rate_limiter=_rate_limiter(config),
     )

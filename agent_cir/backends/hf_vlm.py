@@ -6,8 +6,9 @@ URL, or the v1 ``{"type": "image", "base64": ...}`` form), renders the conversat
 chat template and calls ``generate``. The text model uses the tokenizer's chat template the same way, which
 works offline for local folders and GGUF files alike (``from_pretrained(dir, gguf_file=name)``).
 
-Loaded weights are shared by every chat model built for the same files (one copy per process), and
-``generate`` runs under a per-weights lock: torch already uses every core for one call.
+Loaded weights are shared by every chat model built for the same files (one copy per process). A list of
+conversations (LangChain's ``batch``) becomes padded batched ``generate`` calls of ``batch_size`` rows; each
+call runs under a per-weights lock (torch already uses every core for one call).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import PrivateAttr
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, run_in_executor
+from pydantic import Field, PrivateAttr
 
 from agent_cir.errors import AgentCirError
 
@@ -73,14 +76,14 @@ def _quantization_config(quantization: str | None) -> Any:
     try:
         from transformers import BitsAndBytesConfig
     except ImportError as err:  # pragma: no cover - transformers always has it
-        raise LocalModelError(f"quantization {quantization!r} needs transformers' BitsAndBytesConfig ({err})") from None
+        raise LocalModelError(f"quantization {quantization!r} needs transformers' BitsAndBytesConfig ({err})") from err
     try:
         import bitsandbytes  # noqa: F401
-    except ImportError:
+    except ImportError as err:
         raise LocalModelError(
             f"quantization: {quantization} needs bitsandbytes: pip install 'agent-cir[quant]', "
             "or remove quantization from the model's configuration"
-        ) from None
+        ) from err
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True)
     return BitsAndBytesConfig(load_in_8bit=True)
@@ -134,11 +137,21 @@ def load_weights(
             if vision:
                 hint += "; hf-vlm: needs a model that AutoModelForImageTextToText and AutoProcessor can load"
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LocalModelError(f"cannot load {spec}: {first_line}. What to do: {hint}") from None
+            raise LocalModelError(f"cannot load {spec}: {first_line}. What to do: {hint}") from err
         model.eval()
+        _prepare_padding(processor)
         loaded = _LoadedWeights(model=model, processor=processor)
         _LOADED[key] = loaded
         return loaded
+
+
+def _prepare_padding(processor: Any) -> None:
+    """Batched generation pads on the left (new tokens then start in the same column for every row); a
+    tokenizer without a pad token pads with its end-of-sequence token, as generate does."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _decode_image(block: dict[str, Any]) -> Any:
@@ -167,7 +180,7 @@ def _decode_image(block: dict[str, Any]) -> Any:
                 "pass the image bytes (agent_cir.backends.invoke does this for you)"
             )
     except (binascii.Error, IndexError, OSError) as err:
-        raise LocalModelError(f"image block could not be decoded ({err})") from None
+        raise LocalModelError(f"image block could not be decoded ({err})") from err
     image = Image.open(io.BytesIO(raw))
     return image.convert("RGB")
 
@@ -184,8 +197,31 @@ def _text_of(part: Any) -> str | None:
     return None
 
 
+@dataclass
+class _Rendered:
+    """One conversation as the model sees it: the prompt text (chat template applied) and its images."""
+
+    prompt: str
+    images: list[Any]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class _LocalTransformersChat(BaseChatModel):
-    """Common part of the local chat models: sampling options and ``generate``."""
+    """Common part of the local chat models: sampling options and one padded ``generate`` per batch.
+
+    ``invoke`` is a batch of one; LangChain's ``batch`` / ``abatch`` send the whole list through
+    ``generate_many``: conversations sorted by length (fewest pad tokens), ``batch_size`` at a time, left-padded
+    so that every row's new tokens start at the same column. Under greedy decoding a row's answer does not
+    depend on its batch neighbours (the tests check it token for token). In floating point that holds up to
+    kernel rounding: another batch shape or thread count can round differently and flip a near-tie (seen once
+    with SmolLM2 at batch 16 on 2 oversubscribed threads; never at 1 thread). With sampling the batch shares
+    one seeded random stream, so a sampled answer depends on the batch it was drawn in (as on vLLM); each
+    call is still reproducible.
+    """
 
     model_path: str
     gguf_file: str | None = None
@@ -200,6 +236,8 @@ class _LocalTransformersChat(BaseChatModel):
     quantization: str | None = None
     num_threads: int | None = None
     """torch CPU threads while generating (restored afterwards); None keeps torch's setting."""
+    batch_size: int = Field(8, ge=1)
+    """Conversations per padded ``generate`` call in ``batch``."""
     load_kwargs: dict[str, Any] = {}
 
     _weights: _LoadedWeights | None = PrivateAttr(default=None)
@@ -228,24 +266,24 @@ class _LocalTransformersChat(BaseChatModel):
         processor = self.weights.processor
         return getattr(processor, "tokenizer", processor)
 
-    def _prepare_inputs(self, messages: list[BaseMessage]) -> Any:
+    # ---------------------------------------------------------------- inputs
+    def _render(self, messages: list[BaseMessage]) -> _Rendered:
+        raise NotImplementedError
+
+    def _encode(self, rendered: list[_Rendered]) -> Any:
+        """Padded model inputs for several rendered conversations (one row each, left padding)."""
         raise NotImplementedError
 
     def prepare_inputs(self, messages: list[BaseMessage]) -> Any:
         """The model inputs (input_ids, attention_mask, pixel_values...) for LangChain messages, without
         generating: for callers that score with the logits (e.g. a yes/no judge). Hold ``weights.lock``."""
-        return self._prepare_inputs(messages)
+        return self._encode([self._render(messages)])
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        import torch
+    def _prepare_inputs(self, messages: list[BaseMessage]) -> Any:
+        return self.prepare_inputs(messages)
 
-        weights = self.weights
+    # ---------------------------------------------------------------- generation
+    def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
         tokenizer = self._tokenizer()
         temperature = float(kwargs.get("temperature", self.temperature) or 0.0)
         generate_kwargs: dict[str, Any] = {"max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens))}
@@ -262,32 +300,172 @@ class _LocalTransformersChat(BaseChatModel):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is not None:
             generate_kwargs["pad_token_id"] = pad_id
-        with weights.lock:
-            inputs = self._prepare_inputs(messages)
-            device = getattr(weights.model, "device", None)
-            if device is not None:
-                inputs = inputs.to(device)
-            if temperature > 0 and self.seed is not None:
-                torch.manual_seed(int(self.seed))  # under the lock: a sample depends only on its seed
-            previous_threads = torch.get_num_threads()
+        return generate_kwargs, temperature
+
+    def _eos_ids(self) -> set[int]:
+        config_eos = getattr(getattr(self.weights.model, "generation_config", None), "eos_token_id", None)
+        ids = set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+        ids.add(self._tokenizer().eos_token_id)
+        return {int(i) for i in ids if i is not None}
+
+    def _is_encoder_decoder(self) -> bool:
+        config = self.weights.model.config
+        text_config = getattr(config, "text_config", None)
+        return bool(getattr(config, "is_encoder_decoder", False) or getattr(text_config, "is_encoder_decoder", False))
+
+    def _run_generate(self, inputs: Any, generate_kwargs: dict[str, Any], temperature: float) -> Any:
+        import torch
+
+        weights = self.weights
+        device = getattr(weights.model, "device", None)
+        if device is not None:
+            inputs = inputs.to(device)
+        if temperature > 0 and self.seed is not None:
+            torch.manual_seed(int(self.seed))  # under the lock: a call's samples depend only on its seed
+        previous_threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                return weights.model.generate(**inputs, **generate_kwargs)
+        finally:
             if self.num_threads:
-                torch.set_num_threads(self.num_threads)
-            try:
-                with torch.inference_mode():
-                    output = weights.model.generate(**inputs, **generate_kwargs)
-            finally:
-                if self.num_threads:
-                    torch.set_num_threads(previous_threads)
-        prompt_length = inputs["input_ids"].shape[1]
-        new_tokens = output[0, prompt_length:]
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+                torch.set_num_threads(previous_threads)
+
+    def _row_result(self, output: Any, inputs: Any, row: int, pad_id: int | None, eos_ids: set[int]) -> ChatResult:
+        """One row of a padded generate output -> its answer (new tokens up to the first end-of-sequence)."""
+        if self._is_encoder_decoder():
+            new_tokens = output[row, 1:].tolist()  # the decoder output starts with its start token
+        else:
+            new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
+        end = next((i + 1 for i, token in enumerate(new_tokens) if token in eos_ids), None)
+        if end is not None:
+            new_tokens = new_tokens[:end]
+        else:  # stopped by a stop string or the token limit: what follows in the padded batch is padding
+            while new_tokens and new_tokens[-1] == pad_id:
+                new_tokens.pop()
+        text = self._tokenizer().decode(new_tokens, skip_special_tokens=True).strip()
+        mask = inputs.get("attention_mask")
+        prompt_tokens = int(mask[row].sum()) if mask is not None else int(inputs["input_ids"].shape[1])
         usage = {
-            "input_tokens": int(prompt_length),
-            "output_tokens": int(new_tokens.shape[0]),
-            "total_tokens": int(prompt_length + new_tokens.shape[0]),
+            "input_tokens": prompt_tokens,
+            "output_tokens": len(new_tokens),
+            "total_tokens": prompt_tokens + len(new_tokens),
         }
         message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_path})
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _chunks(self, rendered: list[_Rendered | BaseException]) -> list[list[int]]:
+        """Indices of the renderable conversations, longest first, ``batch_size`` at a time; conversations with
+        and without images never share a call (a processor takes images for all rows or none)."""
+        usable = [i for i, item in enumerate(rendered) if isinstance(item, _Rendered)]
+        tokenizer = self._tokenizer()
+        lengths = {i: len(tokenizer(rendered[i].prompt, add_special_tokens=False)["input_ids"]) for i in usable}  # type: ignore[union-attr]
+        order = sorted(usable, key=lambda i: (len(rendered[i].images) > 0, lengths[i]), reverse=True)  # type: ignore[union-attr]
+        chunks: list[list[int]] = []
+        for index in order:
+            has_images = len(rendered[index].images) > 0  # type: ignore[union-attr]
+            if chunks and len(chunks[-1]) < self.batch_size and (len(rendered[chunks[-1][0]].images) > 0) == has_images:  # type: ignore[union-attr]
+                chunks[-1].append(index)
+            else:
+                chunks.append([index])
+        return chunks
+
+    def generate_many(
+        self, conversations: list[list[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
+    ) -> list[ChatResult | BaseException]:
+        """Answer every conversation with as few padded ``generate`` calls as ``batch_size`` allows. A
+        conversation that cannot be rendered (a bad image, an image sent to a text model) gets its exception
+        in its slot; the others are answered. A failing ``generate`` fails its whole chunk."""
+        rendered: list[_Rendered | BaseException] = []
+        for messages in conversations:
+            try:
+                rendered.append(self._render(messages))
+            except Exception as err:  # noqa: BLE001 - reported in this conversation's slot
+                rendered.append(err)
+        results: list[ChatResult | BaseException] = [
+            item if isinstance(item, BaseException) else None for item in rendered  # type: ignore[misc]
+        ]
+        generate_kwargs, temperature = self._generate_kwargs(stop, kwargs)
+        pad_id = generate_kwargs.get("pad_token_id")
+        eos_ids = self._eos_ids()
+        for chunk in self._chunks(rendered):
+            try:
+                with self.weights.lock:
+                    inputs = self._encode([rendered[i] for i in chunk])  # type: ignore[misc]
+                    output = self._run_generate(inputs, generate_kwargs, temperature)
+                for row, index in enumerate(chunk):
+                    results[index] = self._row_result(output, inputs, row, pad_id, eos_ids)
+            except Exception as err:  # noqa: BLE001 - every conversation of the chunk reports it
+                for index in chunk:
+                    results[index] = err
+        return results
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        (result,) = self.generate_many([messages], stop=stop, **kwargs)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """LangChain's ``batch`` as padded batched generation (LangChain's default would ``invoke`` each input
+        in a thread, which for one set of local weights means one prompt at a time). Callbacks of the first
+        config see one chat-model run per input; ``max_concurrency`` is not used (``batch_size`` is)."""
+        if not inputs:
+            return []
+        first = get_config_list(config, len(inputs))[0]
+        stop = kwargs.pop("stop", None)
+        conversations = [self._convert_input(item).to_messages() for item in inputs]
+        callback_manager = CallbackManager.configure(
+            first.get("callbacks"), self.callbacks, self.verbose, first.get("tags"), self.tags,
+            first.get("metadata"), self.metadata,
+        )
+        run_managers = callback_manager.on_chat_model_start(
+            self._serialized,
+            conversations,
+            invocation_params=self._get_invocation_params(stop=stop, **kwargs),
+            options={"stop": stop},
+            name=first.get("run_name"),
+            batch_size=len(conversations),
+        )
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire(blocking=True)  # one generate call set is one request
+        results = self.generate_many(conversations, stop=stop, **kwargs)
+        answers: list[Any] = []
+        for manager, result in zip(run_managers, results):
+            if isinstance(result, BaseException):
+                manager.on_llm_error(result)
+                if not return_exceptions:
+                    raise result
+                answers.append(result)
+            else:
+                manager.on_llm_end(LLMResult(generations=[result.generations]))
+                answers.append(result.generations[0].message)
+        return answers
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        first = get_config_list(config, len(inputs))[0] if inputs else None
+        return await run_in_executor(first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
 
 class TransformersChatModel(_LocalTransformersChat):
@@ -311,7 +489,7 @@ class TransformersChatModel(_LocalTransformersChat):
             conversation.append({"role": _ROLE_OF.get(message.type, "user"), "content": text})
         return conversation
 
-    def _prepare_inputs(self, messages: list[BaseMessage]) -> Any:
+    def _render(self, messages: list[BaseMessage]) -> _Rendered:
         tokenizer = self._tokenizer()
         conversation = self._conversation(messages)
         if getattr(tokenizer, "chat_template", None):
@@ -319,11 +497,29 @@ class TransformersChatModel(_LocalTransformersChat):
         else:  # a base model without a chat template: a plain transcript still works
             prompt = "".join(f"{turn['role'].capitalize()}: {turn['content']}\n" for turn in conversation)
             prompt += "Assistant:"
-        return tokenizer(prompt, return_tensors="pt", add_special_tokens=False, return_token_type_ids=False)
+        return _Rendered(prompt=prompt, images=[])
+
+    def _encode(self, rendered: list[_Rendered]) -> Any:
+        return self._tokenizer()(
+            [item.prompt for item in rendered],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            return_token_type_ids=False,
+        )
+
+
+_PLAIN_PROMPT_PROCESSORS = frozenset({"Blip2Processor", "InstructBlipProcessor"})
+"""Processors that place the image tokens themselves (before the text) and whose models were trained on a
+plain prompt, not a chat: BLIP-2 (CIReVL's captioner) and InstructBLIP. One image per conversation."""
 
 
 class TransformersVLMChatModel(_LocalTransformersChat):
-    """``hf-vlm:`` a local VLM (AutoProcessor + AutoModelForImageTextToText) reading LangChain image blocks."""
+    """``hf-vlm:`` a local VLM (AutoProcessor + AutoModelForImageTextToText) reading LangChain image blocks.
+
+    Chat VLMs (LLaVA, Idefics3 / SmolVLM, Qwen2-VL, Qwen2.5-VL ...) get the processor's chat template; BLIP-2
+    and InstructBLIP get the conversation's text as one plain prompt with its single image.
+    """
 
     vision: ClassVar[bool] = True
 
@@ -331,10 +527,11 @@ class TransformersVLMChatModel(_LocalTransformersChat):
     def _llm_type(self) -> str:
         return "agent-cir-hf-vlm"
 
-    def _prepare_inputs(self, messages: list[BaseMessage]) -> Any:
+    def _render(self, messages: list[BaseMessage]) -> _Rendered:
         processor = self.weights.processor
         conversation: list[dict[str, Any]] = []
         images: list[Any] = []
+        texts: list[str] = []
         for message in messages:
             content = message.content
             parts = content if isinstance(content, list) else [content]
@@ -347,13 +544,34 @@ class TransformersVLMChatModel(_LocalTransformersChat):
                     text = _text_of(part)
                     if text:
                         blocks.append({"type": "text", "text": text})
+                        texts.append(text)
             conversation.append({"role": _ROLE_OF.get(message.type, "user"), "content": blocks})
+        if type(processor).__name__ in _PLAIN_PROMPT_PROCESSORS:
+            if len(images) != 1:
+                raise LocalModelError(
+                    f"hf-vlm:{self.model_path} ({type(processor).__name__}) answers about exactly one image per "
+                    f"call; this conversation has {len(images)}"
+                )
+            return _Rendered(prompt="\n".join(texts), images=images)
         if getattr(processor, "chat_template", None) is None:
             raise LocalModelError(
                 f"hf-vlm:{self.model_path}: the processor has no chat template; save one with the processor "
                 "(processor.chat_template = ...) so that image placeholders are placed correctly"
             )
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=prompt, images=images or None, return_tensors="pt")
+        return _Rendered(prompt=prompt, images=images)
+
+    def _encode(self, rendered: list[_Rendered]) -> Any:
+        with_images = [item.images for item in rendered if item.images]
+        if with_images and len(with_images) != len(rendered):
+            raise LocalModelError("a batch mixes conversations with and without images")  # _chunks prevents it
+        # Nested per conversation: Idefics3 / SmolVLM need it to know whose images are whose; the other
+        # processors flatten it in order, which is what their image placeholders expect.
+        inputs = self.weights.processor(
+            text=[item.prompt for item in rendered],
+            images=with_images or None,
+            padding=True,
+            return_tensors="pt",
+        )
         inputs.pop("token_type_ids", None)  # BERT-style tokenizers add it; causal VLMs do not take it
         return inputs

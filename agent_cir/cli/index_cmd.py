@@ -54,6 +54,8 @@ def run_index(
     progress: bool = True,
     follow_symlinks: bool = False,
     wait: bool = False,
+    preprocess: str = "center_crop",
+    target_ratio: float = 1.25,
 ):
     """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex."""
     from agent_cir.config import EncoderConfig
@@ -67,6 +69,8 @@ def run_index(
         device=device,
         precision=precision,  # type: ignore[arg-type]
         batch_size=batch_size,
+        preprocess=preprocess,  # type: ignore[arg-type]
+        target_ratio=target_ratio,
     )
     encoder = create_encoder(config)
     return GalleryIndex.build(
@@ -102,6 +106,10 @@ def index_command(
     index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string (Flat, HNSW32, IVF256,Flat)."),
     device: str = typer.Option("cpu", "--device", help="torch device for the encoder (cpu, cuda, cuda:1, mps)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
+    preprocess: str = typer.Option(
+        "center_crop", "--preprocess", help="center_crop (the model's own) or targetpad (CIReVL / SEARLE)."
+    ),
+    target_ratio: float = typer.Option(1.25, "--target-ratio", min=1.0, help="targetpad: long / short side ratio."),
     json_output: bool = json_option("Print the summary as one JSON object (errors too: {\"error\": ...})."),
     quiet: bool = quiet_option(),
     follow_symlinks: bool = typer.Option(
@@ -117,6 +125,8 @@ def index_command(
             raise AgentCirError(f"--backend must be open_clip or hf, got {backend!r}")
         if precision not in ("fp32", "fp16", "bf16"):
             raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
+        if preprocess not in ("center_crop", "targetpad"):
+            raise AgentCirError(f"--preprocess must be center_crop or targetpad, got {preprocess!r}")
         check_images_dir(images_dir)
         status(f"loading encoder {backend} {model} / {pretrained} ...", quiet or json_output)
         index = run_index(
@@ -133,6 +143,8 @@ def index_command(
             progress=not quiet,
             follow_symlinks=follow_symlinks,
             wait=wait,
+            preprocess=preprocess,
+            target_ratio=target_ratio,
         )
         from agent_cir.provenance import encoder_provenance, random_weights_warning
 

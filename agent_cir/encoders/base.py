@@ -36,16 +36,31 @@ RUNTIME_INFO_KEYS = frozenset({"device", "precision", "batch_size"})
 """Info keys that say how an encoder runs, not what it computes; two encoders differing only here match."""
 
 
+DESCRIPTIVE_INFO_KEYS = frozenset({"architecture", "random_weights"})
+"""Info keys derived from the model and weights (for readers of traces); they add nothing to the comparison."""
+
+
 def encoder_identity(info: dict[str, Any]) -> dict[str, Any]:
-    """The part of ``Encoder.info`` that decides whether two encoders produce comparable embeddings."""
-    return {key: value for key, value in info.items() if key not in RUNTIME_INFO_KEYS}
+    """The part of ``Encoder.info`` that decides whether two encoders produce comparable embeddings.
+
+    Infos written before the preprocessing option existed (no ``preprocess.method``) centre-cropped.
+    """
+    identity = {key: value for key, value in info.items() if key not in RUNTIME_INFO_KEYS | DESCRIPTIVE_INFO_KEYS}
+    preprocess = identity.get("preprocess")
+    if isinstance(preprocess, dict) and "method" not in preprocess:
+        identity["preprocess"] = {**preprocess, "method": "center_crop"}
+    return identity
 
 
 def describe_encoder(info: dict[str, Any]) -> str:
-    """Short human form used in messages: ``open_clip ViT-B-32 / laion2b_s34b_b79k``."""
+    """Short human form used in messages: ``open_clip ViT-B-32 / laion2b_s34b_b79k`` (+ ``, targetpad 1.25``)."""
     pretrained = info.get("pretrained")
     label = f"{info.get('backend', '?')} {info.get('model', '?')}"
-    return f"{label} / {pretrained}" if pretrained not in (None, "") else label
+    label = f"{label} / {pretrained}" if pretrained not in (None, "") else label
+    preprocess = info.get("preprocess")
+    if isinstance(preprocess, dict) and preprocess.get("method") == "targetpad":
+        label += f", targetpad {preprocess.get('target_ratio')}"
+    return label
 
 
 def hub_offline() -> bool:

@@ -17,6 +17,8 @@ from agent_cir.encoders.base import (
     looks_like_path,
     require_download,
 )
+from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, PREPROCESS_METHODS, TargetPad
+from agent_cir.encoders.preprocessing import preprocess_info as preprocess_option_info
 from agent_cir.errors import AgentCirError
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -64,13 +66,20 @@ def resolve_hf_source(model: str, what: str) -> tuple[str, str]:
 
 
 class HFImagePreprocess:
-    """PIL image -> pixel tensor (C, H, W) with the model's own image processor. Picklable for worker processes."""
+    """PIL image -> pixel tensor (C, H, W) with the model's own image processor, after the targetpad step when
+    one is given. Picklable for worker processes."""
 
-    def __init__(self, image_processor: Any) -> None:
+    def __init__(self, image_processor: Any, pad: TargetPad | None = None) -> None:
         self.image_processor = image_processor
+        self.pad = pad
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        """The PIL image the processor receives (RGB, padded for targetpad)."""
+        image = image.convert("RGB")
+        return self.pad(image) if self.pad is not None else image
 
     def __call__(self, image: Image.Image) -> Any:
-        return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return self.image_processor(images=self.prepare(image), return_tensors="pt")["pixel_values"][0]
 
 
 def _features(output: Any) -> Any:
@@ -86,12 +95,22 @@ class HFEncoder:
     backend = "hf"
     modalities = ("image", "text")
 
-    def __init__(self, model: str, device: str = "cpu", precision: str = "fp32", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 64,
+        preprocess: str = "center_crop",
+        target_ratio: float = DEFAULT_TARGET_RATIO,
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoProcessor
 
         if precision not in _DTYPES:
             raise AgentCirError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
+        if preprocess not in PREPROCESS_METHODS:
+            raise AgentCirError(f"preprocess must be one of {', '.join(PREPROCESS_METHODS)}, got {preprocess!r}")
         source, weights = resolve_hf_source(model, "transformers model")
         try:
             self.model = AutoModel.from_pretrained(source, dtype=getattr(torch, _DTYPES[precision]))
@@ -101,7 +120,7 @@ class HFEncoder:
                 f"transformers model {model}: could not load its weights or processor files "
                 f"({' '.join(str(err).split())[:300]}). Pass a complete local folder written by save_pretrained "
                 "as the model, or allow downloads (unset HF_HUB_OFFLINE)."
-            ) from None
+            ) from err
         if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
             raise AgentCirError(
                 f"transformers model {model} ({type(self.model).__name__}) is not an image-text dual encoder: "
@@ -113,7 +132,10 @@ class HFEncoder:
         self._dtype = getattr(torch, _DTYPES[precision])
         self.tokenizer = self.processor.tokenizer
         self.image_processor = self.processor.image_processor
-        self.preprocess = HFImagePreprocess(self.image_processor)
+        # the processor's own resize / crop / normalisation, after the pad step for targetpad
+        self.preprocess = HFImagePreprocess(
+            self.image_processor, TargetPad(target_ratio) if preprocess == "targetpad" else None
+        )
         model_type = str(getattr(self.model.config, "model_type", ""))
         # SigLIP was trained on max-length padded text; CLIP uses the EOS position, so plain padding is fine.
         self._pad_to_max = "siglip" in model_type
@@ -129,8 +151,9 @@ class HFEncoder:
             "weights": weights,
             "architecture": type(self.model).__name__,
             "model_type": model_type,
+            "random_weights": False,  # loaded from files; whatever they hold, we did not initialise them
             "dim": self.dim,
-            "preprocess": json_ready(preprocess_info),
+            "preprocess": {**json_ready(preprocess_info), **preprocess_option_info(preprocess, target_ratio)},
             "precision": precision,
             "device": device,
         }
@@ -141,7 +164,7 @@ class HFEncoder:
         if isinstance(images, torch.Tensor):
             make_batch: Any = None
         else:
-            images = [image.convert("RGB") for image in images]
+            images = [self.preprocess.prepare(image) for image in images]
 
             def make_batch(chunk: list[Image.Image]) -> Any:
                 return self.image_processor(images=chunk, return_tensors="pt")["pixel_values"]

@@ -22,6 +22,7 @@ from agent_cir.encoders.base import (
     looks_like_path,
     require_download,
 )
+from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, PREPROCESS_METHODS, preprocess_info, with_pad
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import bytes_hash
 
@@ -59,7 +60,7 @@ def _register_config_file(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise AgentCirError(f"open_clip model config {path} is not valid JSON ({err})") from None
+        raise AgentCirError(f"open_clip model config {path} is not valid JSON ({err})") from err
     if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
         raise AgentCirError(
             f"open_clip model config {path} must be an object with 'embed_dim', 'vision_cfg' and 'text_cfg' "
@@ -199,18 +200,22 @@ class OpenClipEncoder:
         precision: str = "fp32",
         batch_size: int = 64,
         seed: int = 0,
+        preprocess: str = "center_crop",
+        target_ratio: float = DEFAULT_TARGET_RATIO,
     ) -> None:
         import open_clip
         import torch
 
         if precision not in _PRECISIONS:
             raise AgentCirError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+        if preprocess not in PREPROCESS_METHODS:
+            raise AgentCirError(f"preprocess must be one of {', '.join(PREPROCESS_METHODS)}, got {preprocess!r}")
         source = _resolve(model, pretrained, seed)
         try:
             # Random init is seeded so that 'none' always means the same weights (incremental indexing).
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                self.model, _, model_preprocess = open_clip.create_model_and_transforms(
                     source.model_name,
                     pretrained=source.pretrained,
                     precision=_PRECISIONS[precision],
@@ -224,9 +229,11 @@ class OpenClipEncoder:
                 raise ModelWeightsError(
                     f"open_clip model {model} / {pretrained}: could not load the weights ({_short(err)}). "
                     f"{_fix_hint(model, CHECKPOINT_NAMES[1])}"
-                ) from None
+                ) from err
             raise
         self.model.eval()
+        # open_clip's own evaluation transform for this model, with the pad step in front for targetpad
+        self.preprocess = with_pad(model_preprocess, preprocess, target_ratio)
         self.device = torch.device(device)
         self.batch_size = batch_size
         from open_clip.model import get_input_dtype
@@ -237,10 +244,12 @@ class OpenClipEncoder:
         self.info: dict[str, Any] = {
             "backend": self.backend,
             "model": model,
+            "architecture": source.model_name,
             "pretrained": "none" if pretrained in RANDOM_INIT else pretrained,
             "weights": source.weights,
+            "random_weights": source.pretrained is None and source.weights.startswith("random-init"),
             "dim": self.dim,
-            "preprocess": preprocess_cfg,
+            "preprocess": {**preprocess_cfg, **preprocess_info(preprocess, target_ratio)},
             "context_length": int(getattr(self.tokenizer, "context_length", 0) or 0),
             "open_clip_version": open_clip.__version__,
             **source.extra_info,

@@ -61,7 +61,7 @@ class SentenceTransformerTextEncoder:
                 f"sentence-transformers model {model}: could not load it ({' '.join(str(err).split())[:300]}). "
                 "Pass a complete local folder (with modules.json, config.json and the weights) as the model, "
                 "or allow downloads (unset HF_HUB_OFFLINE)."
-            ) from None
+            ) from err
         self.batch_size = batch_size
         self.dim = int(self.encode_texts(["a photo"]).shape[1])
         self.info: dict[str, Any] = {
@@ -69,6 +69,8 @@ class SentenceTransformerTextEncoder:
             "model": model,
             "pretrained": None,
             "weights": weights,
+            "architecture": _architecture(self.model),
+            "random_weights": False,
             "dim": self.dim,
             "preprocess": None,
             "precision": precision,
@@ -99,3 +101,10 @@ class SentenceTransformerTextEncoder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def _architecture(model: Any) -> str:
+    """The transformer class under a SentenceTransformer (``BertModel``), else the wrapper's class name."""
+    first = model[0] if len(model) else None
+    inner = getattr(first, "auto_model", None)
+    return type(inner).__name__ if inner is not None else type(model).__name__

@@ -1,0 +1,102 @@
+"""Which encoder produced an index, and whether a requested encoder produces comparable embeddings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, preprocessing_of
+from agent_cir.errors import AgentCirError
+
+if TYPE_CHECKING:
+    from agent_cir.config import EncoderConfig
+
+RANDOM_INIT_TAGS = frozenset({"", "none", "None", "random"})
+"""open_clip ``pretrained`` values meaning random initialisation (None too)."""
+
+COMPARED_FIELDS = ("backend", "model", "pretrained", "preprocess", "target_ratio")
+
+
+class EncoderMismatchError(AgentCirError, ValueError):
+    """The requested encoder is not the one an index was built with; the message says how to re-index."""
+
+
+def is_random_init(pretrained: Any) -> bool:
+    return pretrained is None or str(pretrained) in RANDOM_INIT_TAGS
+
+
+def _normalised(backend: str, model: str, pretrained: Any, method: str | None, ratio: float | None) -> dict[str, Any]:
+    if backend == "open_clip":
+        if not model.startswith(("hf-hub:", "local-dir:", "/", ".", "~")) and not model.endswith(".json"):
+            model = model.replace("/", "-")  # open_clip reads ViT-B/32 as ViT-B-32
+        pretrained = "none" if is_random_init(pretrained) else str(pretrained)
+    else:
+        pretrained = None  # hf / sentence-transformers: the model id or folder is the weights
+    return {
+        "backend": backend,
+        "model": model,
+        "pretrained": pretrained,
+        "preprocess": method,
+        "target_ratio": ratio if method == "targetpad" else None,
+    }
+
+
+def _from_config(config: EncoderConfig) -> dict[str, Any]:
+    method = None if config.backend == "sentence-transformers" else config.preprocess
+    return _normalised(config.backend, config.model, config.pretrained, method, float(config.target_ratio))
+
+
+def _from_info(info: dict[str, Any]) -> dict[str, Any]:
+    method, ratio = preprocessing_of(info)
+    if method == "targetpad" and ratio is None:
+        ratio = DEFAULT_TARGET_RATIO
+    return _normalised(str(info.get("backend", "")), str(info.get("model", "")), info.get("pretrained"), method, ratio)
+
+
+def _describe(fields: dict[str, Any]) -> str:
+    text = f"{fields['backend']} {fields['model']}"
+    if fields["pretrained"] is not None:
+        text += f" / {fields['pretrained']}"
+    if fields["preprocess"] is not None:
+        text += f", preprocess {fields['preprocess']}"
+        if fields["target_ratio"] is not None:
+            text += f" {fields['target_ratio']:g}"
+    return text
+
+
+def _index_command(fields: dict[str, Any]) -> str:
+    parts = ["agent-cir index IMAGES_DIR --out NEW_INDEX_DIR", f"--backend {fields['backend']}", f"--model {fields['model']}"]
+    if fields["pretrained"] is not None:
+        parts.append(f"--pretrained {fields['pretrained']}")
+    if fields["preprocess"] is not None:
+        parts.append(f"--preprocess {fields['preprocess']}")
+    if fields["target_ratio"] is not None:
+        parts.append(f"--target-ratio {fields['target_ratio']:g}")
+    return " ".join(parts)
+
+
+def check_compatible(requested: EncoderConfig | dict[str, Any], index_info: dict[str, Any]) -> None:
+    """Raise EncoderMismatchError when ``requested`` (a recipe's EncoderConfig, its dict form, or another
+    encoder's ``info``) would not reproduce the embeddings of an index built with ``index_info``.
+
+    Compared: backend, model, pretrained weights, preprocessing and the targetpad ratio. Device, precision and
+    batch size only change how an encoder runs and are ignored. The message names every difference and the
+    ``agent-cir index`` command that builds a matching index.
+    """
+    from agent_cir.config import EncoderConfig
+
+    if isinstance(requested, EncoderConfig):
+        wanted = _from_config(requested)
+    elif "weights" in requested or "dim" in requested:  # an Encoder.info
+        wanted = _from_info(requested)
+    else:
+        wanted = _from_config(EncoderConfig.model_validate(requested))
+    built = _from_info(index_info)
+    differing = [name for name in COMPARED_FIELDS if wanted[name] != built[name]]
+    if not differing:
+        return
+    raise EncoderMismatchError(
+        f"the requested encoder ({_describe(wanted)}) is not the one the index was built with "
+        f"({_describe(built)}); they differ in {', '.join(differing)}, so their embeddings are not comparable. "
+        f"Re-index the images with the requested encoder: `{_index_command(wanted)}` and use that index, or "
+        "keep the index's encoder (--use-index-encoder)."
+    )

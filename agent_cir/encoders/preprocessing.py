@@ -1,0 +1,86 @@
+"""Image preprocessing options shared by the image-text encoders: the model's own (``center_crop``) or
+``targetpad`` (pad to a target aspect ratio first), as CIReVL and SEARLE preprocess by default.
+
+targetpad follows the official definition (Baldrati et al., CVPR 2022 workshops; code in SEARLE
+``src/data_utils.py`` lines 27-67 and CIReVL ``src/data_utils.py`` lines 26-66, ``TargetPad`` and
+``targetpad_transform``): when an image's long side / short side is at least ``target_ratio``, the short
+side is padded with black, half on each side (whole pixels, rounded down), until the ratio equals
+``target_ratio``; images closer to square are left alone. The model's own resize, centre crop and
+normalisation then run unchanged. The official pipeline hard-codes OpenAI CLIP's mean/std and a bicubic
+shortest-side resize; open_clip's transforms for the chosen model use the model's own values, which are
+the same for OpenAI and LAION CLIP models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+PREPROCESS_METHODS = ("center_crop", "targetpad")
+DEFAULT_TARGET_RATIO = 1.25
+"""CIReVL's and SEARLE's ``targetpad_transform(1.25, ...)``."""
+
+
+def targetpad_padding(width: int, height: int, target_ratio: float) -> tuple[int, int]:
+    """(pixels added left and right, pixels added top and bottom) for an image of that size."""
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side / short_side < target_ratio:  # already within the ratio: untouched
+        return 0, 0
+    padded_short = long_side / target_ratio
+    return max(int((padded_short - width) / 2), 0), max(int((padded_short - height) / 2), 0)
+
+
+class TargetPad:
+    """PIL image -> the same image padded with black to ``target_ratio`` (see the module docstring).
+
+    A plain class (not a lambda) so that the whole transform pickles into index worker processes.
+    """
+
+    def __init__(self, target_ratio: float = DEFAULT_TARGET_RATIO) -> None:
+        if target_ratio < 1.0:
+            raise ValueError(f"target_ratio is long side / short side and must be >= 1, got {target_ratio}")
+        self.target_ratio = float(target_ratio)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional
+
+        horizontal, vertical = targetpad_padding(image.width, image.height, self.target_ratio)
+        if horizontal == 0 and vertical == 0:
+            return image
+        return functional.pad(image, [horizontal, vertical, horizontal, vertical], fill=0, padding_mode="constant")
+
+    def __repr__(self) -> str:
+        return f"TargetPad(target_ratio={self.target_ratio})"
+
+
+def preprocess_info(method: str, target_ratio: float) -> dict[str, Any]:
+    """The part of ``Encoder.info['preprocess']`` that records the option (merged into the model's own keys)."""
+    if method not in PREPROCESS_METHODS:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_METHODS)}, got {method!r}")
+    if method == "targetpad":
+        return {"method": method, "target_ratio": float(target_ratio)}
+    return {"method": method}
+
+
+def preprocessing_of(info: dict[str, Any]) -> tuple[str | None, float | None]:
+    """(method, target_ratio) an encoder's info records; ``(None, None)`` for text-only encoders.
+
+    Index metadata written before the option existed has no ``method``: those encoders centre-cropped.
+    """
+    preprocess = info.get("preprocess")
+    if not isinstance(preprocess, dict):
+        return None, None
+    method = str(preprocess.get("method", "center_crop"))
+    ratio = preprocess.get("target_ratio") if method == "targetpad" else None
+    return method, (float(ratio) if ratio is not None else None)
+
+
+def with_pad(transform: Any, method: str, target_ratio: float) -> Any:
+    """``transform`` (a torchvision Compose or any callable on PIL images) with the pad step in front."""
+    if method == "center_crop":
+        return transform
+    from torchvision.transforms import Compose
+
+    steps = list(transform.transforms) if isinstance(transform, Compose) else [transform]
+    return Compose([TargetPad(target_ratio), *steps])

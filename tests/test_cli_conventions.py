@@ -59,7 +59,7 @@ def test_help_lists_commands_in_order_of_use():
 
 
 # Commands whose modules other areas own; they adopt cli/_common's options when they next change.
-_ADOPTING = {"eval", "compare", "recipes", "report", "demo"}
+_ADOPTING = {"compare", "recipes", "report", "demo"}
 
 
 @pytest.mark.parametrize("name", sorted(set(COMMAND_ORDER)))

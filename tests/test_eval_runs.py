@@ -282,7 +282,7 @@ def test_eval_and_compare_commands(mini_cirr, tmp_path, bow_encoder, monkeypatch
     first = json.loads((mini_cirr["annotations"] / "captions" / "cap.rc2.val.json").read_text())
     ids.write_text("# two queries\n" + "\n".join(str(q["pairid"]) for q in first[:2]) + "\n")
     common = ["eval", "--dataset", "cirr", "--split", "val", "--annotations", str(mini_cirr["annotations"]),
-              "--gallery-captions", str(mini_cirr["captions"]), "--no-progress"]
+              "--gallery-captions", str(mini_cirr["captions"]), "--quiet"]
     result = runner.invoke(app, [*common, "--config", "surrogate_caption", "--out", str(tmp_path / "a"), "--queries", str(ids)])
     assert result.exit_code == 0, result.output
     assert "recall_subset@3" in result.output and "text surrogate" in result.output
@@ -340,7 +340,7 @@ def test_cli_surrogate_run_on_20_cirr_val_queries_with_minilm(benchmarks_dir, tm
     result = CliRunner().invoke(_cli(), [
         "eval", "--dataset", "cirr", "--split", "val", "--annotations", str(mini["annotations"]),
         "--gallery-captions", str(mini["captions"]), "--config", "surrogate_caption_mod",
-        "--set", f"encoder.model={minilm_dir}", "--out", str(tmp_path / "run"), "--no-progress",
+        "--set", f"encoder.model={minilm_dir}", "--out", str(tmp_path / "run"), "--quiet",
     ])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, user_errors
+from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, user_errors
 from agent_cir.errors import AgentCirError
 
 
@@ -62,7 +62,7 @@ def eval_command(
         "GeneCIS: ROOT/val2017/*.jpg. Leave out for the caption-only text surrogate (with --gallery-captions).",
     ),
     config: str = typer.Option(..., "--config", help="Recipe: packaged name (see `agent-cir recipes`) or YAML path."),
-    out: Path = typer.Option(..., "--out", help="Run folder; rerun with the same folder to resume."),
+    out: Path = out_option("Run folder; rerun with the same folder to resume."),
     annotations: Optional[Path] = typer.Option(
         None, "--annotations",
         help="Folder with the official annotation files (the dataset's folder or a parent of cirr/, circo/, ...). "
@@ -85,11 +85,11 @@ def eval_command(
     assignments: Optional[List[str]] = typer.Option(
         None, "--set", help="Recipe override KEY=VALUE, repeatable (e.g. --set retrieve.alpha=0.7)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar over queries."),
+    as_json: bool = json_option("Print metrics.json on stdout (errors too: {\"error\": ...})."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
-    with user_errors():
+    with user_errors(as_json):
         from agent_cir.eval.runner import read_query_ids, run_eval
 
         outcome = run_eval(
@@ -106,7 +106,7 @@ def eval_command(
             index_dir=index_dir,
             overrides=parse_assignments(assignments or []),
             max_concurrency=max_concurrency,
-            progress=progress,
+            progress=not quiet,
         )
         if as_json:
             echo_json(outcome.metrics)

@@ -173,7 +173,9 @@ def test_rerun_reuses_the_index_and_json_output_is_honest(offline_run):
     assert answer["query"]["target"] == "one_green_triangle_on_white.jpg"
     assert answer["ordered_by"] == "judge" and len(answer["results"]) == 20
     assert Path(answer["report"]).is_file()
-    meta = json.loads(next((folder / "index").glob("*/meta.json")).read_text())
+    from agent_cir.index import GalleryIndex
+
+    meta = GalleryIndex.load(next((folder / "index").glob("*/CURRENT")).parent).meta
     assert meta["last_build"]["reused"] == 48 and meta["last_build"]["indexed"] == 0
 
 

@@ -60,4 +60,4 @@ def test_readme_python_example_runs_as_written(tmp_path: Path):
     ranked = [line.split() for line in lines[1:]]
     assert [int(row[0]) for row in ranked] == [1, 2, 3, 4, 5]
     assert "two_red_circles_on_blue.jpg" not in [row[1] for row in ranked], "the reference is excluded"
-    assert (tmp_path / "idx" / "meta.json").is_file()
+    assert (tmp_path / "idx" / "CURRENT").is_file()  # a published index generation

@@ -1,5 +1,8 @@
 """Per-query trace records and the JSONL writer.
 
+The typed form is ``agent_cir.trace_model.Trace`` (one record class per stage kind, with each stage's
+``output`` keys); ``build_trace`` checks every record against it before it is written.
+
 Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
     schema_version      "2.0" (1.0 has the same layout; ``agent_cir.trace_model.load_trace`` reads both)
@@ -22,9 +25,6 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
 Each ``ModelCall``: {backend, model, prompt_name, prompt_hash, raw, cache: hit|miss|off, seconds, usage,
 parse_status, prompt, images: [content hashes], params}.
-
-The typed form is ``agent_cir.trace_model.Trace`` (one record class per stage kind, with each stage's
-``output`` keys); ``build_trace`` checks every record against it before it is written.
 """
 
 from __future__ import annotations

@@ -100,8 +100,9 @@ class EncoderRecord(_Open):
     backend: str | None = None
     model: str | None = None
     architecture: str | None = None
-    pretrained: str | None = None
-    weights: str | None = None
+    pretrained: Any = None
+    """As the encoder reports it (a tag, a path, or None); so are ``weights`` and ``preprocess``."""
+    weights: Any = None
     preprocess: Any = None
     dim: int | None = None
     random_weights: bool | None = None

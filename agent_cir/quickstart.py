@@ -64,8 +64,9 @@ class QuickstartOutcome:
         if stage == "final":
             ids = [c.id for c in self.result.candidates]
         else:
-            record = next((s for s in self.result.trace["stages"] if s["stage"] == stage), None)
-            ids = [c["id"] for c in (record or {}).get("output", {}).get("candidates", [])]
+            record = self.result.stage(stage)
+            # Only the retrieve stage's output has candidates; any other stage name lists none.
+            ids = [c.id for c in getattr(record.output, "candidates", None) or []] if record is not None else []
         return ids.index(self.query.target) + 1 if self.query.target in ids else None
 
 

@@ -1,8 +1,11 @@
 """Per-query trace records and the JSONL writer.
 
+The typed form is ``agent_cir.trace_model.Trace`` (one record class per stage kind, with each stage's
+``output`` keys); ``build_trace`` checks every record against it before it is written.
+
 Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
-    schema_version      "1.0"
+    schema_version      "2.0" (1.0 has the same layout; ``agent_cir.trace_model.load_trace`` reads both)
     query_id            the query id
     query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text,
                          candidate_ids, meta}
@@ -32,13 +35,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from agent_cir.trace_model import Trace, TraceFormatError, load_trace, validate_written
 from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
 
 
 def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: float) -> dict[str, Any]:
     query = state.query
     stages = [record_to_dict(record) for record in state.records]
-    return {
+    record = {
         "schema_version": TRACE_SCHEMA_VERSION,
         "query_id": query.id,
         "query": {
@@ -67,6 +71,8 @@ def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: 
         "artifacts_dir": str(state.artifacts_dir) if state.artifacts_dir else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    validate_written(record)  # a stage that wrote a field of the wrong type fails here, naming the field
+    return record
 
 
 class TraceWriter:
@@ -106,3 +112,21 @@ def read_traces(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
+
+
+def read_typed_traces(path: str | Path) -> Iterator[Trace]:
+    """``read_traces`` as :class:`~agent_cir.trace_model.Trace` models (schema 1.x and 2.x); a line that is
+    JSON but not a trace raises ``TraceFormatError`` naming the file, the line and the field."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            try:
+                yield load_trace(data)
+            except TraceFormatError as err:
+                raise TraceFormatError(f"{path}, line {number}: {err}") from err

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-TRACE_SCHEMA_VERSION = "1.0"
+TRACE_SCHEMA_VERSION = "2.0"
 
 ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
 DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption"]
@@ -154,6 +154,20 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return {"query_id": self.query_id, "results": [c.to_dict() for c in self.candidates]}
+
+    def stage(self, name: str) -> Any:
+        """The typed trace record of stage ``name`` (``agent_cir.trace_model.RerankRecord`` for "rerank", ...),
+        or None when it did not run: ``result.stage("retrieve").output.candidates[0].id``."""
+        from agent_cir.trace_model import stage_of
+
+        return stage_of(self.trace, name)
+
+    def typed_trace(self) -> Any:
+        """The whole trace as an ``agent_cir.trace_model.Trace`` (validated now: ``trace`` is a plain dict that
+        callers may have changed)."""
+        from agent_cir.trace_model import load_trace
+
+        return load_trace(self.trace)
 
 
 def record_to_dict(record: StageRecord) -> dict[str, Any]:

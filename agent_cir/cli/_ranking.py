@@ -16,10 +16,11 @@ def ranking_rows(result: Any, recipe: Any) -> tuple[str, list[dict[str, Any]]]:
     the retrieval ``score`` and, for candidates the judge reranked, ``rerank_score`` (judge or fused score).
     """
     rerank_scores: dict[str, float] = {}
-    for stage in result.trace["stages"]:
-        if stage["stage"] == "rerank" and not stage.get("skipped"):
-            for entry in stage.get("output", {}).get("scores", []) or []:
-                rerank_scores[str(entry["id"])] = float(entry.get("final", entry.get("judge", 0.0)))
+    rerank = result.stage("rerank")
+    if rerank is not None and not rerank.skipped:
+        for entry in rerank.output.scores:
+            value = entry.final if entry.final is not None else entry.judge
+            rerank_scores[entry.id] = float(value if value is not None else 0.0)
     if rerank_scores:
         ordered_by = "fused" if getattr(recipe.rerank, "fusion_weight", 0.0) > 0 else "judge"
     else:

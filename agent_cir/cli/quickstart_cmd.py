@@ -50,6 +50,7 @@ def quickstart(
             status=lambda line: status(line, quiet or as_json), on_mode=announce,
         )
         result = outcome.result
+        typed = result.typed_trace()
         final_rank, retrieve_rank = outcome.target_rank(), outcome.target_rank("retrieve")
         ordered_by, rows = ranking_rows(result, outcome.recipe)
         q = outcome.query
@@ -60,8 +61,8 @@ def quickstart(
                 "recipe": outcome.recipe.name,
                 "encoder": outcome.encoder,
                 "query": {"id": q.id, "reference": q.reference, "text": q.text, "target": q.target},
-                "captions": result.trace.get("captions") or [],
-                "target_descriptions": result.trace["target_descriptions"],
+                "captions": typed.captions,
+                "target_descriptions": typed.target_descriptions,
                 "target_rank": {"retrieve": retrieve_rank, "final": final_rank},
                 "ordered_by": ordered_by,
                 "results": rows,
@@ -70,9 +71,9 @@ def quickstart(
             })
             return
         typer.echo(f"query {q.id}: {q.reference} + {q.text!r}  (known target: {q.target})")
-        for caption in result.trace.get("captions") or []:
+        for caption in typed.captions:
             typer.echo(f"  caption:            {caption}")
-        for description in result.trace["target_descriptions"][:1]:
+        for description in typed.target_descriptions[:1]:
             typer.echo(f"  target description: {description}")
         rows_shown = [dict(row, path=row["id"]) for row in rows[:SHOWN]]
         for line in format_ranking(ordered_by, rows_shown, mark=q.target):

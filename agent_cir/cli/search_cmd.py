@@ -142,7 +142,9 @@ def search(
         if trace is not None:
             with TraceWriter(trace) as writer:
                 writer.write(result.trace)
-        grids = _grid_paths(result.trace)
+        typed = result.typed_trace()
+        grids = _grid_paths(typed)
+        retrieve = typed.stage("retrieve")
         stats = pipeline.stats
         ordered_by, rows = ranking_rows(result, pipeline.recipe)
         if as_json:
@@ -151,10 +153,10 @@ def search(
                     "query": {"id": query.id, "image": query.image, "text": query.text, "target_text": target_text},
                     "recipe": pipeline.recipe.name,
                     "encoder": encoder,
-                    "mode": _retrieve_output(result.trace).get("mode"),
-                    "target_descriptions": result.trace["target_descriptions"],
-                    "query_texts": _retrieve_output(result.trace).get("query_texts", []),
-                    "description_source": result.trace["description_source"],
+                    "mode": retrieve.output.mode if retrieve is not None else None,
+                    "target_descriptions": typed.target_descriptions,
+                    "query_texts": retrieve.output.query_texts if retrieve is not None else [],
+                    "description_source": typed.description_source,
                     "ordered_by": ordered_by,
                     "results": rows,
                     "grids": grids,
@@ -167,9 +169,9 @@ def search(
         warning = random_weights_warning(pipeline.encoder.info)
         if warning:
             typer.secho(warning, fg=typer.colors.YELLOW)
-        descriptions = result.trace["target_descriptions"]
+        descriptions = typed.target_descriptions
         if descriptions:
-            typer.echo(f"target description ({result.trace['description_source']}): {descriptions[0]}")
+            typer.echo(f"target description ({typed.description_source}): {descriptions[0]}")
         for line in format_ranking(ordered_by, rows):
             typer.echo(line)
         for grid in grids:
@@ -179,17 +181,7 @@ def search(
         status(f"model calls: {stats['model_calls']} (cache hits: {stats['cache_hits']})", quiet)
 
 
-def _retrieve_output(trace: dict[str, Any]) -> dict[str, Any]:
-    for stage in trace["stages"]:
-        if stage["stage"] == "retrieve":
-            return stage.get("output", {})
-    return {}
-
-
-def _grid_paths(trace: dict[str, Any]) -> list[str]:
-    paths: list[str] = []
-    for stage in trace["stages"]:
-        for grid in stage.get("output", {}).get("grids", []) or []:
-            if isinstance(grid, dict) and grid.get("path"):
-                paths.append(str(grid["path"]))
-    return paths
+def _grid_paths(trace: Any) -> list[str]:
+    """Grid images the rerank stage saved (``trace`` is an ``agent_cir.trace_model.Trace``)."""
+    rerank = trace.stage("rerank")
+    return [grid.path for grid in rerank.output.grids if grid.path] if rerank is not None else []

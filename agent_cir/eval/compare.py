@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir.trace import read_traces
+from agent_cir.trace import read_typed_traces
 
 
 class CompareError(AgentCirError):
@@ -39,14 +39,10 @@ def target_ranks(run: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise CompareError(f"{run} has no traces.jsonl")
     ranks = {}
-    for record in read_traces(path):
-        evaluation = record.get("eval")
-        if evaluation is not None:
-            ranks[str(record["query_id"])] = {
-                "rank": evaluation.get("target_rank"),
-                "ranked": evaluation.get("ranked"),
-                "text": (record.get("query") or {}).get("text"),
-            }
+    for trace in read_typed_traces(path):
+        if trace.eval is not None:
+            ranks[trace.query_id] = {"rank": trace.eval.target_rank, "ranked": trace.eval.ranked,
+                                     "text": trace.query.text if "query" in trace.model_fields_set else None}
     return ranks
 
 

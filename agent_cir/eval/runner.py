@@ -34,7 +34,7 @@ from agent_cir.eval.provenance import environment, models_used, prompt_hashes
 from agent_cir.eval.submission import SubmissionError
 from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity
 from agent_cir.hashing import content_hash
-from agent_cir.trace import TraceWriter, read_traces
+from agent_cir.trace import TraceWriter, read_typed_traces
 from agent_cir.types import Query, Result
 
 __all__ = ["EvalInputError", "EvalOutcome", "RunMismatchError", "read_query_ids", "repair_torn_tail", "run_eval"]
@@ -271,16 +271,16 @@ def run_eval(
     torn = repair_torn_tail(traces_path)
     finished: dict[str, dict[str, Any]] = {}
     if traces_path.is_file():
-        for record in read_traces(traces_path):
-            if "eval" not in record:
+        for trace in read_typed_traces(traces_path):
+            if trace.eval is None:
                 continue
-            recorded = record["eval"].get("identity")
+            recorded = trace.eval.identity
             if recorded is not None and recorded != identity["hash"]:
                 raise RunMismatchError(
-                    f"{traces_path}: query {record.get('query_id')} was run under run identity {recorded}, not "
+                    f"{traces_path}: query {trace.query_id} was run under run identity {recorded}, not "
                     f"{identity['hash']}; use another --out"
                 )
-            finished[str(record["query_id"])] = _slim(record)
+            finished[trace.query_id] = _slim(trace.to_dict())
 
     session: dict[str, Any] = {"started": _now(), "queries_run": 0, "failed": 0, "model_calls": 0, "cache_hits": 0,
                                "recipe_hash": effective.hash}

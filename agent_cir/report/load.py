@@ -1,9 +1,9 @@
 """Reading a run for the report and the demo: the run folder, the traces file, and each trace record.
 
-This is the one module that reads trace dicts (``agent_cir/trace.py`` schema 1.0). ``read_trace`` turns a
-record into ``TraceData`` — plain dataclasses the rest of the report and the demo use — so a typed trace
-model replaces the dict access here and nowhere else. A record is data from a file: every field is read
-defensively (a wrong type becomes the field's empty value), never trusted to have the documented shape.
+``read_trace`` reads a record through the typed trace model (``agent_cir.trace_model``, schema 2.0 and 1.0)
+and turns it into ``TraceData``, the plain dataclasses the rest of the report and the demo use. A record is
+data from a file: it is read with ``salvage_trace``, so a field of the wrong type takes its empty value (and
+is named in the report's notes) instead of hiding the rest of the record.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
+from agent_cir import trace_model as tm
 from agent_cir.trace import read_traces
-from agent_cir.types import TRACE_SCHEMA_VERSION
 
 
 class ReportError(AgentCirError, ValueError):
@@ -149,36 +149,12 @@ class TraceData:
         return "results" in self.record
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
-
-
-def _optional_text(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def as_id_list(value: Any) -> list[str]:
@@ -191,40 +167,31 @@ def as_id_list(value: Any) -> list[str]:
     return []
 
 
-def _rows(value: Any, sort_by_rank: bool = False) -> list[Row]:
-    rows = []
-    for position, row in enumerate(_list(value), start=1):
-        row = _dict(row)
-        if row.get("id") is None:
-            continue
-        rows.append(Row(_int(row.get("rank")) or position, str(row["id"]), _float(row.get("score")),
-                        _optional_text(row.get("path"))))
+def _rows(rows: list[tm.RankedItem], sort_by_rank: bool = False) -> list[Row]:
+    read = [Row(row.rank or position, row.id, row.score, row.path or None)
+            for position, row in enumerate(rows, start=1)]
     if sort_by_rank:
-        rows.sort(key=lambda r: r.rank)
-    return rows
+        read.sort(key=lambda r: r.rank)
+    return read
 
 
-def _call(value: Any) -> Call:
-    call = _dict(value)
-    return Call(_text(call.get("backend")), _text(call.get("model")), _text(call.get("prompt_name")),
-                _text(call.get("prompt_hash")), _text(call.get("raw")), _text(call.get("cache")),
-                _float(call.get("seconds")) or 0.0, _text(call.get("parse_status")), _text(call.get("prompt")),
-                call.get("usage"))
+def _call(call: tm.ModelCallRecord) -> Call:
+    return Call(call.backend, call.model, call.prompt_name, call.prompt_hash, call.raw, call.cache, call.seconds,
+                call.parse_status or "", call.prompt or "", call.usage)
 
 
-def _stage(value: Any) -> Stage:
-    record = _dict(value)
-    skipped = record.get("skipped")
+def _stage(record: tm._StageRecordBase) -> Stage:
+    output = getattr(record, "output", None)
     return Stage(
-        stage=_text(record.get("stage")) or "?",
-        skipped=str(skipped) if skipped else None,
-        seconds=_float(record.get("seconds")) or 0.0,
-        model_calls=_int(record.get("model_calls")) or 0,
-        cache_hits=_int(record.get("cache_hits")) or 0,
-        parse_status=_text(record.get("parse_status")),
-        notes=[str(n) for n in _list(record.get("notes"))],
-        calls=[_call(c) for c in _list(record.get("calls"))],
-        output=_dict(record.get("output")),
+        stage=record.stage or "?",
+        skipped=record.skipped or None,
+        seconds=record.seconds,
+        model_calls=record.model_calls,
+        cache_hits=record.cache_hits,
+        parse_status=record.parse_status,
+        notes=list(record.notes),
+        calls=[_call(c) for c in record.calls],
+        output=output.model_dump(exclude_unset=True) if isinstance(output, tm.BaseModel) else dict(output or {}),
     )
 
 
@@ -249,84 +216,84 @@ def repair_lines(repairs: Any) -> list[str]:
     return lines
 
 
-def _grid_cells(cells: Any) -> list[tuple[str, str]]:
-    def order(item: tuple[Any, Any]) -> int:
-        return int(item[0]) if str(item[0]).isdigit() else 0
+def _grid_cells(cells: Mapping[str, str]) -> list[tuple[str, str]]:
+    def order(item: tuple[str, str]) -> int:
+        return int(item[0]) if item[0].isdigit() else 0
 
-    return [(str(cell), str(item)) for cell, item in sorted(_dict(cells).items(), key=order)]
+    return sorted(cells.items(), key=order)
 
 
-def _retrieval(stage: Stage | None) -> Retrieval | None:
-    if stage is None:
+def _retrieval(record: tm.RetrieveRecord | None) -> Retrieval | None:
+    if record is None or record.skipped:
         return None
-    output = stage.output
-    rows = _rows(output.get("candidates"), sort_by_rank=True)
-    return Retrieval(mode=_text(output.get("mode")) or "?", k=_int(output.get("k")),
-                     ranked=_int(output.get("candidates_total")) or len(rows), rows=rows,
-                     query_texts=[str(t) for t in _list(output.get("query_texts"))])
+    output = record.output
+    rows = _rows(output.candidates, sort_by_rank=True)
+    return Retrieval(mode=output.mode or "?", k=output.k, ranked=output.candidates_total or len(rows), rows=rows,
+                     query_texts=list(output.query_texts))
 
 
-def _rerank(stage: Stage | None) -> Rerank | None:
-    if stage is None:
+def _rerank(record: tm.RerankRecord | None, calls: list[Call]) -> Rerank | None:
+    if record is None:
         return None
-    output = stage.output
-    grids = [Grid(_optional_text(_dict(g).get("path")), _grid_cells(_dict(g).get("cells")))
-             for g in _list(output.get("grids"))]
-    return Rerank(skipped=stage.skipped, parse_status=stage.parse_status, grids=grids,
-                  repairs=repair_lines(output.get("repairs")), calls=stage.calls,
-                  input_order=[str(i) for i in _list(output.get("input_order"))],
-                  passes=output.get("passes"), agreement=output.get("agreement"))
+    output = record.output
+    grids = [Grid(g.path or None, _grid_cells(g.cells)) for g in output.grids]
+    agreement = output.agreement.model_dump(exclude_unset=True) if output.agreement is not None else None
+    return Rerank(skipped=record.skipped or None, parse_status=record.parse_status, grids=grids,
+                  repairs=repair_lines(output.repairs), calls=calls, input_order=list(output.input_order),
+                  passes=output.passes, agreement=agreement)
 
 
-def _eval(value: Any) -> EvalRecord | None:
-    if not isinstance(value, dict):
+def _eval(value: tm.EvalRecord | None) -> EvalRecord | None:
+    if value is None:
         return None
-    return EvalRecord(_text(value.get("dataset")), _text(value.get("split")), _int(value.get("target_rank")),
-                      _int(value.get("ranked")), _int(value.get("kept_top")))
+    return EvalRecord(value.dataset or "", value.split or "", value.target_rank, value.ranked, value.kept_top)
 
 
 def encoder_identity(value: Any) -> EncoderIdentity | None:
     """The trace's (or an index's) encoder object: {backend, model, pretrained, preprocess, random_weights}."""
+    if isinstance(value, tm.EncoderRecord):
+        value = value.model_dump()
     if not isinstance(value, dict):
         return None
-    return EncoderIdentity(_text(value.get("backend")), _text(value.get("model")), _text(value.get("pretrained")),
-                           value.get("random_weights") is True)
+    return EncoderIdentity(_text(value.get("backend")), _text(value.get("model") or value.get("architecture")),
+                           _text(value.get("pretrained")), value.get("random_weights") is True)
 
 
-def read_trace(record: Mapping[str, Any]) -> TraceData:
-    """One trace record (a dict as read from traces.jsonl) as ``TraceData``."""
+def read_trace(record: Mapping[str, Any], notes: list[str] | None = None) -> TraceData:
+    """One trace record (a dict as read from traces.jsonl, or a partial trace of a running query) as
+    ``TraceData``. Fields of the wrong type are dropped and named in ``notes`` when a list is given; raises
+    ``TraceFormatError`` for a record that is not a trace (see ``agent_cir.trace_model.salvage_trace``)."""
     record = dict(record)
-    query = _dict(record.get("query"))
-    meta = _dict(query.get("meta"))
-    stages = [_stage(s) for s in _list(record.get("stages"))]
-
-    def find(name: str) -> Stage | None:
-        return next((s for s in stages if s.stage == name), None)
-
-    retrieve = find("retrieve")
+    # A running query's partial trace (the demo) has no query_id yet.
+    trace, dropped = tm.salvage_trace(record if "query_id" in record else {**record, "query_id": ""})
+    if notes is not None:
+        notes.extend(dropped)
+    meta = trace.query.meta
+    stages = [_stage(s) for s in trace.stages]
+    rerank = trace.stage("rerank")
     return TraceData(
-        query_id=str(record.get("query_id")),
-        schema_version=_text(record.get("schema_version")),
-        text=_text(query.get("text")),
-        image_path=_optional_text(query.get("image_path")),
-        reference_id=_optional_text(query.get("reference_id")),
-        target_text=_optional_text(query.get("target_text")),
+        query_id=trace.query_id,
+        schema_version=trace.schema_version if "schema_version" in record else "",
+        text=trace.query.text,
+        image_path=trace.query.image_path or None,
+        reference_id=trace.query.reference_id or None,
+        target_text=trace.query.target_text or None,
         meta={k: v for k, v in meta.items() if k not in ("ground_truth", "subset")},
         ground_truth=as_id_list(meta.get("ground_truth")),
         subset=as_id_list(meta.get("subset")),
-        captions=[str(c) for c in _list(record.get("captions"))],
-        reasoning=_text(record.get("reasoning")),
-        descriptions=[str(d) for d in _list(record.get("target_descriptions"))],
-        description_source=_text(record.get("description_source")),
+        captions=list(trace.captions),
+        reasoning=trace.reasoning or "",
+        descriptions=list(trace.target_descriptions),
+        description_source=trace.description_source or "",
         stages=stages,
-        retrieval=_retrieval(retrieve) if retrieve is not None and not retrieve.skipped else None,
-        rerank=_rerank(find("rerank")),
-        results=_rows(record.get("results")),
-        totals=_dict(record.get("totals")),
-        artifacts_dir=_optional_text(record.get("artifacts_dir")),
-        error=record.get("error"),
-        eval=_eval(record.get("eval")),
-        encoder=encoder_identity(record.get("encoder")),
+        retrieval=_retrieval(trace.stage("retrieve")),
+        rerank=_rerank(rerank, next((s.calls for s in stages if s.stage == "rerank"), [])),
+        results=_rows(trace.results),
+        totals=trace.totals.model_dump(exclude_unset=True),
+        artifacts_dir=trace.artifacts_dir or None,
+        error=trace.extra("error"),
+        eval=_eval(trace.eval),
+        encoder=encoder_identity(trace.encoder),
         record=record,
     )
 
@@ -379,7 +346,7 @@ def load_traces(path: Path) -> tuple[list[TraceData], list[str]]:
     notes: list[str] = []
     skipped = 0
     repeated: list[str] = []
-    other_schema: dict[str, list[str]] = {}
+    unreadable: list[str] = []
     try:
         records = list(read_traces(path))
     except (OSError, UnicodeDecodeError) as err:
@@ -393,18 +360,24 @@ def load_traces(path: Path) -> tuple[list[TraceData], list[str]]:
             repeated.append(query_id)
             del by_id[query_id]  # re-insert so the order follows the kept record
         by_id[query_id] = record
-        version = str(record.get("schema_version", ""))
-        if version.split(".")[0] != TRACE_SCHEMA_VERSION.split(".")[0]:
-            other_schema.setdefault(version, []).append(query_id)
     if repeated:
         notes.append(f"{len(repeated)} query id(s) appear more than once in {path.name} (e.g. "
                      f"{', '.join(repeated[:5])}); the last record of each is shown")
-    for version, ids in other_schema.items():
-        notes.append(f"{len(ids)} record(s) use trace schema {version!r} (e.g. {', '.join(ids[:5])}); this report "
-                     f"reads {TRACE_SCHEMA_VERSION}, so some fields may be missing")
+    traces: list[TraceData] = []
+    dropped: list[str] = []
+    for record in by_id.values():
+        try:
+            traces.append(read_trace(record, dropped))
+        except tm.TraceFormatError as err:
+            unreadable.append(str(err))
     if skipped:
         notes.append(f"{skipped} line(s) of {path.name} are not trace records (no query_id) and were skipped")
-    return [read_trace(record) for record in by_id.values()], notes
+    if unreadable:
+        notes.append(f"{len(unreadable)} record(s) of {path.name} cannot be read and were skipped: "
+                     + "; ".join(unreadable[:3]))
+    if dropped:
+        notes.append(f"{len(dropped)} field(s) of the wrong type were left out: " + "; ".join(dropped[:5]))
+    return traces, notes
 
 
 def _index_images_dir(folder: Path) -> Path | None:

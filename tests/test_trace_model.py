@@ -1,0 +1,278 @@
+"""The typed trace (agent_cir.trace_model): 1.0 and 2.0 records load, stage records are typed by kind, a
+stage writing a wrong type is caught on write, unknown keys survive, and readers get clear errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent_cir.config import OneStageConfig
+from agent_cir.report.load import read_trace
+from agent_cir.stages.one_stage import OneStageStage
+from agent_cir.trace import TraceWriter, build_trace, read_typed_traces
+from agent_cir.trace_model import (
+    CaptionRecord,
+    OneStageRecord,
+    OtherStageRecord,
+    RerankRecord,
+    RetrieveRecord,
+    RewriteRecord,
+    Trace,
+    TraceFormatError,
+    load_trace,
+    salvage_trace,
+)
+from agent_cir.types import TRACE_SCHEMA_VERSION, Candidate, Query, QueryState, StageRecord
+from tests.fixtures.chat import fake_model
+from tests.fixtures.report import DEMO_MODIFICATION, DEMO_TARGET
+
+# A 1.0 record written by hand, the way agent_cir 0.x wrote them: no encoder, no created, no totals.
+HAND_WRITTEN_1_0 = {
+    "schema_version": "1.0",
+    "query_id": "dev-42",
+    "query": {"id": "dev-42", "text": "make it red", "image_path": "ref.jpg", "image_hash": "ab" * 32,
+              "reference_id": "ref.jpg", "reference_caption": None, "target_text": None, "candidate_ids": None,
+              "meta": {"ground_truth": ["b.jpg"]}},
+    "recipe": {"name": "two-stage", "hash": "cd" * 32},
+    "captions": ["a blue car"],
+    "reasoning": "blue becomes red",
+    "target_descriptions": ["a red car"],
+    "description_source": "rewrite",
+    "stages": [
+        {"stage": "caption", "output": {"captions": ["a blue car"]}, "parse_status": "ok", "notes": [],
+         "seconds": 0.4, "skipped": None, "model_calls": 1, "cache_hits": 0,
+         "calls": [{"backend": "openai", "model": "gpt-4o", "prompt_name": "caption", "prompt_hash": "ef" * 32,
+                    "raw": "a blue car", "cache": "miss", "seconds": 0.4, "usage": None, "parse_status": "ok"}]},
+        {"stage": "rewrite", "output": {"target_descriptions": ["a red car"], "reasoning": "blue becomes red",
+                                        "description_source": "rewrite"}, "parse_status": "ok"},
+        {"stage": "retrieve", "output": {"mode": "text", "k": 3, "query_texts": ["a red car"],
+                                         "candidates": [{"rank": 1, "id": "b.jpg", "score": 0.31},
+                                                        {"rank": 2, "id": 7, "score": 0.30}]}},
+    ],
+    "results": [{"rank": 1, "id": "b.jpg", "path": "/g/b.jpg", "score": 0.31},
+                {"rank": 2, "id": "7", "path": None, "score": 0.30}],
+}
+
+
+@pytest.fixture
+def pipeline_trace(demo_pipeline) -> dict:
+    """A trace the current code writes (caption -> rewrite -> retrieve -> grid rerank, real stages)."""
+    result = demo_pipeline.run(Query(id="q-demo", text=DEMO_MODIFICATION, image=demo_pipeline.gallery.paths[3]))
+    return result.trace
+
+
+def _one_stage_trace(tmp_path: Path) -> dict:
+    from PIL import Image
+
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (8, 8), "blue").save(image)
+    answer = {"reference_description": "a blue square", "reasoning": "blue -> red", "target_description": "a red square"}
+    state = QueryState(query=Query(id="q1", text="make it red", image=str(image)))
+    state.records.append(OneStageStage(OneStageConfig(enabled=True), fake_model([json.dumps(answer)])).run(state))
+    return build_trace(state, "one-stage", "00" * 32, seconds=0.1)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def test_a_hand_written_1_0_record_loads_with_defaults_for_what_it_lacks():
+    trace = load_trace(HAND_WRITTEN_1_0)
+    assert trace.schema_version == "1.0" and trace.encoder is None and trace.created is None
+    assert trace.totals.model_calls == 0 and trace.eval is None
+    caption, rewrite, retrieve = trace.stages
+    assert isinstance(caption, CaptionRecord) and caption.calls[0].cache == "miss"
+    assert isinstance(rewrite, RewriteRecord) and rewrite.output.description_source == "rewrite"
+    assert rewrite.calls == [] and rewrite.skipped is None  # absent in the record: defaults
+    assert isinstance(retrieve, RetrieveRecord) and retrieve.output.k == 3
+    # A numeric id written by another tool reads as its text, in rankings and results alike.
+    assert [c.id for c in retrieve.output.candidates] == ["b.jpg", "7"] == [r.id for r in trace.results]
+    assert trace.stage("rerank") is None
+
+
+def test_a_trace_of_the_current_code_loads_as_1_0_and_as_2_0(pipeline_trace):
+    assert pipeline_trace["schema_version"] == TRACE_SCHEMA_VERSION == "2.0"
+    old = {**pipeline_trace, "schema_version": "1.0"}
+    for record in (pipeline_trace, old):
+        trace = load_trace(record)
+        assert [type(s) for s in trace.stages] == [CaptionRecord, RewriteRecord, RetrieveRecord, RerankRecord]
+        retrieve = trace.stage("retrieve")
+        assert retrieve.output.candidates[0].id == pipeline_trace["stages"][2]["output"]["candidates"][0]["id"]
+        assert retrieve.output.mode == "fusion" and retrieve.output.k == 8
+        rerank = trace.stage("rerank")
+        assert rerank.output.method == "grid" and rerank.output.k == 4
+        assert [s.id for s in rerank.output.scores] == rerank.output.final_order
+        assert sorted(rerank.output.grids[0].cells.values()) == sorted(rerank.output.input_order)
+        assert rerank.calls[0].prompt_name and rerank.model_calls == 1
+        assert trace.stage("rewrite").output.target_descriptions == [DEMO_TARGET] == trace.target_descriptions
+        assert [r.id for r in trace.results] == [c["id"] for c in pipeline_trace["results"]]
+
+
+def test_2_0_round_trips_through_the_model_and_json(pipeline_trace, tmp_path):
+    assert load_trace(pipeline_trace).to_dict() == pipeline_trace
+    path = tmp_path / "traces.jsonl"
+    with TraceWriter(path, mode="w") as writer:
+        writer.write(pipeline_trace)
+    [typed] = list(read_typed_traces(path))
+    assert typed.to_dict() == json.loads(path.read_text())
+    assert list(typed.to_dict()) == list(pipeline_trace), "the JSON layout (key order) is the one build_trace wrote"
+
+
+def test_the_one_stage_record_is_typed(tmp_path):
+    trace = load_trace(_one_stage_trace(tmp_path))
+    record = trace.stage("one_stage")
+    assert isinstance(record, OneStageRecord)
+    assert record.output.reference_description == "a blue square"
+    assert record.output.target_descriptions == ["a red square"] and record.output.description_source == "one_stage"
+
+
+def test_unknown_keys_are_kept_at_every_level(pipeline_trace):
+    record = copy.deepcopy(pipeline_trace)
+    record["written_by"] = "agent_cir 3.1"
+    record["stages"][2]["output"]["new_retrieval_field"] = {"nested": [1, 2]}
+    record["stages"][2]["output"]["candidates"][0]["why"] = "a newer row field"
+    record["stages"][3]["calls"][0]["latency_ms"] = 12
+    record["stages"].append({"stage": "my_filter", "output": {"kept": 3}, "seconds": 0.1})
+    trace = load_trace(record)
+    assert trace.extra("written_by") == "agent_cir 3.1"
+    assert trace.stage("retrieve").output.new_retrieval_field == {"nested": [1, 2]}
+    assert trace.stage("retrieve").output.candidates[0].why == "a newer row field"
+    other = trace.stage("my_filter")
+    assert isinstance(other, OtherStageRecord) and other.output == {"kept": 3}
+    assert trace.to_dict() == record
+
+
+def test_records_that_are_not_traces_raise_clear_errors():
+    with pytest.raises(TraceFormatError, match="JSON object; got list"):
+        load_trace([1, 2])
+    with pytest.raises(TraceFormatError, match=r"query_id: Field required"):
+        load_trace({"schema_version": "2.0", "stages": []})
+    with pytest.raises(TraceFormatError, match=r"schema_version '3\.0'.*1\.x, 2\.x"):
+        load_trace({"schema_version": "3.0", "query_id": "x"})
+    bad = copy.deepcopy(HAND_WRITTEN_1_0)
+    bad["stages"][2]["output"]["k"] = "many"
+    with pytest.raises(TraceFormatError, match=r"trace 'dev-42'.*stages\[2\]\.output\.k: .*integer.*'many'"):
+        load_trace(bad)
+    bad = copy.deepcopy(HAND_WRITTEN_1_0)
+    bad["stages"][0]["calls"][0]["cache"] = "sometimes"
+    with pytest.raises(TraceFormatError, match=r"stages\[0\]\.calls\[0\]\.cache"):
+        load_trace(bad)
+
+
+def test_read_typed_traces_names_the_line(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    path.write_text(json.dumps(HAND_WRITTEN_1_0) + "\n" + json.dumps({"query_id": "x", "results": "no"}) + "\n")
+    with pytest.raises(TraceFormatError, match=r"traces\.jsonl, line 2: .*results"):
+        list(read_typed_traces(path))
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _state_with(record: StageRecord) -> QueryState:
+    state = QueryState(query=Query(id="q", text="make it red"))
+    state.records.append(record)
+    state.candidates = [Candidate(id="a.jpg", score=0.5, rank=1)]
+    return state
+
+
+@pytest.mark.parametrize(("output", "field", "found"), [
+    ({"mode": "text", "k": "50"}, r"stages\[0\]\.output\.k", "'50'"),  # a number written as text
+    ({"mode": "text", "candidates": [{"rank": 1, "id": "a.jpg", "score": "0.5"}]},
+     r"stages\[0\]\.output\.candidates\[0\]\.score", "'0.5'"),
+    ({"mode": "text", "query_texts": ("a red car",)}, r"stages\[0\]\.output\.query_texts", "a red car"),  # a tuple
+])
+def test_a_stage_writing_a_wrong_type_is_caught_when_the_trace_is_built(output, field, found):
+    with pytest.raises(TraceFormatError, match=rf"query 'q': a stage wrote .*{field}: .*{found}"):
+        build_trace(_state_with(StageRecord(stage="retrieve", output=output)), "r", "h", seconds=0.1)
+    # The same keys with the right types are fine.
+    build_trace(_state_with(StageRecord(stage="retrieve", output={"mode": "text", "k": 50})), "r", "h", 0.1)
+
+
+def test_a_wrong_type_in_a_rerank_output_is_caught_too():
+    record = StageRecord(stage="rerank", output={"scores": [{"id": "a.jpg", "judge": "high"}]})
+    with pytest.raises(TraceFormatError, match=r"stages\[0\]\.output\.scores\[0\]\.judge"):
+        build_trace(_state_with(record), "r", "h", seconds=0.1)
+
+
+# ------------------------------------------------------------------------------------------- Result.stage
+
+
+def test_result_stage_gives_the_typed_record(demo_pipeline):
+    result = demo_pipeline.run(Query(id="q-demo", text=DEMO_MODIFICATION, image=demo_pipeline.gallery.paths[3]))
+    retrieve = result.stage("retrieve")
+    assert isinstance(retrieve, RetrieveRecord)
+    assert retrieve.output.candidates[0].id == result.trace["stages"][2]["output"]["candidates"][0]["id"]
+    rerank = result.stage("rerank")
+    assert isinstance(rerank, RerankRecord) and rerank.output.final_order == [c.id for c in result.candidates[:4]]
+    assert result.stage("one_stage") is None
+    assert isinstance(result.typed_trace(), Trace) and result.typed_trace().query_id == "q-demo"
+
+
+# ------------------------------------------------------------------------------------------- display (salvage)
+
+
+def test_salvage_drops_only_the_bad_fields_and_names_them():
+    bad = copy.deepcopy(HAND_WRITTEN_1_0)
+    bad["stages"][2]["output"]["k"] = "many"
+    bad["stages"][2]["output"]["candidates"].insert(0, {"rank": 1, "score": 0.9})  # a row without an id
+    bad["captions"] = "not a list"
+    trace, notes = salvage_trace(bad)
+    assert trace.stage("retrieve").output.k is None and trace.captions == []
+    assert [c.id for c in trace.stage("retrieve").output.candidates] == ["b.jpg", "7"]
+    assert trace.target_descriptions == ["a red car"], "the rest of the record is kept"
+    assert sorted(notes) == sorted([
+        "trace 'dev-42': dropped captions: Input should be a valid list",
+        "trace 'dev-42': dropped stages[2].output.candidates[0]: no id",
+        "trace 'dev-42': dropped stages[2].output.k: Input should be a valid integer, unable to parse string as "
+        "an integer",
+    ])
+    assert bad["captions"] == "not a list", "the caller's record is not changed"
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=8)
+PATHS = [("captions",), ("query",), ("query", "meta"), ("results", 0), ("results", 0, "id"), ("stages",),
+         ("stages", 0), ("stages", 0, "calls"), ("stages", 2, "output"), ("stages", 2, "output", "candidates", 1),
+         ("stages", 2, "output", "candidates", 1, "rank"), ("totals",), ("encoder",), ("eval",)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(replacements=st.lists(st.tuples(st.sampled_from(PATHS), JSON), min_size=1, max_size=4))
+def test_any_value_in_any_field_is_shown_or_refused_never_a_crash(replacements):
+    record = copy.deepcopy(HAND_WRITTEN_1_0)
+    for path, value in replacements:
+        node = record
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier replacement removed the path
+    trace, notes = salvage_trace(record)
+    assert trace.query_id == "dev-42"
+    # What was dropped is said; what was not touched is still there.
+    assert all(note.startswith("trace 'dev-42': dropped ") for note in notes)
+    assert trace.reasoning == "blue becomes red"
+    data = read_trace(record)  # the report's reader on top of it
+    assert data.query_id == "dev-42" and all(isinstance(row.id, str) for row in data.results)
+
+
+def test_the_report_says_which_records_and_fields_it_could_not_read(tmp_path):
+    from agent_cir.report.load import load_traces
+
+    bad_field = copy.deepcopy(HAND_WRITTEN_1_0)
+    bad_field["stages"][2]["output"]["k"] = "many"
+    future = {"schema_version": "3.0", "query_id": "from-the-future"}
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (bad_field, future)))
+    traces, notes = load_traces(path)
+    assert [t.query_id for t in traces] == ["dev-42"] and traces[0].retrieval.k is None
+    assert traces[0].retrieval.rows[0].id == "b.jpg", "the rest of the retrieve record is shown"
+    assert any("1 record(s) of traces.jsonl cannot be read" in n and "'3.0'" in n for n in notes)
+    assert any("1 field(s) of the wrong type were left out" in n and "stages[2].output.k" in n for n in notes)

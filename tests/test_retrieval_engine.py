@@ -216,3 +216,28 @@ def test_pipeline_over_an_hnsw_index_uses_the_engine(built, tiny_open_clip_encod
     assert "HNSW32" in retrieve["search"]
     assert sorted(retrieve["excluded"]) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
     assert len(result.candidates) == 4
+
+
+def test_refine_rescores_the_compressed_short_list_with_exact_vectors(tmp_path, tiny_open_clip_config, pattern_folder):
+    """`agent-cir index --refine`: an IVF-PQ index whose short list (4 x k) is re-scored exactly (faiss RFlat)."""
+    import faiss
+    from typer.testing import CliRunner
+
+    from agent_cir.cli import _register, app
+
+    _register()
+
+    out = tmp_path / "refined"
+    result = CliRunner().invoke(app, ["index", str(pattern_folder), "-o", str(out), "--model", str(tiny_open_clip_config),
+                                      "--pretrained", "none", "--index-type", "IVF4,PQ8x4", "--refine", "-q"])
+    assert result.exit_code == 0, result.output
+    index = GalleryIndex.load(out)
+    structure = faiss.downcast_index(index.faiss_index)
+    assert type(structure).__name__ == "IndexRefineFlat" and structure.k_factor == 4
+    encoder = index.load_encoder()
+    query = encode_image_file(encoder, pattern_folder / "p05.png")
+    found = GalleryIndex.search(index, encoder, image=pattern_folder / "p05.png", mode="image", k=5,
+                                exclude_reference=False)
+    exact = np.asarray(index.embeddings, dtype=np.float32) @ query
+    # refined scores are exact dot products (the codes alone would only approximate them)
+    assert [c.score for c in found] == pytest.approx([float(exact[index.ids.index(c.id)]) for c in found], abs=1e-5)

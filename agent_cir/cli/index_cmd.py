@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from agent_cir.index.faiss_io import INDEX_TYPE_GUIDE, with_refine
+
 from agent_cir.cli import app
 from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, status, user_errors
 
@@ -103,7 +105,10 @@ def index_command(
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0, help="Decode worker processes (default: half the cores; 0 = decode in-process)."
     ),
-    index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string (Flat, HNSW32, IVF256,Flat)."),
+    index_type: str = typer.Option("Flat", "--index-type", help="faiss index_factory string. " + INDEX_TYPE_GUIDE),
+    refine: bool = typer.Option(
+        False, "--refine", help="Re-score the compressed index's short list (4 x k) with the exact vectors (faiss RFlat)."
+    ),
     device: str = typer.Option("cpu", "--device", help="torch device for the encoder (cpu, cuda, cuda:1, mps)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16."),
     preprocess: str = typer.Option(
@@ -137,7 +142,7 @@ def index_command(
             backend=backend,
             batch_size=batch_size,
             workers=workers,
-            index_type=index_type,
+            index_type=with_refine(index_type) if refine else index_type,
             device=device,
             precision=precision,
             progress=not quiet,

@@ -189,8 +189,9 @@ def ray_session(opts: RayOptions) -> Iterator[tuple[Any, bool]]:
         if opts.address:
             ray.init(address=opts.address, **settings)
         else:
-            # address="local" starts a fresh cluster even when RAY_ADDRESS points at another one.
-            ray.init(address="local", num_cpus=opts.num_cpus, **settings)
+            # address="local" starts a fresh cluster even when RAY_ADDRESS points at another one; it serves this
+            # build only, so it listens on loopback.
+            ray.init(address="local", num_cpus=opts.num_cpus, _node_ip_address="127.0.0.1", **settings)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"Ray cluster at {opts.address!r}" if opts.address else "a local Ray cluster"
         hint = "start one with `ray start --head` (then --address auto) or leave out --address" if opts.address else ""

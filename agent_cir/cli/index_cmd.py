@@ -164,7 +164,7 @@ def index_command(
         0.0, "--num-gpus-per-actor", min=0.0, help="ray: GPUs each encoder actor reserves (> 0 encodes on cuda)."
     ),
 ) -> None:
-    """Embed every image of IMAGES_DIR into INDEX_DIR; re-runs encode only new or changed files."""
+    """Embed every image of IMAGES (a folder, or a list of files) into --out; re-runs encode only new or changed files."""
     from agent_cir.errors import AgentCirError
 
     with user_errors(json_output):

@@ -58,8 +58,13 @@ def run_index(
     wait: bool = False,
     preprocess: str = "center_crop",
     target_ratio: float = 1.25,
+    files: Optional[list[str]] = None,
+    engine: str = "local",
+    engine_options: Optional[dict] = None,
 ):
-    """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex."""
+    """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex.
+
+    ``files``: index only these (relative to ``images_dir``); ``engine``/``engine_options``: see index/encode.py."""
     from agent_cir.config import EncoderConfig
     from agent_cir.encoders import create_encoder
     from agent_cir.index import GalleryIndex
@@ -85,12 +90,46 @@ def run_index(
         progress=progress,
         follow_symlinks=follow_symlinks,
         wait=wait,
+        files=files,
+        engine=engine,
+        engine_options=engine_options,
     )
+
+
+def ray_options(address: Optional[str], concurrency: int, num_cpus_per_actor: float, num_gpus_per_actor: float) -> dict:
+    """The ray engine's options from the command line (defaults left to the engine)."""
+    return {
+        "address": address,
+        "concurrency": concurrency,
+        "num_cpus_per_actor": num_cpus_per_actor,
+        "num_gpus_per_actor": num_gpus_per_actor,
+    }
+
+
+def resolve_gallery(source: Path, input_format: str, root: Optional[Path]) -> tuple[Path, Optional[list[str]]]:
+    """(folder to index, listed files or None) for IMAGES and --input-format; fails before any model loads."""
+    from agent_cir.errors import AgentCirError
+
+    if input_format == "folder":
+        if root is not None:
+            raise AgentCirError("--root is for --input-format list or parquet; with a folder, the folder is the root")
+        check_images_dir(source)
+        return source, None
+    if input_format not in ("list", "parquet"):
+        raise AgentCirError(f"--input-format must be folder, list or parquet, got {input_format!r}")
+    from agent_cir.index.inputs import listed_gallery
+
+    return listed_gallery(source, input_format, root)
 
 
 @app.command("index")
 def index_command(
-    images_dir: Path = typer.Argument(..., help="Folder of images, scanned recursively (jpg jpeg png webp bmp gif)."),
+    images_dir: Path = typer.Argument(
+        ...,
+        metavar="IMAGES",
+        help="Folder of images, scanned recursively (jpg jpeg png webp bmp gif); with --input-format list/parquet, "
+        "the file listing them.",
+    ),
     out: Path = out_option("Index folder to create or update."),
     model: str = typer.Option(
         _DEFAULTS["model"], "--model", help="open_clip architecture or model JSON config; hf: hub id or local folder."
@@ -121,8 +160,24 @@ def index_command(
         False, "--follow-symlinks", help="Also index file symlinks that point outside IMAGES_DIR (regular files only)."
     ),
     wait: bool = typer.Option(False, "--wait", help="If another `agent-cir index` is writing --out, wait for it instead of failing."),
+    input_format: str = typer.Option(
+        "folder", "--input-format", help="folder (IMAGES is a folder), list (a text file, one path per line) or "
+        "parquet (a Parquet file with a 'path' column)."
+    ),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="list/parquet: the folder gallery ids are relative to (default: the list file's folder)."
+    ),
+    engine: str = typer.Option("local", "--engine", help="local (this process + decode workers) or ray (Ray Data; extra [ray])."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="ray: join this cluster (auto, HOST:PORT, ray://HOST:10001); default: start a local one."
+    ),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="ray: encoder actors."),
+    num_cpus_per_actor: float = typer.Option(1.0, "--num-cpus-per-actor", min=0.0, help="ray: CPUs each encoder actor reserves."),
+    num_gpus_per_actor: float = typer.Option(
+        0.0, "--num-gpus-per-actor", min=0.0, help="ray: GPUs each encoder actor reserves (> 0 encodes on cuda)."
+    ),
 ) -> None:
-    """Embed every image of IMAGES_DIR into INDEX_DIR; re-runs encode only new or changed files."""
+    """Embed every image of IMAGES (a folder, or a list of files) into --out; re-runs encode only new or changed files."""
     from agent_cir.errors import AgentCirError
 
     with user_errors(json_output):
@@ -132,10 +187,19 @@ def index_command(
             raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
         if preprocess not in ("center_crop", "targetpad"):
             raise AgentCirError(f"--preprocess must be center_crop or targetpad, got {preprocess!r}")
-        check_images_dir(images_dir)
+        if engine not in ("local", "ray"):
+            raise AgentCirError(f"--engine must be local or ray, got {engine!r}")
+        ray_given = address is not None or concurrency != 1 or num_cpus_per_actor != 1.0 or num_gpus_per_actor != 0.0
+        if engine == "local" and ray_given:
+            raise AgentCirError("--address, --concurrency, --num-cpus-per-actor and --num-gpus-per-actor need --engine ray")
+        if engine == "ray":
+            from agent_cir.index.ray_engine import require_ray
+
+            require_ray()
+        gallery, files = resolve_gallery(images_dir, input_format, root)
         status(f"loading encoder {backend} {model} / {pretrained} ...", quiet or json_output)
         index = run_index(
-            images_dir,
+            gallery,
             out,
             model=model,
             pretrained=pretrained,
@@ -150,13 +214,16 @@ def index_command(
             wait=wait,
             preprocess=preprocess,
             target_ratio=target_ratio,
+            files=files,
+            engine=engine,
+            engine_options=ray_options(address, concurrency, num_cpus_per_actor, num_gpus_per_actor) if engine == "ray" else None,
         )
         from agent_cir.provenance import encoder_provenance, random_weights_warning
 
         summary = index.build_summary.to_dict()
         encoder_info = dict(index.meta.get("encoder") or {}) if isinstance(getattr(index, "meta", None), dict) else {}
         if json_output:
-            echo_json({"index": str(out), **summary, "encoder": encoder_provenance(encoder_info)})
+            echo_json({"index": str(out), **summary, "engine": engine, "encoder": encoder_provenance(encoder_info)})
         else:
             warning = random_weights_warning(encoder_info) if encoder_info else None
             if warning:

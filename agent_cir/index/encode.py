@@ -88,7 +88,14 @@ def local_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
             bar.update(len(batch.positions) + len(batch.failures))
 
 
-ENGINES: dict[str, Callable[[EncodeJob], Iterator[EncodedBatch]]] = {"local": local_engine}
+def _ray_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
+    """``ray_engine.ray_engine``, imported on first use so that Ray stays an optional extra."""
+    from agent_cir.index.ray_engine import ray_engine
+
+    return ray_engine(job)
+
+
+ENGINES: dict[str, Callable[[EncodeJob], Iterator[EncodedBatch]]] = {"local": local_engine, "ray": _ray_engine}
 """Encoding engines by name (``GalleryIndex.build(engine=...)``, ``agent-cir index --engine``)."""
 
 

@@ -32,6 +32,18 @@ class DecodedBatch:
     """(position, reason, detail) of the files that could not be decoded."""
 
 
+def decode_file(path: str, preprocess: Callable[[Any], Any]) -> tuple[Any, str | None, str | None]:
+    """One file -> (model input tensor, None, None), or (None, reason, detail) when it cannot be used.
+
+    Every engine decodes through this, so a bad file gets the same reason whichever engine met it."""
+    try:
+        return preprocess(load_image(path)), None, None
+    except BadImageError as err:
+        return None, err.reason, err.detail
+    except Exception as err:  # noqa: BLE001 - e.g. a preprocessing error on an odd image: skip it, say why
+        return None, REASON_PREPROCESS, f"{type(err).__name__}: {err}"[:200]
+
+
 class _ImageFiles:
     """Map-style dataset: position -> (position, tensor or None, reason, detail). Picklable for spawn."""
 
@@ -43,13 +55,7 @@ class _ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, position: int) -> tuple[int, Any, str | None, str | None]:
-        try:
-            image = load_image(self.paths[position])
-            return position, self.preprocess(image), None, None
-        except BadImageError as err:
-            return position, None, err.reason, err.detail
-        except Exception as err:  # noqa: BLE001 - e.g. a preprocessing error on an odd image: skip it, say why
-            return position, None, REASON_PREPROCESS, f"{type(err).__name__}: {err}"[:200]
+        return (position, *decode_file(self.paths[position], self.preprocess))
 
 
 def _collate(items: list[tuple[int, Any, str | None, str | None]]) -> DecodedBatch:

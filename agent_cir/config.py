@@ -208,6 +208,9 @@ class Recipe(_Strict):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
+    chunk_size: int = Field(256, ge=1)
+    """Queries per chunk in ``Pipeline.run_batch``: each stage runs over a whole chunk before the next starts
+    (one encoder batch, one search, concurrent model calls). Bounds memory; changes no result (runtime only)."""
 
     @model_validator(mode="after")
     def _models_exist(self) -> Recipe:

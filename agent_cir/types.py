@@ -105,6 +105,11 @@ class QueryState:
     reasoning: str | None = None
     target_descriptions: list[str] = field(default_factory=list)
     description_source: DescriptionSource | None = None
+    """Where ``target_descriptions`` came from. Set by the stage that produced them (rewrite, one_stage) or by
+    the pipeline (manual, modification); retrieval and rerank only read it."""
+    reference_description: str | None = None
+    """The one-stage model's own description of the reference image (one_stage writes it; the pipeline hands
+    it on as the caption when no caption stage ran)."""
     candidates: list[Candidate] = field(default_factory=list)
     records: list[StageRecord] = field(default_factory=list)
     artifacts_dir: Path | None = None
@@ -118,6 +123,17 @@ class Stage(Protocol):
     name: str
 
     def run(self, state: QueryState) -> StageRecord: ...
+
+
+class BatchStage(Stage, Protocol):
+    """A stage that can serve a whole chunk of queries at once (one encoder batch, one faiss call, one batched
+    generate). The pipeline uses ``run_batch`` when a stage has it, otherwise ``run`` per state in a thread pool.
+
+    Contract: one entry per state, in the same order; an exception object in place of a record marks that
+    query as failed (the others go on). Seconds are set by the pipeline (the chunk's time, shared out).
+    """
+
+    def run_batch(self, states: list[QueryState]) -> list[StageRecord | BaseException]: ...
 
 
 @dataclass

@@ -202,7 +202,7 @@ def test_keyboard_interrupt_stops_the_run(bow_encoder, references) -> None:
     with pytest.raises(KeyboardInterrupt):
         pipe.run_batch(_queries(references), max_concurrency=2, progress=False, chunk_size=3,
                        on_result=lambda r: finished.append(r.query_id))
-    assert finished == ["q0", "q1", "q2"], "the first chunk was handed over; nothing after the interrupt"
+    assert sorted(finished) == ["q0", "q1", "q2"], "the first chunk was handed over; nothing after the interrupt"
 
 
 def _without_timings(value: Any) -> Any:

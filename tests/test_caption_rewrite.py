@@ -309,3 +309,24 @@ def test_real_rewrite_with_smollm2_gguf(smollm2_handle, tmp_path: Path) -> None:
     second = RewriteStage(RewriteConfig(prompt="rewrite_cot"), smollm2_handle, cache).run(again)
     assert (second.model_calls, second.cache_hits) == (0, 1)
     assert again.target_descriptions == state.target_descriptions
+
+
+# ------------------------------------------------------------------------------------ error causes
+
+
+def test_stage_errors_name_the_query_and_keep_their_cause(reference: Path) -> None:
+    from agent_cir.backends.invoke import ModelCallError
+
+    def broken(messages):
+        raise RuntimeError("connection reset by peer")
+
+    with pytest.raises(ModelCallError, match=r"query q1, caption stage: .*RuntimeError") as caught:
+        CaptionStage(CaptionConfig(), fake_model(respond=broken)).run(_state(reference))
+    assert isinstance(caught.value.__cause__, ModelCallError), "the cause is kept (from err, not from None)"
+    assert isinstance(caught.value.__cause__.__cause__, RuntimeError)
+    with pytest.raises(ModelCallError, match=r"query q1, rewrite stage") as caught:
+        RewriteStage(RewriteConfig(), fake_model(respond=broken)).run(_state(captions=["a dog."]))
+    assert caught.value.__cause__ is not None
+    with pytest.raises(ModelCallError, match=r"query q1, one_stage") as caught:
+        OneStageStage(OneStageConfig(enabled=True), fake_model(respond=broken)).run(_state(reference))
+    assert caught.value.__cause__ is not None

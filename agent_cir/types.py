@@ -149,7 +149,16 @@ class Result:
 
 
 def record_to_dict(record: StageRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["model_calls"] = record.model_calls
-    data["cache_hits"] = record.cache_hits
-    return data
+    """A stage record as a JSON-ready dict. ``output`` is copied one level deep only: it is already plain
+    JSON data, and a whole-gallery ranking (thousands of entries) would cost more to deep-copy than to compute."""
+    return {
+        "stage": record.stage,
+        "output": dict(record.output),
+        "calls": [asdict(call) for call in record.calls],
+        "parse_status": record.parse_status,
+        "notes": list(record.notes),
+        "seconds": record.seconds,
+        "skipped": record.skipped,
+        "model_calls": record.model_calls,
+        "cache_hits": record.cache_hits,
+    }

@@ -319,11 +319,13 @@ class Pipeline:
         with self._lock:
             return {"model_calls": self._model_calls, "cache_hits": self._cache_hits}
 
-    def _uses_modification(self) -> bool:
+    def _needs_modification(self) -> bool:
+        """Whether a query's modification text is what gets embedded or rewritten (an empty one would then
+        become an embedding of ""). Caption-based text sources embed the caption, image mode no text."""
         retrieve = self.recipe.retrieve
         if any(stage.name in _DESCRIPTION_STAGES for stage in self.stages):
             return True
-        return retrieve.mode != "image" and retrieve.text_source != "caption"
+        return retrieve.mode != "image" and retrieve.text_source not in ("caption", "caption+modification")
 
     def _prepare(self, query: Query, position: int = 0) -> _Job:
         query = replace(
@@ -335,7 +337,7 @@ class Pipeline:
         if not query.text.strip() and not query.target_text and query.image is None and not query.reference_caption:
             raise QueryInputError(f"query {query.id}: empty query: give a modification text, an image or both")
         image_only = False
-        if not query.text.strip() and not query.target_text and self._uses_modification():
+        if not query.text.strip() and not query.target_text and self._needs_modification():
             if query.image is None:
                 raise QueryInputError(
                     f"query {query.id}: the modification text is empty; give one (what should change in the "
@@ -429,8 +431,13 @@ class Pipeline:
             outcomes = list(batch_run([job.state for job in jobs]))
             if len(outcomes) != len(jobs):
                 raise AgentCirError(f"{stage.name}.run_batch returned {len(outcomes)} results for {len(jobs)} queries")
-        except Exception:  # noqa: BLE001 - the batch as a whole failed: one by one, only the bad queries fail
-            yield from self._run_each(stage, jobs, pool)
+        except Exception as err:  # noqa: BLE001 - the batch as a whole failed: one by one, only the bad queries fail
+            note = (f"the batched {stage.name} failed for the chunk ({type(err).__name__}: {str(err)[:200]}); "
+                    "this query ran on its own")
+            for job, outcome in self._run_each(stage, jobs, pool):
+                if isinstance(outcome, StageRecord):
+                    outcome.notes.append(note)
+                yield job, outcome
             return
         share = round((time.perf_counter() - started) / len(jobs), 6)
         for job, outcome in zip(jobs, outcomes):

@@ -134,6 +134,42 @@ def test_each_stage_serves_the_whole_chunk_before_the_next_and_results_leave_as_
     assert results[0].candidates[0].id == "blue_car"
 
 
+class FlakyBatchRetrieve:
+    """A batched retrieve that marks one query failed with an exception object, or raises for the whole batch."""
+
+    name = "retrieve"
+
+    def __init__(self, inner: Any, fail_whole_batch: bool) -> None:
+        self.inner = inner
+        self.fail_whole_batch = fail_whole_batch
+
+    def run(self, state):
+        if state.query.id == "q1":
+            raise ValueError("q1 cannot be searched")
+        return self.inner.run(state)
+
+    def run_batch(self, states):
+        if self.fail_whole_batch:
+            raise MemoryError("the chunk did not fit")
+        return [ValueError("bad vector") if s.query.id == "q1" else self.inner.run(s) for s in states]
+
+
+@pytest.mark.parametrize("fail_whole_batch", [False, True])
+def test_a_batched_stage_fails_only_the_queries_it_marks(bow_encoder, fail_whole_batch: bool) -> None:
+    gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
+    pipe = Pipeline.from_config({"name": "t"}, gallery=gallery, encoder=bow_encoder)
+    pipe.stages[-1] = FlakyBatchRetrieve(pipe.stages[-1], fail_whole_batch)
+    queries = [Query(id=f"q{i}", text=text) for i, text in enumerate(["a red car", "a cat", "a brown dog"])]
+    results = pipe.run_batch(queries, progress=False)
+    assert [r.query_id for r in results] == ["q0", "q2"] and [f["query_id"] for f in pipe.failures] == ["q1"]
+    assert "ValueError" in pipe.failures[0]["error"] and "retrieve" in pipe.failures[0]["error"]
+    notes = results[0].trace["stages"][-1]["notes"]
+    if fail_whole_batch:  # the chunk was retried one query at a time, and the trace says so
+        assert any("MemoryError" in n and "on its own" in n for n in notes)
+    else:
+        assert any("amortised" in n for n in notes)
+
+
 def test_a_query_raising_recursion_error_in_a_stage_fails_alone(bow_encoder, references) -> None:
     log = EventLog()
     gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)

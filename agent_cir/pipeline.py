@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -192,6 +192,28 @@ def _chunks(queries: Iterable[Query], size: int) -> Iterator[list[Query]]:
     iterator = iter(queries)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def stage_concurrency(stage: Stage, requested: int | None, default: int) -> int:
+    """How many queries a per-query stage serves at once: what the caller asked for, else the stage model's
+    own ``max_concurrency`` (so a server taking 16 requests gets 16), else the recipe's."""
+    if requested:
+        return max(1, requested)
+    config = getattr(getattr(stage, "model", None), "config", None)
+    own = getattr(config, "max_concurrency", None)
+    return max(1, own if isinstance(own, int) else default)
+
+
+@dataclass
+class _Workers:
+    """The thread pool of one ``run_batch`` call and how many queries each stage may have in it at once."""
+
+    pool: Executor
+    requested: int | None
+    default: int
+
+    def limit(self, stage: Stage) -> int:
+        return stage_concurrency(stage, self.requested, self.default)
 
 
 class Pipeline:
@@ -405,26 +427,40 @@ class Pipeline:
         wrapped.__cause__ = err
         return wrapped
 
-    def _run_each(self, stage: Stage, jobs: list[_Job], pool: Executor | None) -> Iterator[tuple[_Job, Outcome]]:
-        """``stage.run`` per query, concurrently; yields each query as soon as its call is done."""
-        if pool is None or len(jobs) == 1:
+    def _run_each(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
+        """``stage.run`` per query, up to the stage's concurrency at once; yields each query as soon as its
+        call is done."""
+        if workers is None or len(jobs) == 1:
             for job in jobs:
                 try:
                     yield job, _timed_run(stage, job.state)
                 except Exception as err:  # noqa: BLE001 - any error of one query is that query's failure
                     yield job, err
             return
-        futures = {pool.submit(_timed_run, stage, job.state): job for job in jobs}
-        for future in as_completed(futures):
-            error = future.exception()
-            yield futures[future], _reraise_interrupts(error) if error is not None else future.result()
+        waiting = iter(jobs)
+        running: dict[Future[StageRecord], _Job] = {}
 
-    def _run_stage(self, stage: Stage, jobs: list[_Job], pool: Executor | None) -> Iterator[tuple[_Job, Outcome]]:
+        def submit_next() -> None:
+            job = next(waiting, None)
+            if job is not None:
+                running[workers.pool.submit(_timed_run, stage, job.state)] = job
+
+        for _ in range(workers.limit(stage)):
+            submit_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                submit_next()
+                error = future.exception()
+                yield job, _reraise_interrupts(error) if error is not None else future.result()
+
+    def _run_stage(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
         """One stage over a chunk: its ``run_batch`` when it has one (one encoder batch, one search), else
         ``run`` per query in the pool."""
         batch_run = getattr(stage, "run_batch", None)
         if batch_run is None or not jobs:
-            yield from self._run_each(stage, jobs, pool)
+            yield from self._run_each(stage, jobs, workers)
             return
         started = time.perf_counter()
         try:
@@ -434,7 +470,7 @@ class Pipeline:
         except Exception as err:  # noqa: BLE001 - the batch as a whole failed: one by one, only the bad queries fail
             note = (f"the batched {stage.name} failed for the chunk ({type(err).__name__}: {str(err)[:200]}); "
                     "this query ran on its own")
-            for job, outcome in self._run_each(stage, jobs, pool):
+            for job, outcome in self._run_each(stage, jobs, workers):
                 if isinstance(outcome, StageRecord):
                     outcome.notes.append(note)
                 yield job, outcome
@@ -451,7 +487,7 @@ class Pipeline:
                 outcome = AgentCirError(f"{stage.name}.run_batch returned {type(outcome).__name__}, not a StageRecord")
             yield job, outcome
 
-    def _step(self, stage: Stage, jobs: list[_Job], pool: Executor | None) -> Iterator[tuple[_Job, Outcome]]:
+    def _step(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
         """One pipeline step over a chunk: skipped queries get their record at once, the others are grouped by
         the stage object that serves them (the image-mode retrieval for queries without text)."""
         groups: dict[int, tuple[Stage, list[_Job]]] = {}
@@ -466,12 +502,12 @@ class Pipeline:
             else:
                 groups.setdefault(id(route), (route, []))[1].append(job)
         for serving, members in groups.values():
-            yield from self._run_stage(serving, members, pool)
+            yield from self._run_stage(serving, members, workers)
 
     def _run_chunk(
         self,
         queries: list[tuple[int, Query]],
-        pool: Executor | None,
+        workers: _Workers | None,
         on_done: Callable[[int, Result | AgentCirError], None],
         on_stage: Callable[[StageRecord, QueryState], None] | None = None,
     ) -> None:
@@ -489,7 +525,7 @@ class Pipeline:
                 for job in jobs:
                     self._hand_over_to_retrieval(job)
             survivors: list[_Job] = []
-            for job, outcome in self._step(stage, jobs, pool):
+            for job, outcome in self._step(stage, jobs, workers):
                 if isinstance(outcome, BaseException):
                     on_done(job.position, self._failure(job.query, stage.name, outcome))
                     continue
@@ -535,8 +571,9 @@ class Pipeline:
     ) -> list[Result]:
         """Run many queries stage-major, ``chunk_size`` (default: the recipe's) at a time.
 
-        Within a chunk each stage serves every query before the next stage starts; per-query stages run
-        ``max_concurrency`` (default: the recipe's) queries at once. ``on_result`` is called (in this thread) as
+        Within a chunk each stage serves every query before the next stage starts; a stage with ``run_batch``
+        gets the whole chunk in one call, the others run ``max_concurrency`` queries at once (default: the
+        stage model's own ``max_concurrency``, else the recipe's). ``on_result`` is called (in this thread) as
         soon as a query's last stage is done, so callers persist each result at once. Any exception of one
         query (bad input, a model error, a parser's RecursionError) is that query's failure: it goes to
         ``on_error`` and ``self.failures`` and the others go on; KeyboardInterrupt stops the run. Returns the
@@ -545,7 +582,6 @@ class Pipeline:
         """
         from tqdm.auto import tqdm
 
-        workers = max(1, max_concurrency or self.recipe.max_concurrency)
         size = max(1, chunk_size or self.recipe.chunk_size)
         total = len(queries) if isinstance(queries, Sized) else None
         results: dict[int, Result] = {}
@@ -570,14 +606,17 @@ class Pipeline:
                 stats = self.stats
                 bar.set_postfix(calls=stats["model_calls"], hits=stats["cache_hits"], failed=len(self.failures))
 
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-cir-stage")
+        default = self.recipe.max_concurrency
+        threads = max(stage_concurrency(stage, max_concurrency, default) for stage in self.stages)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agent-cir-stage")
+        workers = _Workers(pool, max_concurrency, default)
         try:
             start = 0
             for chunk in _chunks(queries, size):
                 numbered = list(enumerate(chunk, start))
                 start += len(chunk)
                 originals.update(numbered)
-                self._run_chunk(numbered, pool, done)
+                self._run_chunk(numbered, workers, done)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -134,6 +134,29 @@ def test_each_stage_serves_the_whole_chunk_before_the_next_and_results_leave_as_
     assert results[0].candidates[0].id == "blue_car"
 
 
+def test_a_model_stage_runs_as_many_queries_at_once_as_its_model_takes(bow_encoder, references) -> None:
+    together = threading.Barrier(3, timeout=20)  # breaks (and the calls fail) unless 3 calls overlap
+    active = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def caption(messages: Any) -> str:
+        with lock:
+            active["now"] += 1
+            active["peak"] = max(active["peak"], active["now"])
+        together.wait()
+        with lock:
+            active["now"] -= 1
+        return "a red car."
+
+    models = _recording_models(EventLog())
+    models["vlm"] = fake_model(respond=caption, name="vlm", max_concurrency=3)
+    gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
+    pipe = Pipeline.from_config(RECIPE, gallery=gallery, encoder=bow_encoder, models=models)
+    results = pipe.run_batch(_queries(references)[:6], progress=False)
+    assert pipe.failures == [] and len(results) == 6
+    assert active["peak"] == 3, "the model's max_concurrency is both reached and never exceeded"
+
+
 class FlakyBatchRetrieve:
     """A batched retrieve that marks one query failed with an exception object, or raises for the whole batch."""
 

@@ -354,7 +354,8 @@ class Pipeline:
             query,
             text=repair_text(query.text) or "",
             reference_caption=repair_text(query.reference_caption),
-            target_text=repair_text(query.target_text),
+            # a blank intervention is no intervention (it would be an embedding of whitespace)
+            target_text=repair_text(query.target_text) if query.target_text and query.target_text.strip() else None,
         )
         if not query.text.strip() and not query.target_text and query.image is None and not query.reference_caption:
             raise QueryInputError(f"query {query.id}: empty query: give a modification text, an image or both")

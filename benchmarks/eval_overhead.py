@@ -12,7 +12,7 @@ items whose reference scores are within ``--tie-tolerance``; the script reports 
 bit-identical and fails if any ranking differs by more than that.
 
   PYTHONPATH=$PWD .venv/bin/python benchmarks/eval_overhead.py            # all 3,105 queries
-  PYTHONPATH=$PWD .venv/bin/python benchmarks/eval_overhead.py --limit 500 --profile /tmp/eval.prof
+  PYTHONPATH=$PWD .venv/bin/python benchmarks/eval_overhead.py --breakdown --profile /tmp/eval.prof
 """
 
 from __future__ import annotations
@@ -94,6 +94,50 @@ def run_agent_cir_eval(encoder, annotations: Path, captions_file: Path, out: Pat
     return rankings, outcome.metrics["metrics"]
 
 
+def cost_breakdown(encoder, annotations: Path, captions_file: Path, out: Path, limit: int | None) -> dict:
+    """Where the eval's time goes, one query at a time (max_concurrency 1, so the parts add up): wall-clock
+    seconds inside each stage, trace building, and the eval runner's per-query bookkeeping."""
+    import agent_cir.eval.runner as runner
+    import agent_cir.pipeline as pipeline
+    from agent_cir.eval.runner import run_eval
+    from agent_cir.stages.retrieve import RetrieveStage
+    from agent_cir.trace import TraceWriter
+
+    spent: dict[str, float] = {}
+    patched: list[tuple[object, str, object]] = []
+
+    def timed(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - started
+
+        patched.append((owner, name, original))
+        setattr(owner, name, wrapper)
+
+    timed(RetrieveStage, "run", "retrieve stage (encode 1 text, score, rank the gallery)")
+    if hasattr(RetrieveStage, "run_batch"):
+        timed(RetrieveStage, "run_batch", "retrieve stage (batched)")
+    timed(pipeline, "build_trace", "pipeline: build the trace dict")
+    timed(runner, "trim_trace", "eval runner: trim the trace")
+    timed(runner, "eval_record", "eval runner: eval record (ranking, target rank)")
+    timed(TraceWriter, "write", "trace writer: json + write + flush")
+    try:
+        started = time.perf_counter()
+        run_eval("cirr", "val", None, "surrogate_modification", out, limit=limit, gallery_captions=captions_file,
+                 annotations=annotations, encoder=encoder, progress=False, max_concurrency=1)
+        total = time.perf_counter() - started
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+    spent["everything else (setup, engine, metrics, run.json)"] = total - sum(spent.values())
+    return {"total": total, "parts": spent}
+
+
 def compare(ours: dict, reference: dict, scores: np.ndarray, position: dict, tolerance: float) -> dict:
     """Same rankings up to swaps of near-tied items (scores within ``tolerance`` under the reference)."""
     assert set(ours) == set(reference), f"query ids differ: {len(set(ours) ^ set(reference))} not in both"
@@ -120,6 +164,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N queries (default: all)")
     parser.add_argument("--chunk-size", type=int, default=None, help="Pipeline chunk size (default: the recipe's)")
     parser.add_argument("--profile", type=Path, default=None, help="also run the eval under cProfile, save stats here")
+    parser.add_argument("--breakdown", action="store_true", help="also time the eval's parts, one query at a time")
     parser.add_argument("--tie-tolerance", type=float, default=1e-5)
     args = parser.parse_args()
 
@@ -156,6 +201,12 @@ def main() -> int:
         print(f"rankings: {check['identical']} identical, {check['near_tie_swaps']} differ only by near-tie swaps "
               f"(worst score gap {check['worst_gap']:.1e})")
         print("metrics: " + ", ".join(f"{k}={v:.2f}" for k, v in our_metrics.items()))
+
+        if args.breakdown:
+            parts = cost_breakdown(encoder, annotations, captions_file, Path(tmp) / "breakdown", args.limit)
+            print(f"cost breakdown, one query at a time: {parts['total']:.2f} s")
+            for label, seconds in sorted(parts["parts"].items(), key=lambda item: -item[1]):
+                print(f"  {seconds:8.2f} s  {seconds / parts['total'] * 100:5.1f} %  {label}")
 
         if args.profile is not None:
             profiler = cProfile.Profile()

@@ -164,6 +164,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N queries (default: all)")
     parser.add_argument("--chunk-size", type=int, default=None, help="Pipeline chunk size (default: the recipe's)")
     parser.add_argument("--profile", type=Path, default=None, help="also run the eval under cProfile, save stats here")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads for both sides (1 avoids OpenMP oversubscription on a busy machine)")
     parser.add_argument("--breakdown", action="store_true", help="also time the eval's parts, one query at a time")
     parser.add_argument("--tie-tolerance", type=float, default=1e-5)
     args = parser.parse_args()
@@ -172,6 +174,10 @@ def main() -> int:
     from agent_cir.encoders import create_encoder
     from agent_cir.gallery import RetrievalGallery
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     annotations = args.data / "cirr"
     captions_file = args.data / "cirr_gallery_captions" / "cirr_labeled_images_cir_cleaned.json"
     encoder = create_encoder(load_recipe("surrogate_modification").encoder)

@@ -72,19 +72,12 @@ def repair_text(text: str | None) -> str | None:
 
 
 def encoder_record(encoder: Any) -> dict[str, Any]:
-    """What the trace says about the encoder: backend, model, pretrained, weights and preprocessing (when the
-    encoder reports them) and ``random_weights`` (true for a random init: its rankings mean nothing)."""
-    info = dict(getattr(encoder, "info", None) or {})
-    record: dict[str, Any] = {key: info.get(key) for key in ("backend", "model", "pretrained")}
-    for key in ("weights", "preprocess"):
-        if info.get(key) is not None:
-            record[key] = info[key]
-    weights = info.get("weights")
-    if isinstance(weights, str):
-        record["random_weights"] = weights.startswith("random")
-    else:
-        record["random_weights"] = "pretrained" in info and info["pretrained"] in _NO_WEIGHTS
-    return record
+    """What every trace says about the encoder that embedded the query: ``{backend, architecture, pretrained,
+    weights, preprocess, dim, random_weights}`` (random_weights: a random init, whose rankings mean nothing).
+    The same record search output and the quickstart print (``agent_cir.provenance``)."""
+    from agent_cir.provenance import encoder_provenance
+
+    return encoder_provenance(dict(getattr(encoder, "info", None) or {}))
 
 
 def _identity_value(value: Any) -> Any:

@@ -7,9 +7,9 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
     query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text,
                          candidate_ids, meta}
     recipe              {name, hash}
-    encoder             the encoder that embedded the query: {backend, model, pretrained, weights?, preprocess?,
-                         random_weights}; random_weights is true when the weights are a random init (results
-                         then mean nothing)
+    encoder             the encoder that embedded the query: {backend, architecture, pretrained, weights,
+                         preprocess, dim, random_weights}; random_weights is true when the weights are a random
+                         init (results then mean nothing)
     captions            captions of the reference image (from the caption stage or supplied with the query)
     reasoning           the rewriter's reasoning text, or null
     target_descriptions the target description(s) retrieval used

@@ -447,7 +447,7 @@ def test_a_recipe_encoder_unlike_the_index_is_refused_with_what_to_do(tiny_index
     assert "ViT-L-14" in message and "differs in: model, pretrained" in message
     assert "agent-cir index" in message and "--use-index-encoder" in message and "use_index_encoder=True" in message
     pipe = Pipeline.from_config(recipe, index=tiny_index, use_index_encoder=True)
-    assert pipe.encoder_info["model"].endswith("tiny-vit.json")
+    assert pipe.encoder_info["architecture"].endswith("tiny-vit.json")
 
 
 def test_the_index_decides_when_the_recipe_sets_no_encoder_and_its_encoder_is_built_once(tiny_index: Path) -> None:
@@ -460,7 +460,7 @@ def test_the_index_decides_when_the_recipe_sets_no_encoder_and_its_encoder_is_bu
     assert first.encoder is second.encoder
     trace = first.run(Query(id="q", text="a photo")).trace
     assert trace["encoder"]["backend"] == "open_clip" and trace["encoder"]["pretrained"] == "none"
-    assert trace["encoder"]["random_weights"] is True and trace["encoder"]["model"].endswith("tiny-vit.json")
+    assert trace["encoder"]["random_weights"] is True and trace["encoder"]["architecture"].endswith("tiny-vit.json")
     assert trace["encoder"]["weights"].startswith("random-init")
 
 
@@ -476,5 +476,5 @@ def test_encoder_record_marks_random_weights(bow_encoder) -> None:
 
     assert encoder_record(Info(backend="open_clip", model="ViT-B-32", pretrained="none"))["random_weights"] is True
     real = encoder_record(Info(backend="sentence-transformers", model="m", pretrained=None, weights="sha256:ab"))
-    assert real["random_weights"] is False and real["weights"] == "sha256:ab"
+    assert real["random_weights"] is False and real["weights"] == "sha256:ab" and real["architecture"] == "m"
     assert encoder_record(bow_encoder)["backend"] == "test-bag-of-words"

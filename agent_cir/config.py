@@ -304,6 +304,9 @@ class Recipe(_Strict):
     by_dataset: dict[Literal["circo", "cirr", "fashioniq", "genecis"], dict[str, Any]] = Field(default_factory=dict)
     """Per-benchmark overrides (a partial recipe each, e.g. ``{fashioniq: {retrieve: {alpha: 0.9}}}``), deep-merged
     by ``agent-cir eval`` when that benchmark runs (see :meth:`for_dataset`); the merged values go to run.json."""
+    chunk_size: int = Field(256, ge=1)
+    """Queries per chunk in ``Pipeline.run_batch``: each stage runs over a whole chunk before the next starts
+    (one encoder batch, one search, concurrent model calls). Bounds memory; changes no result (runtime only)."""
 
     @model_validator(mode="after")
     def _models_exist(self) -> Recipe:

@@ -1,16 +1,27 @@
-"""The Pipeline: runs the enabled stages of a recipe in order, with the cache and the trace around them."""
+"""The Pipeline: runs the enabled stages of a recipe stage-major over chunks of queries, with the cache and the
+trace around them.
+
+A chunk of queries goes through one stage at a time: all captions of the chunk, then all rewrites, then one
+retrieval for the chunk (``run_batch`` of a stage that has it), then the reranks. Model stages run their
+queries concurrently in a thread pool (server calls are I/O bound; each model's ``max_concurrency`` bounds
+its own calls). A query whose last stage finishes is handed to ``on_result`` at once; a query that fails in
+any stage, for any reason, fails alone.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from agent_cir.config import Recipe, load_recipe, recipe_from_dict
+from agent_cir.config import EncoderConfig, Recipe, load_recipe, recipe_from_dict
 from agent_cir.errors import AgentCirError
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.hashing import content_hash
@@ -19,7 +30,22 @@ from agent_cir.trace import build_trace
 from agent_cir.types import Query, QueryState, Result, Stage, StageRecord
 
 _DESCRIPTION_STAGES = ("caption", "rewrite", "one_stage")
+_TARGET_TEXT_SOURCES = ("target", "target+modification")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Lone surrogates other than U+DC80..U+DCFF (those carry undecodable bytes, see repair_text).
+_FOREIGN_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+_RUNTIME_ENCODER_FIELDS = frozenset({"device", "precision", "batch_size"})
+_NO_WEIGHTS = (None, "", "none", "None")
+
+
+class QueryFailedError(AgentCirError):
+    """One query failed inside a stage for a reason other than a user error (a parser's RecursionError, a bug).
+
+    The original exception is the ``__cause__``; the message names the query, the stage and the error."""
+
+
+class EncoderMismatchError(AgentCirError):
+    """The recipe names another encoder than the one the index was built with."""
 
 
 def safe_name(query_id: str) -> str:
@@ -27,17 +53,160 @@ def safe_name(query_id: str) -> str:
     return _UNSAFE.sub("_", str(query_id)).strip("._") or "query"
 
 
-def _resolve_encoder_config(recipe: Recipe, index_meta: Mapping[str, Any] | None):
-    """The index decides the embedding space: its encoder is used, with the recipe's device and precision."""
-    if not index_meta:
-        return recipe.encoder
+def repair_text(text: str | None) -> str | None:
+    """Text that UTF-8 cannot carry, made usable: bytes the OS could not decode (command-line arguments arrive
+    as U+DC80..U+DCFF, Python's surrogateescape) are decoded again, every other lone surrogate becomes U+FFFD.
+    Valid text is returned unchanged."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    raw = _FOREIGN_SURROGATE.sub("\ufffd", text).encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+
+
+def encoder_record(encoder: Any) -> dict[str, Any]:
+    """What every trace says about the encoder that embedded the query: ``{backend, architecture, pretrained,
+    weights, preprocess, dim, random_weights}`` (random_weights: a random init, whose rankings mean nothing).
+    The same record search output and the quickstart print (``agent_cir.provenance``)."""
+    from agent_cir.provenance import encoder_provenance
+
+    return encoder_provenance(dict(getattr(encoder, "info", None) or {}))
+
+
+def _identity_value(value: Any) -> Any:
+    if value in _NO_WEIGHTS:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        path = Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+    return value
+
+
+def _explicit_encoder_fields(recipe: Recipe) -> list[str]:
+    """Identity fields (backend, model, pretrained, preprocessing, ...) the recipe itself wrote down."""
+    if "encoder" not in recipe.model_fields_set:
+        return []
+    identity = set(EncoderConfig.model_fields) - _RUNTIME_ENCODER_FIELDS
+    return sorted(identity & set(recipe.encoder.model_fields_set))
+
+
+def check_recipe_encoder(recipe: Recipe, index: Any) -> None:
+    """Refuse a recipe whose encoder differs from the index's: their embeddings cannot be compared. A recipe
+    that sets no encoder lets the index decide."""
+    from agent_cir.encoders import describe_encoder
     from agent_cir.index import encoder_config_from_meta
 
-    from_index = encoder_config_from_meta(index_meta)
-    return from_index.model_copy(
-        update={"device": recipe.encoder.device, "precision": recipe.encoder.precision,
-                "batch_size": recipe.encoder.batch_size}
+    fields = _explicit_encoder_fields(recipe)
+    if not fields:
+        return
+    built_with = encoder_config_from_meta(index.meta)
+    differing = [
+        name for name in fields
+        if _identity_value(getattr(recipe.encoder, name)) != _identity_value(getattr(built_with, name, None))
+    ]
+    if not differing:
+        return
+    wanted = recipe.encoder
+    index_dir = getattr(index, "directory", "the index")
+    reindex = f"agent-cir index IMAGES_DIR --out NEW_INDEX_DIR --backend {wanted.backend} --model {wanted.model}"
+    if wanted.pretrained not in _NO_WEIGHTS:
+        reindex += f" --pretrained {wanted.pretrained}"
+    raise EncoderMismatchError(
+        f"recipe {recipe.name!r} asks for encoder {describe_encoder(wanted.model_dump())}, but index {index_dir} "
+        f"was built with {describe_encoder(built_with.model_dump())} (differs in: {', '.join(differing)}); "
+        "embeddings of different encoders cannot be compared. What to do: re-index the images with the "
+        f"recipe's encoder (`{reindex}`) and pass that index, or search with the index's encoder "
+        "(`--use-index-encoder`; Python: Pipeline.from_config(..., use_index_encoder=True))"
     )
+
+
+# One encoder per loaded index (and runtime settings): building the pipeline twice over the same
+# GalleryIndex object, as the demo does on a recipe change, does not load the model again.
+_INDEX_ENCODERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_INDEX_ENCODERS_LOCK = threading.Lock()
+
+
+def encoder_for_index(index: Any, recipe: Recipe) -> Any:
+    """The encoder the index was built with, run with the recipe's device, precision and batch size."""
+    from agent_cir.encoders import create_encoder
+    from agent_cir.index import encoder_config_from_meta
+
+    runtime = {name: getattr(recipe.encoder, name) for name in _RUNTIME_ENCODER_FIELDS}
+    config = encoder_config_from_meta(index.meta).model_copy(update=runtime)
+    key = config.model_dump_json()
+    with _INDEX_ENCODERS_LOCK:
+        built = _INDEX_ENCODERS.setdefault(index, {})
+        if key not in built:
+            built[key] = create_encoder(config)
+        return built[key]
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class _Job:
+    """One query on its way through the stages of a chunk."""
+
+    position: int
+    query: Query
+    state: QueryState
+    image_only: bool = False
+    """The modification text is empty and a reference image is given: retrieve with the image alone."""
+
+
+Outcome = StageRecord | BaseException
+
+
+def _timed_run(stage: Stage, state: QueryState) -> StageRecord:
+    started = time.perf_counter()
+    record = stage.run(state)
+    record.seconds = round(time.perf_counter() - started, 6)
+    return record
+
+
+def _reraise_interrupts(outcome: Outcome) -> Outcome:
+    """KeyboardInterrupt / SystemExit stop the run; every ordinary exception is one query's failure."""
+    if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _chunks(queries: Iterable[Query], size: int) -> Iterator[list[Query]]:
+    iterator = iter(queries)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def stage_concurrency(stage: Stage, requested: int | None, default: int) -> int:
+    """How many queries a per-query stage serves at once: what the caller asked for, else the stage model's
+    own ``max_concurrency`` (so a server taking 16 requests gets 16), else the recipe's."""
+    if requested:
+        return max(1, requested)
+    config = getattr(getattr(stage, "model", None), "config", None)
+    own = getattr(config, "max_concurrency", None)
+    return max(1, own if isinstance(own, int) else default)
+
+
+@dataclass
+class _Workers:
+    """The thread pool of one ``run_batch`` call and how many queries each stage may have in it at once."""
+
+    pool: Executor
+    requested: int | None
+    default: int
+
+    def limit(self, stage: Stage) -> int:
+        return stage_concurrency(stage, self.requested, self.default)
 
 
 class Pipeline:
@@ -58,10 +227,12 @@ class Pipeline:
         self.recipe = recipe
         self.gallery = gallery
         self.encoder = encoder
+        self.encoder_info = encoder_record(encoder)
         self.models = dict(models or {})
         self.cache = cache
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
         self.stages: list[Stage] = self._build_stages()
+        self._image_retrieve: Stage | None = None
         self._lock = threading.Lock()
         self._model_calls = 0
         self._cache_hits = 0
@@ -79,7 +250,15 @@ class Pipeline:
         artifacts_dir: str | Path | None = None,
         encoder: Any = None,
         gallery_captions: str | Path | None = None,
+        use_index_encoder: bool = False,
     ) -> Pipeline:
+        """Build the pipeline a recipe describes over an index folder (or a ``GalleryIndex``), a ready gallery,
+        or gallery captions.
+
+        With an index, the index's encoder embeds the queries (loaded once per index object). A recipe that
+        names another encoder is refused with what to do, unless ``use_index_encoder`` is true; a recipe that
+        names none lets the index decide. A passed ``encoder`` must be the index's.
+        """
         recipe = _as_recipe(recipe, overrides)
         captions_path = gallery_captions or (recipe.retrieve.gallery_captions.path if recipe.retrieve.gallery_captions else None)
         index_obj = None
@@ -87,11 +266,17 @@ class Pipeline:
             from agent_cir.index import GalleryIndex
 
             index_obj = index if isinstance(index, GalleryIndex) else GalleryIndex.load(index)
-        if encoder is None:
+        if index_obj is not None:
+            if encoder is None:
+                if not use_index_encoder:
+                    check_recipe_encoder(recipe, index_obj)
+                encoder = encoder_for_index(index_obj, recipe)
+            else:
+                index_obj.check_encoder(encoder)
+        elif encoder is None:
             from agent_cir.encoders import create_encoder
 
-            encoder_config = _resolve_encoder_config(recipe, index_obj.meta if index_obj is not None else None)
-            encoder = create_encoder(encoder_config)
+            encoder = create_encoder(recipe.encoder)
         if gallery is None:
             if index_obj is not None:
                 gallery = RetrievalGallery.from_index(index_obj)
@@ -143,15 +328,38 @@ class Pipeline:
             )
         return stages
 
-    # ---------- running ----------
+    # ---------- per-query preparation and hand-over (the pipeline's own fields) ----------
     @property
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"model_calls": self._model_calls, "cache_hits": self._cache_hits}
 
-    def _prepare(self, query: Query) -> QueryState:
-        if not query.text and not query.target_text and query.image is None:
+    def _needs_modification(self) -> bool:
+        """Whether a query's modification text is what gets embedded or rewritten (an empty one would then
+        become an embedding of ""). Caption-based text sources embed the caption, image mode no text."""
+        retrieve = self.recipe.retrieve
+        if any(stage.name in _DESCRIPTION_STAGES for stage in self.stages):
+            return True
+        return retrieve.mode != "image" and retrieve.text_source not in ("caption", "caption+modification")
+
+    def _prepare(self, query: Query, position: int = 0) -> _Job:
+        query = replace(
+            query,
+            text=repair_text(query.text) or "",
+            reference_caption=repair_text(query.reference_caption),
+            # a blank intervention is no intervention (it would be an embedding of whitespace)
+            target_text=repair_text(query.target_text) if query.target_text and query.target_text.strip() else None,
+        )
+        if not query.text.strip() and not query.target_text and query.image is None and not query.reference_caption:
             raise QueryInputError(f"query {query.id}: empty query: give a modification text, an image or both")
+        image_only = False
+        if not query.text.strip() and not query.target_text and self._needs_modification():
+            if query.image is None:
+                raise QueryInputError(
+                    f"query {query.id}: the modification text is empty; give one (what should change in the "
+                    "reference), or a reference image to search with the image alone"
+                )
+            image_only = True  # never embed "": the reference image alone is the query
         state = QueryState(query=query)
         if query.image is not None:
             image_path = Path(query.image).expanduser()
@@ -165,31 +373,185 @@ class Pipeline:
             state.description_source = "manual"
         if self.artifacts_dir is not None:
             state.artifacts_dir = self.artifacts_dir / safe_name(query.id)
-        return state
+        return _Job(position=position, query=query, state=state, image_only=image_only)
+
+    def _hand_over_to_retrieval(self, job: _Job) -> None:
+        """Between the description stages and retrieval: the one-stage model's reference description serves as
+        the caption when there is none, and a query left without a target description retrieves with its
+        modification text (description_source: modification)."""
+        state = job.state
+        if not state.captions and state.reference_description:
+            state.captions = [state.reference_description]
+        retrieve = self.recipe.retrieve
+        if job.image_only or retrieve.mode == "image" or retrieve.text_source not in _TARGET_TEXT_SOURCES:
+            return
+        if not state.target_descriptions:
+            state.target_descriptions = [state.query.text]
+            state.description_source = "modification"
+
+    def _image_mode_stage(self) -> Stage:
+        if self._image_retrieve is None:
+            image_config = self.recipe.retrieve.model_copy(update={"mode": "image"})
+            self._image_retrieve = RetrieveStage(image_config, self.encoder, self.gallery)
+        return self._image_retrieve
+
+    def _route(self, stage: Stage, job: _Job) -> Stage | str:
+        """The stage object that serves this query at this step, or why the step is skipped."""
+        if stage.name in _DESCRIPTION_STAGES:
+            if job.query.target_text:
+                return "target description set by hand (intervention)"
+            if job.image_only:
+                return "no modification text: the reference image alone is the query (image mode)"
+        if stage.name == "retrieve" and job.image_only and self.recipe.retrieve.mode != "image":
+            try:
+                return self._image_mode_stage()
+            except AgentCirError as err:
+                raise QueryInputError(
+                    f"query {job.query.id}: the modification text is empty and this gallery cannot be searched "
+                    f"with the reference image alone ({err}); give a modification text"
+                ) from err
+        return stage
+
+    # ---------- running ----------
+    def _failure(self, query: Query, stage_name: str, err: BaseException) -> AgentCirError:
+        if isinstance(err, AgentCirError):
+            return err
+        detail = " ".join(str(err).split())[:300] or "(no message)"
+        wrapped = QueryFailedError(f"query {query.id}, {stage_name} stage: {type(err).__name__}: {detail}")
+        wrapped.__cause__ = err
+        return wrapped
+
+    def _run_each(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
+        """``stage.run`` per query, up to the stage's concurrency at once; yields each query as soon as its
+        call is done."""
+        if workers is None or len(jobs) == 1:
+            for job in jobs:
+                try:
+                    yield job, _timed_run(stage, job.state)
+                except Exception as err:  # noqa: BLE001 - any error of one query is that query's failure
+                    yield job, err
+            return
+        waiting = iter(jobs)
+        running: dict[Future[StageRecord], _Job] = {}
+
+        def submit_next() -> None:
+            job = next(waiting, None)
+            if job is not None:
+                running[workers.pool.submit(_timed_run, stage, job.state)] = job
+
+        for _ in range(workers.limit(stage)):
+            submit_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                submit_next()
+                error = future.exception()
+                yield job, _reraise_interrupts(error) if error is not None else future.result()
+
+    def _run_stage(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
+        """One stage over a chunk: its ``run_batch`` when it has one (one encoder batch, one search), else
+        ``run`` per query in the pool."""
+        batch_run = getattr(stage, "run_batch", None)
+        if batch_run is None or not jobs:
+            yield from self._run_each(stage, jobs, workers)
+            return
+        started = time.perf_counter()
+        try:
+            outcomes = list(batch_run([job.state for job in jobs]))
+            if len(outcomes) != len(jobs):
+                raise AgentCirError(f"{stage.name}.run_batch returned {len(outcomes)} results for {len(jobs)} queries")
+        except Exception as err:  # noqa: BLE001 - the batch as a whole failed: one by one, only the bad queries fail
+            note = (f"the batched {stage.name} failed for the chunk ({type(err).__name__}: {str(err)[:200]}); "
+                    "this query ran on its own")
+            for job, outcome in self._run_each(stage, jobs, workers):
+                if isinstance(outcome, StageRecord):
+                    outcome.notes.append(note)
+                yield job, outcome
+            return
+        share = round((time.perf_counter() - started) / len(jobs), 6)
+        for job, outcome in zip(jobs, outcomes):
+            _reraise_interrupts(outcome)
+            if isinstance(outcome, StageRecord):
+                outcome.seconds = share
+                outcome.notes.append(
+                    f"seconds amortised: this query's share of one batched {stage.name} over {len(jobs)} queries"
+                )
+            elif not isinstance(outcome, BaseException):
+                outcome = AgentCirError(f"{stage.name}.run_batch returned {type(outcome).__name__}, not a StageRecord")
+            yield job, outcome
+
+    def _step(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
+        """One pipeline step over a chunk: skipped queries get their record at once, the others are grouped by
+        the stage object that serves them (the image-mode retrieval for queries without text)."""
+        groups: dict[int, tuple[Stage, list[_Job]]] = {}
+        for job in jobs:
+            try:
+                route = self._route(stage, job)
+            except Exception as err:  # noqa: BLE001
+                yield job, err
+                continue
+            if isinstance(route, str):
+                yield job, StageRecord(stage=stage.name, skipped=route)
+            else:
+                groups.setdefault(id(route), (route, []))[1].append(job)
+        for serving, members in groups.values():
+            yield from self._run_stage(serving, members, workers)
+
+    def _run_chunk(
+        self,
+        queries: list[tuple[int, Query]],
+        workers: _Workers | None,
+        on_done: Callable[[int, Result | AgentCirError], None],
+        on_stage: Callable[[StageRecord, QueryState], None] | None = None,
+    ) -> None:
+        """Every stage over the (position, query) pairs of one chunk; ``on_done(position, result or error)``
+        as each query finishes or fails."""
+        jobs: list[_Job] = []
+        for position, query in queries:
+            try:
+                jobs.append(self._prepare(query, position))
+            except Exception as err:  # noqa: BLE001 - a bad query fails alone
+                on_done(position, self._failure(query, "input", err))
+        for index, stage in enumerate(self.stages):
+            last = index == len(self.stages) - 1
+            if stage.name == "retrieve":
+                for job in jobs:
+                    self._hand_over_to_retrieval(job)
+            survivors: list[_Job] = []
+            for job, outcome in self._step(stage, jobs, workers):
+                if isinstance(outcome, BaseException):
+                    on_done(job.position, self._failure(job.query, stage.name, outcome))
+                    continue
+                job.state.records.append(outcome)
+                if on_stage is not None:
+                    on_stage(outcome, job.state)
+                if last:
+                    on_done(job.position, self._result(job))
+                else:
+                    survivors.append(job)
+            jobs = sorted(survivors, key=lambda job: job.position)
+
+    def _result(self, job: _Job) -> Result:
+        state = job.state
+        seconds = sum(record.seconds for record in state.records)
+        trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds, encoder=self.encoder_info)
+        with self._lock:
+            self._model_calls += trace["totals"]["model_calls"]
+            self._cache_hits += trace["totals"]["cache_hits"]
+        return Result(query_id=job.query.id, candidates=state.candidates, trace=trace)
 
     def run(
         self, query: Query, on_stage: Callable[[StageRecord, QueryState], None] | None = None
     ) -> Result:
-        """Run one query. ``on_stage`` is called after each stage with its record and the state so far
-        (the demo uses it to show stages as they complete)."""
-        state = self._prepare(query)
-        started = time.perf_counter()
-        for stage in self.stages:
-            if query.target_text and stage.name in _DESCRIPTION_STAGES:
-                record = StageRecord(stage=stage.name, skipped="target description set by hand (intervention)")
-            else:
-                stage_started = time.perf_counter()
-                record = stage.run(state)
-                record.seconds = round(time.perf_counter() - stage_started, 6)
-            state.records.append(record)
-            if on_stage is not None:
-                on_stage(record, state)
-        seconds = time.perf_counter() - started
-        trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds)
-        with self._lock:
-            self._model_calls += trace["totals"]["model_calls"]
-            self._cache_hits += trace["totals"]["cache_hits"]
-        return Result(query_id=query.id, candidates=state.candidates, trace=trace)
+        """Run one query (a batch of one). ``on_stage`` is called after each stage with its record and the
+        state so far (the demo uses it to show stages as they complete). Errors are raised, not recorded."""
+        outcome: list[Result | AgentCirError] = []
+        self._run_chunk([(0, query)], None, lambda _position, done: outcome.append(done), on_stage=on_stage)
+        (done,) = outcome
+        if isinstance(done, BaseException):
+            raise done
+        return done
 
     def run_batch(
         self,
@@ -198,48 +560,63 @@ class Pipeline:
         progress: bool = True,
         on_result: Callable[[Result], None] | None = None,
         on_error: Callable[[Query, Exception], None] | None = None,
+        chunk_size: int | None = None,
+        keep_results: bool = True,
     ) -> list[Result]:
-        """Run many queries, ``max_concurrency`` at a time (model calls are I/O bound for servers).
+        """Run many queries stage-major, ``chunk_size`` (default: the recipe's) at a time.
 
-        A query whose input is bad is skipped, reported through ``on_error`` and in ``self.failures``; the
-        others go on. ``on_result`` is called (serialised) as each query finishes, so callers can persist
-        results immediately. Returns the successful results in input order.
+        Within a chunk each stage serves every query before the next stage starts; a stage with ``run_batch``
+        gets the whole chunk in one call, the others run ``max_concurrency`` queries at once (default: the
+        stage model's own ``max_concurrency``, else the recipe's). ``on_result`` is called (in this thread) as
+        soon as a query's last stage is done, so callers persist each result at once. Any exception of one
+        query (bad input, a model error, a parser's RecursionError) is that query's failure: it goes to
+        ``on_error`` and ``self.failures`` and the others go on; KeyboardInterrupt stops the run. Returns the
+        successful results in input order (an empty list with ``keep_results=False``, for long runs whose
+        results are persisted through ``on_result``).
         """
         from tqdm.auto import tqdm
 
-        queries = list(queries)
-        workers = max(1, max_concurrency or self.recipe.max_concurrency)
+        size = max(1, chunk_size or self.recipe.chunk_size)
+        total = len(queries) if isinstance(queries, Sized) else None
         results: dict[int, Result] = {}
-        callback_lock = threading.Lock()
         self.failures = []
-        bar = tqdm(total=len(queries), desc=f"{self.recipe.name}", unit="query", disable=not progress)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(self.run, query): position for position, query in enumerate(queries)}
-            try:
-                for future in as_completed(futures):
-                    position = futures[future]
-                    query = queries[position]
-                    try:
-                        result = future.result()
-                    except AgentCirError as err:
-                        with callback_lock:
-                            self.failures.append({"query_id": query.id, "error": str(err)})
-                            if on_error is not None:
-                                on_error(query, err)
-                    else:
-                        results[position] = result
-                        if on_result is not None:
-                            with callback_lock:
-                                on_result(result)
-                    bar.update(1)
-                    stats = self.stats
-                    bar.set_postfix(calls=stats["model_calls"], hits=stats["cache_hits"], failed=len(self.failures))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            finally:
-                bar.close()
+        bar = tqdm(total=total, desc=f"{self.recipe.name}", unit="query", disable=not progress)
+
+        originals: dict[int, Query] = {}
+
+        def done(position: int, outcome: Result | AgentCirError) -> None:
+            query = originals.pop(position)
+            if isinstance(outcome, Result):
+                if keep_results:
+                    results[position] = outcome
+                if on_result is not None:
+                    on_result(outcome)
+            else:
+                self.failures.append({"query_id": query.id, "error": str(outcome)})
+                if on_error is not None:
+                    on_error(query, outcome)
+            bar.update(1)
+            if progress:
+                stats = self.stats
+                bar.set_postfix(calls=stats["model_calls"], hits=stats["cache_hits"], failed=len(self.failures))
+
+        default = self.recipe.max_concurrency
+        threads = max(stage_concurrency(stage, max_concurrency, default) for stage in self.stages)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agent-cir-stage")
+        workers = _Workers(pool, max_concurrency, default)
+        try:
+            start = 0
+            for chunk in _chunks(queries, size):
+                numbered = list(enumerate(chunk, start))
+                start += len(chunk)
+                originals.update(numbered)
+                self._run_chunk(numbered, workers, done)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+        pool.shutdown(wait=True)
         return [results[position] for position in sorted(results)]
 
 
@@ -249,7 +626,9 @@ def _as_recipe(recipe: str | Path | Recipe | Mapping[str, Any], overrides: Mappi
             return recipe
         from agent_cir.config import deep_merge
 
-        return recipe_from_dict(deep_merge(recipe.model_dump(), dict(overrides)), source=f"recipe {recipe.name}")
+        # exclude_unset: what the recipe did not write stays unset (the index then decides the encoder)
+        merged = deep_merge(recipe.model_dump(exclude_unset=True), dict(overrides))
+        return recipe_from_dict(merged, source=f"recipe {recipe.name}")
     if isinstance(recipe, Mapping):
         from agent_cir.config import deep_merge
 

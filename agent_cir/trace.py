@@ -10,14 +10,19 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
     query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text,
                          candidate_ids, meta}
     recipe              {name, hash}
+    encoder             the encoder that embedded the query: {backend, architecture, pretrained, weights,
+                         preprocess, dim, random_weights}; random_weights is true when the weights are a random
+                         init (results then mean nothing)
     captions            captions of the reference image (from the caption stage or supplied with the query)
     reasoning           the rewriter's reasoning text, or null
     target_descriptions the target description(s) retrieval used
     description_source  rewrite | one_stage | manual | fallback | modification | caption
     stages              [{stage, output, calls: [ModelCall], parse_status, notes, seconds, skipped,
-                          model_calls, cache_hits}]  in the order they ran
+                          model_calls, cache_hits}]  in the order they ran; a stage that served a whole chunk
+                          at once (one encoder batch) records this query's share of that time and says so in
+                          its notes (amortised); per-query stages record the query's own time
     results             final ranking [{rank, id, path, score}]
-    totals              {seconds, model_calls, cache_hits}
+    totals              {seconds, model_calls, cache_hits}; seconds = the sum of the stage seconds
     artifacts_dir       folder of files the stages wrote for this query (grid images), or null
     created             ISO-8601 UTC time the record was made
     eval                only in `agent-cir eval` runs: {dataset, split, category, ranking, kept_top, ranked,
@@ -25,6 +30,10 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
 Each ``ModelCall``: {backend, model, prompt_name, prompt_hash, raw, cache: hit|miss|off, seconds, usage,
 parse_status, prompt, images: [content hashes], params}.
+
+Text that cannot be encoded as UTF-8 (lone surrogates: undecodable command-line bytes, ``\\ud800`` escapes in an
+annotation file, a model's answer) is written as a JSON ``\\uXXXX`` escape, so every line stays valid JSON and
+reads back to the same string.
 """
 
 from __future__ import annotations
@@ -39,7 +48,9 @@ from agent_cir.trace_model import Trace, TraceFormatError, load_trace, validate_
 from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
 
 
-def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: float) -> dict[str, Any]:
+def build_trace(
+    state: QueryState, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None
+) -> dict[str, Any]:
     query = state.query
     stages = [record_to_dict(record) for record in state.records]
     record = {
@@ -57,6 +68,7 @@ def build_trace(state: QueryState, recipe_name: str, recipe_hash: str, seconds: 
             "meta": query.meta,
         },
         "recipe": {"name": recipe_name, "hash": recipe_hash},
+        "encoder": dict(encoder) if encoder is not None else None,
         "captions": list(state.captions),
         "reasoning": state.reasoning,
         "target_descriptions": list(state.target_descriptions),
@@ -82,7 +94,9 @@ class TraceWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._handle = open(self.path, mode, encoding="utf-8")
+        # json.dumps(ensure_ascii=False) keeps lone surrogates as they are; backslashreplace turns each into the
+        # six characters \udXXX, which is exactly its JSON escape: the line stays valid JSON and UTF-8.
+        self._handle = open(self.path, mode, encoding="utf-8", errors="backslashreplace")
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str)

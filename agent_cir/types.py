@@ -129,6 +129,11 @@ class QueryState:
     reasoning: str | None = None
     target_descriptions: list[str] = field(default_factory=list)
     description_source: DescriptionSource | None = None
+    """Where ``target_descriptions`` came from. Set by the stage that produced them (rewrite, one_stage) or by
+    the pipeline (manual, modification); retrieval and rerank only read it."""
+    reference_description: str | None = None
+    """The one-stage model's own description of the reference image (one_stage writes it; the pipeline hands
+    it on as the caption when no caption stage ran)."""
     candidates: list[Candidate] = field(default_factory=list)
     records: list[StageRecord] = field(default_factory=list)
     artifacts_dir: Path | None = None
@@ -142,6 +147,17 @@ class Stage(Protocol):
     name: str
 
     def run(self, state: QueryState) -> StageRecord: ...
+
+
+class BatchStage(Stage, Protocol):
+    """A stage that can serve a whole chunk of queries at once (one encoder batch, one faiss call, one batched
+    generate). The pipeline uses ``run_batch`` when a stage has it, otherwise ``run`` per state in a thread pool.
+
+    Contract: one entry per state, in the same order; an exception object in place of a record marks that
+    query as failed (the others go on). Seconds are set by the pipeline (the chunk's time, shared out).
+    """
+
+    def run_batch(self, states: list[QueryState]) -> list[StageRecord | BaseException]: ...
 
 
 @dataclass
@@ -171,7 +187,16 @@ class Result:
 
 
 def record_to_dict(record: StageRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["model_calls"] = record.model_calls
-    data["cache_hits"] = record.cache_hits
-    return data
+    """A stage record as a JSON-ready dict. ``output`` is copied one level deep only: it is already plain
+    JSON data, and a whole-gallery ranking (thousands of entries) would cost more to deep-copy than to compute."""
+    return {
+        "stage": record.stage,
+        "output": dict(record.output),
+        "calls": [asdict(call) for call in record.calls],
+        "parse_status": record.parse_status,
+        "notes": list(record.notes),
+        "seconds": record.seconds,
+        "skipped": record.skipped,
+        "model_calls": record.model_calls,
+        "cache_hits": record.cache_hits,
+    }

@@ -122,12 +122,12 @@ MALFORMED = [
     ("Reasoning: count changes.\nTarget description: **two cats on the grass.**", "repaired",
      ["two cats on the grass."], "rewrite"),
     ('{"description": "two cats on the grass."}', "repaired", ["two cats on the grass."], "rewrite"),
-    ("I cannot help with that.", "fallback", ["a dog on a sofa. make it two cats on the grass"], "fallback"),
-    ("", "fallback", ["a dog on a sofa. make it two cats on the grass"], "fallback"),
+    ("I cannot help with that.", "fallback", [MODIFICATION], "fallback"),
+    ("", "fallback", [MODIFICATION], "fallback"),
     ('{"reasoning": "x", "target_description": "<one sentence>"}', "fallback",
-     ["a dog on a sofa. make it two cats on the grass"], "fallback"),
+     [MODIFICATION], "fallback"),
     ('{"reasoning": "x", "target_description": ""}', "fallback",
-     ["a dog on a sofa. make it two cats on the grass"], "fallback"),
+     [MODIFICATION], "fallback"),
 ]
 
 
@@ -139,7 +139,8 @@ def test_rewrite_tolerates_malformed_answers(raw: str, status: str, descriptions
     assert state.target_descriptions == descriptions
     assert state.description_source == source == record.output["description_source"]
     if status == "fallback":
-        assert state.reasoning is None and any("fell back" in note for note in record.notes)
+        # as CIReVL and OSrCIR do: the modification text alone, never caption + modification
+        assert state.reasoning is None and any("modification text alone" in note for note in record.notes)
     elif status == "ok":
         assert state.reasoning == GOOD["reasoning"]
 
@@ -248,7 +249,9 @@ def test_one_stage_reads_image_and_returns_reasoning(reference: Path) -> None:
     state = _state(reference)
     record = OneStageStage(OneStageConfig(enabled=True), model).run(state)
     assert state.target_descriptions == ["two cats on the grass."] and state.description_source == "one_stage"
-    assert state.reasoning == "dog -> two cats" and state.captions == ["a brown dog on a sofa."]
+    # the reference description is one_stage's own field; captions belong to the caption stage
+    assert state.reasoning == "dog -> two cats" and state.reference_description == "a brown dog on a sofa."
+    assert state.captions == [] and record.output["reference_description"] == "a brown dog on a sofa."
     assert record.parse_status == "ok" and record.calls[0].images == [content_hash(reference)]
     (messages,) = model.chat.received
     assert len(_image_urls(messages)) == 1 and MODIFICATION in messages[-1].content[-1]["text"]
@@ -261,7 +264,8 @@ def test_one_stage_fallbacks(reference: Path) -> None:
     assert record.parse_status == "fallback"
     no_image = _state(reference_caption="a dog.")
     record = OneStageStage(OneStageConfig(enabled=True), fake_model(["unused"])).run(no_image)
-    assert record.skipped and no_image.target_descriptions == ["a dog. " + MODIFICATION]
+    assert record.skipped and no_image.target_descriptions == [MODIFICATION]
+    assert any("modification text alone" in note for note in record.notes)
 
 
 def test_one_stage_multi_uses_list_schema() -> None:
@@ -298,10 +302,31 @@ def test_real_rewrite_with_smollm2_gguf(smollm2_handle, tmp_path: Path) -> None:
     # whatever the small model wrote, the stage's verdict matches what it did with it
     if record.parse_status == "fallback":
         assert state.description_source == "fallback"
-        assert state.target_descriptions == ["a brown dog sitting on a sofa. " + MODIFICATION]
+        assert state.target_descriptions == [MODIFICATION]
     else:
         assert state.description_source == "rewrite"
     again = _state(captions=["a brown dog sitting on a sofa."])
     second = RewriteStage(RewriteConfig(prompt="rewrite_cot"), smollm2_handle, cache).run(again)
     assert (second.model_calls, second.cache_hits) == (0, 1)
     assert again.target_descriptions == state.target_descriptions
+
+
+# ------------------------------------------------------------------------------------ error causes
+
+
+def test_stage_errors_name_the_query_and_keep_their_cause(reference: Path) -> None:
+    from agent_cir.backends.invoke import ModelCallError
+
+    def broken(messages):
+        raise RuntimeError("connection reset by peer")
+
+    with pytest.raises(ModelCallError, match=r"query q1, caption stage: .*RuntimeError") as caught:
+        CaptionStage(CaptionConfig(), fake_model(respond=broken)).run(_state(reference))
+    assert isinstance(caught.value.__cause__, ModelCallError), "the cause is kept (from err, not from None)"
+    assert isinstance(caught.value.__cause__.__cause__, RuntimeError)
+    with pytest.raises(ModelCallError, match=r"query q1, rewrite stage") as caught:
+        RewriteStage(RewriteConfig(), fake_model(respond=broken)).run(_state(captions=["a dog."]))
+    assert caught.value.__cause__ is not None
+    with pytest.raises(ModelCallError, match=r"query q1, one_stage") as caught:
+        OneStageStage(OneStageConfig(enabled=True), fake_model(respond=broken)).run(_state(reference))
+    assert caught.value.__cause__ is not None

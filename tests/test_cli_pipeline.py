@@ -84,3 +84,46 @@ def test_search_options_become_recipe_overrides():
     # with a recipe, only what the user typed overrides it; the recipe's text source is kept
     assert build_search_overrides("pdv", 0.3, 7, with_recipe=True) == {"retrieve": {"mode": "pdv", "alpha": 0.3, "k": 7}}
     assert build_search_overrides(None, None, None, with_recipe=True) == {}
+
+
+def test_a_failing_model_is_one_message_without_a_traceback(tmp_path, bow_encoder):
+    from agent_cir.errors import AgentCirError
+    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.pipeline import Pipeline
+    from agent_cir.types import Query
+
+    # the error keeps its cause for debugging, and the CLI prints only its message
+    recipe = {"name": "r", "models": {"vlm": {"spec": "fake:captioner", "extra": {"responses": ["a dog."],
+                                                                                  "cycle": False}}},
+              "caption": {"enabled": True, "model": "vlm", "num_captions": 2, "temperature": 0.5},
+              "cache": {"enabled": False}}
+    gallery = RetrievalGallery.from_captions({"a": "a dog", "b": "a cat"}, bow_encoder)
+    pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder)
+    image = tmp_path / "ref.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    try:
+        pipe.run(Query(id="q", text="a cat instead", image=str(image)))
+    except AgentCirError as err:
+        assert "query q, caption stage" in str(err) and "ran out of scripted responses" in str(err)
+        assert err.__cause__ is not None
+        error = err
+    else:
+        raise AssertionError("the second caption sample must fail")
+
+    import typer
+
+    from agent_cir.cli._common import user_errors
+
+    runner = CliRunner()
+    probe = typer.Typer()
+
+    @probe.command()
+    def main() -> None:
+        with user_errors():
+            raise error
+
+    result = runner.invoke(probe, [])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == f"error: {error}"

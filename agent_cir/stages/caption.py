@@ -48,7 +48,7 @@ class CaptionStage:
         except OSError as err:
             raise ImageInputError(
                 f"query {query.id}: reference image {query.image} cannot be read ({err.strerror or err})"
-            ) from None
+            ) from err
 
         num = self.config.num_captions
         # One caption: the model's own temperature. Several: sample them (each with its own seed and cache key).
@@ -67,7 +67,7 @@ class CaptionStage:
                     n_sample_index=index,
                 )
             except AgentCirError as err:
-                raise type(err)(f"query {query.id}, caption stage: {err}") from None
+                raise type(err)(f"query {query.id}, caption stage: {err}") from err
             caption, status = parse_caption(call.raw)
             call.parse_status = status  # type: ignore[assignment]
             record.calls.append(call)

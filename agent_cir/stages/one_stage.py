@@ -11,14 +11,15 @@ from agent_cir.cache import ModelCache
 from agent_cir.config import OneStageConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
-from agent_cir.parsing import answer_schema, fallback_description, parse_target_descriptions, template_wants_list
+from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
 from agent_cir.types import QueryState, StageRecord
 
 
 class OneStageStage:
     """Fills ``state.reasoning``, ``state.target_descriptions``, ``state.description_source`` and, when the model
-    describes the reference image too, ``state.captions`` (so that PDV fusion has a caption)."""
+    describes the reference image too, ``state.reference_description`` (the pipeline hands it on as the caption
+    when no caption exists, so that PDV fusion and the judge have one)."""
 
     name = "one_stage"
 
@@ -31,12 +32,12 @@ class OneStageStage:
         self.schema = answer_schema(2 if wants_list else 1, one_stage=True) if config.structured_output else None
 
     def _fallback(self, state: QueryState, record: StageRecord, reason: str) -> None:
-        caption = state.captions[0] if state.captions else state.query.reference_caption
-        description = fallback_description(caption, state.query.text)
-        state.target_descriptions = [description] if description else []
+        # As OSrCIR's reference code does: without a usable answer the modification text is the query.
+        modification = state.query.text.strip()
+        state.target_descriptions = [modification] if modification else []
         state.description_source = "fallback"
         record.parse_status = "fallback"
-        record.notes.append(f"{reason}; fell back to {'caption + ' if caption else ''}modification text")
+        record.notes.append(f"{reason}; fell back to the modification text alone")
 
     def run(self, state: QueryState) -> StageRecord:
         started = time.perf_counter()
@@ -52,7 +53,7 @@ class OneStageStage:
             except OSError as err:
                 raise ImageInputError(
                     f"query {query.id}: reference image {query.image} cannot be read ({err.strerror or err})"
-                ) from None
+                ) from err
             messages = self.prompt.render_messages(
                 modification=query.text,
                 num_descriptions=self.config.num_descriptions,
@@ -64,7 +65,7 @@ class OneStageStage:
                     self.model, messages, prompt=self.prompt, images=[query.image], cache=self.cache, schema=self.schema
                 )
             except AgentCirError as err:
-                raise type(err)(f"query {query.id}, one_stage: {err}") from None
+                raise type(err)(f"query {query.id}, one_stage: {err}") from err
             parsed = parse_target_descriptions(call.raw, expected=self.config.num_descriptions)
             call.parse_status = parsed.status  # type: ignore[assignment]
             record.calls.append(call)
@@ -79,12 +80,11 @@ class OneStageStage:
                 state.reasoning = parsed.reasoning
                 record.parse_status = parsed.status  # type: ignore[assignment]
                 reference = parsed.fields.get("reference_description")
-                if reference and not state.captions:
-                    state.captions = [reference]
+                state.reference_description = str(reference).strip() if reference else None
         record.output = {
             "target_descriptions": list(state.target_descriptions),
             "reasoning": state.reasoning,
-            "reference_description": state.captions[0] if state.captions else None,
+            "reference_description": state.reference_description,
             "description_source": state.description_source,
         }
         record.seconds = time.perf_counter() - started

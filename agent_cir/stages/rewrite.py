@@ -1,5 +1,8 @@
 """Rewrite stage: a text LLM turns caption + modification into target description(s), reasoning first.
 
+An answer no parser can read falls back to the modification text alone (description_source ``fallback``), as
+the CIReVL and OSrCIR reference code do.
+
 Templates (``prompts/rewrite_*.j2``) receive ``caption`` (the caption this call rewrites), ``captions`` (all of
 them), ``modification`` and ``num_descriptions``. With several captions (an ensemble) each caption is
 rewritten by its own call (``per_caption``), and retrieval gets every resulting description.
@@ -13,7 +16,7 @@ from agent_cir.backends import ChatModelHandle, invoke
 from agent_cir.cache import ModelCache
 from agent_cir.config import RewriteConfig
 from agent_cir.errors import AgentCirError
-from agent_cir.parsing import answer_schema, fallback_description, parse_target_descriptions, template_wants_list
+from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
 from agent_cir.types import ModelCall, QueryState, StageRecord
 
@@ -41,7 +44,7 @@ class RewriteStage:
         try:
             return invoke(self.model, messages, prompt=self.prompt, cache=self.cache, schema=self.schema)
         except AgentCirError as err:
-            raise type(err)(f"query {state.query.id}, rewrite stage: {err}") from None
+            raise type(err)(f"query {state.query.id}, rewrite stage: {err}") from err
 
     def run(self, state: QueryState) -> StageRecord:
         started = time.perf_counter()
@@ -79,11 +82,12 @@ class RewriteStage:
             else:
                 record.parse_status = "repaired" if "repaired" in statuses else "ok"
         else:
-            state.target_descriptions = [fallback_description(caption, state.query.text) for caption in groups]
-            state.target_descriptions = list(dict.fromkeys(d for d in state.target_descriptions if d))
+            # As CIReVL and OSrCIR do: an unreadable rewrite leaves the modification text as the query.
+            modification = state.query.text.strip()
+            state.target_descriptions = [modification] if modification else []
             state.description_source = "fallback"
             record.parse_status = "fallback"
-            record.notes.append("fell back to caption + modification as the target description")
+            record.notes.append("fell back to the modification text alone as the target description")
         state.reasoning = "\n\n".join(reasonings) if reasonings else None
         record.output = {
             "target_descriptions": list(state.target_descriptions),

@@ -107,7 +107,9 @@ def cost_breakdown(encoder, annotations: Path, captions_file: Path, out: Path, l
     patched: list[tuple[object, str, object]] = []
 
     def timed(owner: object, name: str, label: str) -> None:
-        original = getattr(owner, name)
+        original = getattr(owner, name, None)
+        if original is None:  # this version of the code has no such part
+            return
 
         def wrapper(*args, **kwargs):
             started = time.perf_counter()

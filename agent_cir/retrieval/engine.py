@@ -225,10 +225,10 @@ class SearchEngine:
     def _candidates(self, positions: np.ndarray, scores: np.ndarray, k: int) -> list[Candidate]:
         order = np.lexsort((positions, -scores.astype(np.float64)))[:k]
         ids, paths = self.gallery.ids, self.gallery.paths
-        return [
-            Candidate(id=ids[p], score=float(s), path=paths[p], rank=rank)
-            for rank, (p, s) in enumerate(zip(positions[order].tolist(), scores[order].tolist()), start=1)
-        ]
+        ranked = positions[order].tolist()
+        # map over columns: whole-gallery rankings (k = gallery size in benchmarks) make this a hot loop
+        return list(map(Candidate, [ids[p] for p in ranked], scores[order].astype(np.float64).tolist(),
+                        [paths[p] for p in ranked], range(1, len(ranked) + 1)))
 
     def _restricted(self, structure: _Structure, query: np.ndarray, k: int, allowed: Sequence[int],
                     excluded: Sequence[int]) -> list[Candidate]:

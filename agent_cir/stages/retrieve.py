@@ -26,9 +26,15 @@ from agent_cir.fusion import (
 )
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
-from agent_cir.types import QueryState, StageRecord
+from agent_cir.types import Candidate, QueryState, StageRecord
 
 _IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
+
+
+def _candidate_rows(candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """The record's ranking rows, built column-wise (whole-gallery rankings make this a hot loop)."""
+    scores = np.round(np.fromiter((c.score for c in candidates), dtype=np.float64, count=len(candidates)), 6)
+    return [{"rank": c.rank, "id": c.id, "score": score} for c, score in zip(candidates, scores.tolist())]
 
 
 class QueryInputError(AgentCirError):
@@ -383,7 +389,7 @@ class RetrieveStage:
                 "query_texts": plan.texts,
                 "caption_weight": self.caption_weight,
                 "excluded": [self.gallery.ids[p] for p in plan.excluded],
-                "candidates": [{"rank": c.rank, "id": c.id, "score": round(c.score, 6)} for c in candidates],
+                "candidates": _candidate_rows(candidates),
                 "search": structure,
             }
             if self.search_settings:

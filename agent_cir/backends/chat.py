@@ -35,7 +35,6 @@ from pydantic import PrivateAttr
 from agent_cir.config import ModelConfig
 from agent_cir.errors import AgentCirError
 
-BACKENDS = ("openai", "ollama", "hf", "hf-vlm", "fake")
 LOCAL_KEY_PLACEHOLDER = "not-needed"
 
 
@@ -182,9 +181,9 @@ class ChatModelHandle:
 def parse_spec(spec: str) -> tuple[str, str]:
     backend, sep, model = spec.partition(":")
     backend = backend.strip().lower()
-    if not sep or backend not in BACKENDS:
+    if not sep or backend not in CHAT_BACKENDS:
         raise BackendError(
-            f"model spec {spec!r}: expected BACKEND:MODEL with BACKEND one of {', '.join(BACKENDS)} "
+            f"model spec {spec!r}: expected BACKEND:MODEL with BACKEND one of {', '.join(CHAT_BACKENDS)} "
             "(e.g. openai:gpt-4o-mini, ollama:qwen2.5:7b, hf:Qwen/Qwen2.5-1.5B-Instruct, hf-vlm:./my-vlm, fake:)"
         )
     model = model.strip()
@@ -367,13 +366,17 @@ def create_chat_model(config: ModelConfig | str) -> ChatModelHandle:
     if isinstance(config, str):
         config = ModelConfig(spec=config)
     backend, model = parse_spec(config.spec)
-    if backend == "openai":
-        return _openai(config, model)
-    if backend == "ollama":
-        return _ollama(config, model)
-    if backend in ("hf", "hf-vlm"):
-        return _local(config, model, vision=backend == "hf-vlm")
-    return _fake(config, model)
+    return CHAT_BACKENDS[backend](config, model)
+
+
+CHAT_BACKENDS: dict[str, Callable[[ModelConfig, str], ChatModelHandle]] = {
+    "openai": _openai,
+    "ollama": _ollama,
+    "hf": lambda config, model: _local(config, model, vision=False),
+    "hf-vlm": lambda config, model: _local(config, model, vision=True),
+    "fake": _fake,
+}
+"""Spec prefix -> factory of the chat-model handle (``parse_spec`` accepts exactly these names)."""
 
 
 def _guess_backend(chat: BaseChatModel) -> str:

@@ -2,7 +2,7 @@
 the one cached, traced call every stage makes. See ``chat.py`` for the spec strings."""
 
 from agent_cir.backends.chat import (
-    BACKENDS,
+    CHAT_BACKENDS,
     BackendError,
     ChatModelHandle,
     ScriptedChatModel,
@@ -20,7 +20,7 @@ from agent_cir.backends.invoke import (
 )
 
 __all__ = [
-    "BACKENDS",
+    "CHAT_BACKENDS",
     "BackendError",
     "ChatModelHandle",
     "ImageInputError",

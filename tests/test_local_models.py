@@ -220,3 +220,33 @@ def test_smollm2_batched_answers_equal_one_at_a_time(smollm2_gguf: Path) -> None
     assert rows == [4]
     assert batched == single
     assert sum(len(answer.split()) for answer in single) > 8  # a trained model answers in words
+
+
+def test_concurrent_invokes_are_answered_in_shared_generate_calls(tiny_model_dir, monkeypatch) -> None:
+    """The pipeline calls a model from several threads at once: those calls share padded generates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    handle = create_chat_model(ModelConfig(spec=f"hf:{tiny_model_dir('qwen2')}", max_tokens=5, batch_size=4))
+    conversations = _text_conversations() * 2
+    alone = [handle.chat.invoke(c).content for c in conversations]  # one at a time: one generate each
+    rows_per_call: list[int] = []
+    original = type(handle.chat)._run_generate
+
+    def counting(self, inputs, *args, **kwargs):
+        rows_per_call.append(int(inputs["input_ids"].shape[0]))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(handle.chat), "_run_generate", counting)
+    import time
+
+    handle.chat._leader.acquire()  # the model is "busy": every call queues up, as during a long generate
+    with ThreadPoolExecutor(max_workers=len(conversations)) as pool:
+        futures = [pool.submit(lambda c=c: handle.chat.invoke(c).content) for c in conversations]
+        deadline = time.monotonic() + 30
+        while len(handle.chat._waiting) < len(conversations) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        handle.chat._leader.release()
+        together = [future.result() for future in futures]
+    assert together == alone  # greedy: the same answers whatever the batch
+    count = len(conversations)
+    assert rows_per_call == [4] * (count // 4) + ([count % 4] if count % 4 else [])  # all waited: full batches

@@ -210,6 +210,16 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+class _WaitingCall:
+    """One ``invoke`` waiting to be answered in a shared ``generate`` (see ``_generate``)."""
+
+    def __init__(self, owner: Any, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> None:
+        self.messages, self.stop, self.kwargs = messages, stop, kwargs
+        self.settings = repr((id(owner), stop, sorted(kwargs.items(), key=lambda item: item[0])))
+        self.done = threading.Event()
+        self.result: ChatResult | BaseException | None = None
+
+
 class _LocalTransformersChat(BaseChatModel):
     """Common part of the local chat models: sampling options and one padded ``generate`` per batch.
 
@@ -241,6 +251,9 @@ class _LocalTransformersChat(BaseChatModel):
     load_kwargs: dict[str, Any] = {}
 
     _weights: _LoadedWeights | None = PrivateAttr(default=None)
+    _waiting: list[_WaitingCall] = PrivateAttr(default_factory=list)
+    _waiting_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _leader: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     vision: ClassVar[bool] = False
 
@@ -408,10 +421,52 @@ class _LocalTransformersChat(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        (result,) = self.generate_many([messages], stop=stop, **kwargs)
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        """One conversation. Calls that arrive from several threads while a ``generate`` runs (the pipeline
+        runs a chunk's model calls concurrently, up to ``max_concurrency``) are answered together: whichever
+        caller finds the model free takes up to ``batch_size`` waiting conversations with the same generation
+        settings into one padded ``generate`` (request-level batching, as a serving engine does). Greedy
+        answers do not depend on their batch neighbours (tested); sampled calls run alone."""
+        if float(kwargs.get("temperature", self.temperature) or 0.0) > 0.0:
+            # a sampled answer depends on its batch (one seeded stream): keep it reproducible, alone
+            (alone,) = self.generate_many([messages], stop=stop, **kwargs)
+            if isinstance(alone, BaseException):
+                raise alone
+            return alone
+        request = _WaitingCall(self, messages, stop, kwargs)
+        with self._waiting_lock:
+            self._waiting.append(request)
+        while not request.done.is_set():
+            if self._leader.acquire(timeout=0.05):
+                try:
+                    if not request.done.is_set():
+                        self._answer_waiting(request)
+                finally:
+                    self._leader.release()
+            else:
+                request.done.wait(0.01)
+        if isinstance(request.result, BaseException):
+            raise request.result
+        return request.result  # type: ignore[return-value]
+
+    def _answer_waiting(self, own: _WaitingCall) -> None:
+        # Sampling copies of this model (another temperature) share the waiting list: a caller answers only
+        # calls made on its own instance with its own generation settings, its own call among them.
+        with self._waiting_lock:
+            same = [call for call in self._waiting if call.settings == own.settings]
+            others = [call for call in same if call is not own][: self.batch_size - 1]
+            taken = [own, *others] if own in self._waiting else others
+            if not taken:
+                return
+            first = taken[0]
+            for call in taken:
+                self._waiting.remove(call)
+        try:
+            results = self.generate_many([call.messages for call in taken], stop=first.stop, **first.kwargs)
+        except BaseException as err:  # noqa: BLE001 - each waiting caller re-raises it
+            results = [err] * len(taken)
+        for call, result in zip(taken, results):
+            call.result = result
+            call.done.set()
 
     def batch(
         self,

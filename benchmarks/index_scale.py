@@ -92,10 +92,19 @@ def open_shards(folder: Path, n: int, shard_size: int) -> list[np.ndarray]:
     return [np.load(path, mmap_mode="r") for path in shard_paths(folder, n, shard_size)]
 
 
-def rss_mb() -> tuple[float, float]:
+def memory_mb() -> dict[str, float]:
+    """VmRSS / VmHWM (peak) and the split of resident memory: RssAnon (the process's own allocations) and
+    RssFile (pages of memory-mapped files: the inverted lists and, with refine, the exact vectors; the OS
+    page cache, reclaimable under pressure)."""
     status = Path("/proc/self/status").read_text()
-    values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
-    return values["VmRSS"] / 1024, values["VmHWM"] / 1024
+    keys = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(keys)}
+    return {key: round(values.get(key, 0) / 1024, 1) for key in keys}
+
+
+def rss_mb() -> tuple[float, float]:
+    memory = memory_mb()
+    return memory["VmRSS"], memory["VmHWM"]
 
 
 def search_phase(args: argparse.Namespace) -> None:
@@ -127,7 +136,8 @@ def search_phase(args: argparse.Namespace) -> None:
             print(json.dumps(rows[-1]), flush=True)
     rss_now, rss_peak = rss_mb()
     print(json.dumps({"search_rows": rows, "rss_mb_after_open": round(rss_start, 1),
-                      "rss_mb_now": round(rss_now, 1), "rss_mb_peak": round(rss_peak, 1)}), flush=True)
+                      "rss_mb_now": round(rss_now, 1), "rss_mb_peak": round(rss_peak, 1),
+                      "memory_mb": memory_mb()}), flush=True)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """10M-vector sharded compressed index: build time, bytes/vector, search RSS, ms/query, recall@50.
 
-    .venv/bin/python benchmarks/index_scale.py --n 10000000 --dir /work/bench_scale     # the full run
+    .venv/bin/python benchmarks/index_scale.py --n 10000000 --dir /data/index_scale     # the full run (~12 GB of disk)
     .venv/bin/python benchmarks/index_scale.py --n 200000 --nlist 256 --dir /tmp/scale   # a 1-minute check
 
 Data: synthetic unit vectors, d = 512, shaped like CLIP embeddings rather than isotropic noise (whose

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _CHUNK = 1 << 20
 
 
 def content_hash(path: str | Path) -> str:
     """sha256 of a file's bytes: the identity of an image, whatever its path or name."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
+        return stream_hash(handle)
+
+
+def stream_hash(handle: BinaryIO) -> str:
+    """sha256 of everything left in an open binary file, read in blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(_CHUNK), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -10,7 +10,6 @@ with the example's known descriptions. The result says which of the two it was, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_cir.atomic import write_text_atomic
 from agent_cir.errors import AgentCirError
 
 DEFAULT_FOLDER = Path("agent_cir_quickstart")
@@ -179,12 +179,6 @@ def _index_name(encoder_config: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 # ------------------------------------------------------------------------------------------- the run
 
 
@@ -253,7 +247,7 @@ def run_quickstart(
     run_dir = folder / "run"
     run_dir.mkdir(exist_ok=True)
     trace_path = run_dir / "traces.jsonl"
-    _write_atomic(trace_path, json.dumps(result.trace, ensure_ascii=False, default=str) + "\n")
+    write_text_atomic(trace_path, json.dumps(result.trace, ensure_ascii=False, default=str) + "\n")
     offline_note = (
         f"OFFLINE RUN ({reason}): random-init CLIP and scripted models stand in for the real ones; the "
         "ranking shows the pipeline working, not its quality. Run `agent-cir quickstart` with network access "
@@ -268,8 +262,8 @@ def run_quickstart(
         "random_weights": provenance["random_weights"],
         "query": f"{query.reference} + {query.text!r} -> {query.target}",
     }
-    _write_atomic(run_dir / "run.json", json.dumps(run_info, indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(run_dir / "metrics.json", json.dumps({"notes": [offline_note] if offline_note else []}) + "\n")
+    write_text_atomic(run_dir / "run.json", json.dumps(run_info, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(run_dir / "metrics.json", json.dumps({"notes": [offline_note] if offline_note else []}) + "\n")
     report = build_report(run_dir, folder / "report")
     return QuickstartOutcome(folder=folder, offline_reason=reason, query=query, result=result,
                              trace_path=trace_path, report=report, recipe=recipe, encoder=provenance)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from agent_cir.atomic import write_text_atomic
 from agent_cir.config import Recipe, deep_merge, load_recipe, recipe_from_dict, redact_secrets, redacted_recipe_dump
 from agent_cir.errors import AgentCirError
 from agent_cir.eval.benchmarks import KEEP_TOP, Benchmark, get_benchmark
@@ -61,9 +62,7 @@ def _now() -> str:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 def read_query_ids(path: str | Path) -> list[str]:

@@ -6,12 +6,12 @@ A FIFO named ``x.jpg`` blocks ``open()`` forever, a device file reads without en
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from agent_cir.hashing import stream_hash
 from agent_cir.index.reasons import (
     REASON_DANGLING_LINK,
     REASON_NOT_REGULAR,
@@ -20,8 +20,6 @@ from agent_cir.index.reasons import (
     BadImageError,
     one_line,
 )
-
-_CHUNK = 1 << 20
 
 
 def file_kind(mode: int) -> str:
@@ -75,11 +73,8 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 def read_hash(path: str | Path) -> str:
     """sha256 of a regular file's bytes (the same value as ``agent_cir.hashing.content_hash``)."""
-    digest = hashlib.sha256()
     with open_regular(path) as handle:
         try:
-            for block in iter(lambda: handle.read(_CHUNK), b""):
-                digest.update(block)
+            return stream_hash(handle)
         except OSError as err:
             raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
-    return digest.hexdigest()

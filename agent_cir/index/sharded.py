@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from agent_cir.atomic import write_text_atomic
 from agent_cir.errors import AgentCirError
 
 TRAINED_NAME = "trained.index"
@@ -47,12 +48,6 @@ def _atomic_write_index(index: Any, path: Path) -> None:
 
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     faiss.write_index(index, str(temporary))
-    os.replace(temporary, path)
-
-
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -163,10 +158,10 @@ def build_sharded(
     seconds_merge = time.perf_counter() - started
 
     bytes_on_disk = ivfdata.stat().st_size + (folder / MERGED_NAME).stat().st_size
-    _atomic_write_json(folder / META_NAME, {
+    write_text_atomic(folder / META_NAME, json.dumps({
         "factory": factory, "dim": int(merged.d), "count": total, "shards": sizes,
         "bytes_on_disk": bytes_on_disk, "bytes_per_vector": bytes_on_disk / total,
-    })
+    }, indent=2))
     return ShardedBuild(folder, total, len(shards), reused, seconds_train, seconds_add, seconds_merge, bytes_on_disk)
 
 

@@ -83,3 +83,17 @@ def test_refine_without_vectors_and_missing_index_are_clear_errors(tmp_path, dat
         ShardedIndex(tmp_path / "idx").search(queries, 5, refine=50)
     with pytest.raises(ShardedIndexError, match="not an IVF"):
         build_sharded(shards, tmp_path / "flat", factory="Flat")
+
+
+def test_damaged_files_are_clear_errors(tmp_path, data):
+    shards, _ = data
+    build_sharded(shards, tmp_path / "idx", factory="IVF16,PQ8", train_size=2000)
+    meta = tmp_path / "idx" / "sharded.json"
+    good = meta.read_text()
+    meta.write_text("{not json")
+    with pytest.raises(ShardedIndexError, match="sharded.json is damaged"):
+        ShardedIndex(tmp_path / "idx")
+    meta.write_text(good)
+    (tmp_path / "idx" / "merged.index").write_bytes(b"garbage")
+    with pytest.raises(ShardedIndexError, match="cannot be read"):
+        ShardedIndex(tmp_path / "idx")

@@ -175,10 +175,19 @@ class ShardedIndex:
         meta_path = self.folder / META_NAME
         if not meta_path.is_file():
             raise ShardedIndexError(f"{self.folder} holds no sharded index ({META_NAME} missing); build it first")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        # IO_FLAG_ONDISK_SAME_DIR: the .ivfdata is found next to the header and memory-mapped
-        self.index = faiss.read_index(str(self.folder / MERGED_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        if self.index.ntotal != self.meta["count"]:
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            count = int(self.meta["count"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ShardedIndexError(f"{meta_path} is damaged ({err}); rebuild the sharded index") from err
+        try:
+            # IO_FLAG_ONDISK_SAME_DIR: the .ivfdata is found next to the header and memory-mapped
+            self.index = faiss.read_index(str(self.folder / MERGED_NAME), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        except RuntimeError as err:
+            raise ShardedIndexError(
+                f"{self.folder / MERGED_NAME} (or {IVFDATA_NAME} beside it) cannot be read; rebuild the sharded index"
+            ) from err
+        if self.index.ntotal != count:
             raise ShardedIndexError(
                 f"{self.folder}: the merged index holds {self.index.ntotal} vectors but {META_NAME} says "
                 f"{self.meta['count']}; rebuild it"

@@ -17,6 +17,10 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import stable_hash
 
 
+MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "rerank")
+"""Stages that call a chat model (recipe section name = stage name; each section names its model)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -251,6 +255,48 @@ class RerankConfig(_Strict):
     """Judge temperature (None: the model's own)."""
 
 
+class VerifyConfig(_Strict):
+    """Consumed by ``agent_cir.stages.verify``: a yes/no judgement of each of the top ``k`` candidates, "does it show
+    the reference changed as asked". Confidence = P(yes): next-token logits of a local ``hf-vlm:`` model, the
+    ``top_logprobs`` of an OpenAI-compatible server, else the parsed answer (1 / 0). With ``refine`` enabled, a
+    query whose best confidence is below ``threshold`` goes round again."""
+
+    enabled: bool = False
+    model: str = "verifier"
+    k: int = Field(20, ge=1, le=200)
+    threshold: float = Field(0.7, ge=0.0, le=1.0)
+    """A query is accepted when its best candidate's confidence reaches this (WISER: 0.7)."""
+    input: Literal["image", "caption"] = "image"
+    """image: the verifier sees the reference and the candidate image; caption: the candidate's gallery captions
+    (caption galleries, such as the CIRR text surrogate)."""
+    prompt: str | None = None
+    """Template name; None: ``verify_image`` or ``verify_caption`` by ``input``."""
+    fusion: Literal["confidence", "last_round", "rrf"] = "confidence"
+    """How the rounds make the final order. confidence: every verified candidate of every round, by its best
+    confidence, then retrieval score (WISER's adaptive fusion); last_round: the last round's verified head by
+    confidence; rrf: reciprocal-rank fusion of the rounds' confidence orders."""
+    rrf_k: int = Field(60, ge=0)
+    scoring: Literal["auto", "answer"] = "auto"
+    """auto: token probabilities where the backend gives them (logits, logprobs), else the parsed answer;
+    answer: always the parsed answer."""
+    max_captions: int = Field(5, ge=1)
+    """caption input: at most this many gallery captions of a candidate are shown."""
+
+
+class RefineConfig(_Strict):
+    """Consumed by ``agent_cir.stages.refine``: for a query the verifier did not accept, the model reads the
+    modification, the current target description and the verifier's findings, and writes a new target description
+    (the rewriter's schema); the query then retrieves and verifies again, up to ``max_rounds`` extra rounds."""
+
+    enabled: bool = False
+    model: str = "llm"
+    prompt: str = "refine"
+    max_rounds: int = Field(1, ge=0, le=5)
+    structured_output: bool = True
+    findings: int = Field(3, ge=1, le=20)
+    """How many of the verifier's best candidates (with its reasons) the refiner is shown."""
+
+
 class CacheConfig(_Strict):
     enabled: bool = True
     path: str | None = None
@@ -297,6 +343,8 @@ class Recipe(_Strict):
     one_stage: OneStageConfig = Field(default_factory=OneStageConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
     published: list[PublishedResult] = Field(default_factory=list)
@@ -308,9 +356,28 @@ class Recipe(_Strict):
     """Queries per chunk in ``Pipeline.run_batch``: each stage runs over a whole chunk before the next starts
     (one encoder batch, one search, concurrent model calls). Bounds memory; changes no result (runtime only)."""
 
+    def enabled_stages(self) -> list[str]:
+        """The stages this recipe runs, in order: the one stage list every reader uses."""
+        order = ["one_stage"] if self.one_stage.enabled else [
+            name for name in ("caption", "rewrite") if getattr(self, name).enabled]
+        order.append("retrieve")
+        order += [name for name in ("verify", "refine", "rerank") if getattr(self, name).enabled]
+        return order
+
+    def model_stages(self) -> list[str]:
+        """The enabled stages that call a chat model (each names one under ``models:``)."""
+        return [name for name in self.enabled_stages() if name in MODEL_STAGES]
+
+    @model_validator(mode="after")
+    def _loop_is_whole(self) -> Recipe:
+        if self.refine.enabled and not self.verify.enabled:
+            raise ValueError("refine needs verify (it rewrites the queries the verifier did not accept): "
+                             "enable verify, or disable refine")
+        return self
+
     @model_validator(mode="after")
     def _models_exist(self) -> Recipe:
-        for stage_name in ("caption", "rewrite", "one_stage", "rerank"):
+        for stage_name in MODEL_STAGES:
             stage = getattr(self, stage_name)
             if stage.enabled and stage.model not in self.models:
                 known = ", ".join(sorted(self.models)) or "none"
@@ -380,10 +447,8 @@ def recipe_needs(recipe: Recipe) -> dict[str, Any]:
     encoder = recipe.encoder
     weight = f"{encoder.backend} {encoder.model}" + (f" ({encoder.pretrained})" if encoder.pretrained else "")
     weights.append(weight)
-    for stage_name in ("caption", "rewrite", "one_stage", "rerank"):
+    for stage_name in recipe.model_stages():
         stage = getattr(recipe, stage_name)
-        if not stage.enabled:
-            continue
         model = recipe.models[stage.model]
         provider, _, name = model.spec.partition(":")
         if provider == "openai":

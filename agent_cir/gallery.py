@@ -322,4 +322,4 @@ class RetrievalGallery:
             caption_weight=caption_weight,
             exclude=[[i for i in exclude if i is not None]],
             restrict=[None if restrict is None else [i for i in restrict if i is not None]],
-        )[0]
+        )[0].head()

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
-from itertools import islice
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agent_cir.config import EncoderConfig, Recipe, load_recipe, recipe_from_dict
+from agent_cir.engine import Job, Outcome, RoundEngine, Workers, chunks, run_stage, stage_concurrency
 from agent_cir.errors import AgentCirError
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.hashing import content_hash
-from agent_cir.stages.retrieve import QueryInputError, RetrieveStage
+from agent_cir.retrieval.ranking import Ranking
+from agent_cir.stages.retrieve import TRACE_HEAD, QueryInputError, RetrieveStage
 from agent_cir.trace import build_trace
 from agent_cir.types import Query, QueryState, Result, Stage, StageRecord
 
@@ -150,65 +150,6 @@ def encoder_for_index(index: Any, recipe: Recipe) -> Any:
         return built[key]
 
 
-# ---------------------------------------------------------------------------------------------- the engine
-
-
-@dataclass
-class _Job:
-    """One query on its way through the stages of a chunk."""
-
-    position: int
-    query: Query
-    state: QueryState
-    image_only: bool = False
-    """The modification text is empty and a reference image is given: retrieve with the image alone."""
-
-
-Outcome = StageRecord | BaseException
-
-
-def _timed_run(stage: Stage, state: QueryState) -> StageRecord:
-    started = time.perf_counter()
-    record = stage.run(state)
-    record.seconds = round(time.perf_counter() - started, 6)
-    return record
-
-
-def _reraise_interrupts(outcome: Outcome) -> Outcome:
-    """KeyboardInterrupt / SystemExit stop the run; every ordinary exception is one query's failure."""
-    if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-        raise outcome
-    return outcome
-
-
-def _chunks(queries: Iterable[Query], size: int) -> Iterator[list[Query]]:
-    iterator = iter(queries)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def stage_concurrency(stage: Stage, requested: int | None, default: int) -> int:
-    """How many queries a per-query stage serves at once: what the caller asked for, else the stage model's
-    own ``max_concurrency`` (so a server taking 16 requests gets 16), else the recipe's."""
-    if requested:
-        return max(1, requested)
-    config = getattr(getattr(stage, "model", None), "config", None)
-    own = getattr(config, "max_concurrency", None)
-    return max(1, own if isinstance(own, int) else default)
-
-
-@dataclass
-class _Workers:
-    """The thread pool of one ``run_batch`` call and how many queries each stage may have in it at once."""
-
-    pool: Executor
-    requested: int | None
-    default: int
-
-    def limit(self, stage: Stage) -> int:
-        return stage_concurrency(stage, self.requested, self.default)
-
-
 class Pipeline:
     """``Query -> caption -> rewrite (or one_stage) -> retrieve -> rerank -> Result``.
 
@@ -299,34 +240,29 @@ class Pipeline:
         return cls(recipe, gallery, encoder, models=handles, cache=cache, artifacts_dir=artifacts_dir)
 
     def _build_stages(self) -> list[Stage]:
+        """One stage object per entry of ``Recipe.enabled_stages()``, in that order."""
         recipe = self.recipe
-        stages: list[Stage] = []
-        if recipe.one_stage.enabled:
-            from agent_cir.stages.one_stage import OneStageStage
+        return [STAGE_BUILDERS[name](self) for name in recipe.enabled_stages()]
 
-            stages.append(OneStageStage(recipe.one_stage, self.models[recipe.one_stage.model], self.cache))
-        else:
-            if recipe.caption.enabled:
-                from agent_cir.stages.caption import CaptionStage
+    @property
+    def max_rounds(self) -> int:
+        """Extra rounds a query may take through the loop (0 without a refine stage)."""
+        return self.recipe.refine.max_rounds if self.recipe.refine.enabled else 0
 
-                stages.append(CaptionStage(recipe.caption, self.models[recipe.caption.model], self.cache))
-            if recipe.rewrite.enabled:
-                from agent_cir.stages.rewrite import RewriteStage
+    def head_size(self) -> int:
+        """Entries of a ranking built as objects and kept in the trace: what the later stages read, at least the
+        trace's usual head, never more than retrieval returns."""
+        recipe = self.recipe
+        wanted = max(TRACE_HEAD, recipe.rerank.k if recipe.rerank.enabled else 0,
+                     recipe.verify.k if recipe.verify.enabled else 0)
+        return min(recipe.retrieve.k, wanted)
 
-                stages.append(RewriteStage(recipe.rewrite, self.models[recipe.rewrite.model], self.cache))
-        stages.append(RetrieveStage(recipe.retrieve, self.encoder, self.gallery))
-        if recipe.rerank.enabled:
-            from agent_cir.stages.rerank import RerankStage
-
-            stages.append(
-                RerankStage(
-                    recipe.rerank,
-                    self.models[recipe.rerank.model],
-                    self.cache,
-                    candidate_captions=self.gallery.captions or None,
-                )
-            )
-        return stages
+    def reference_path(self, state: QueryState) -> str | None:
+        """The reference image file: the query's own, else the gallery's copy of ``reference_id``."""
+        if state.query.image:
+            return state.query.image
+        position = self.gallery.position(state.query.reference_id) if state.query.reference_id else None
+        return self.gallery.paths[position] if position is not None and self.gallery.paths else None
 
     # ---------- per-query preparation and hand-over (the pipeline's own fields) ----------
     @property
@@ -342,7 +278,7 @@ class Pipeline:
             return True
         return retrieve.mode != "image" and retrieve.text_source not in ("caption", "caption+modification")
 
-    def _prepare(self, query: Query, position: int = 0) -> _Job:
+    def _prepare(self, query: Query, position: int = 0) -> Job:
         query = replace(
             query,
             text=repair_text(query.text) or "",
@@ -373,9 +309,9 @@ class Pipeline:
             state.description_source = "manual"
         if self.artifacts_dir is not None:
             state.artifacts_dir = self.artifacts_dir / safe_name(query.id)
-        return _Job(position=position, query=query, state=state, image_only=image_only)
+        return Job(position=position, query=query, state=state, image_only=image_only)
 
-    def _hand_over_to_retrieval(self, job: _Job) -> None:
+    def _hand_over_to_retrieval(self, job: Job) -> None:
         """Between the description stages and retrieval: the one-stage model's reference description serves as
         the caption when there is none, and a query left without a target description retrieves with its
         modification text (description_source: modification)."""
@@ -392,10 +328,10 @@ class Pipeline:
     def _image_mode_stage(self) -> Stage:
         if self._image_retrieve is None:
             image_config = self.recipe.retrieve.model_copy(update={"mode": "image"})
-            self._image_retrieve = RetrieveStage(image_config, self.encoder, self.gallery)
+            self._image_retrieve = RetrieveStage(image_config, self.encoder, self.gallery, head=self.head_size())
         return self._image_retrieve
 
-    def _route(self, stage: Stage, job: _Job) -> Stage | str:
+    def _route(self, stage: Stage, job: Job) -> Stage | str:
         """The stage object that serves this query at this step, or why the step is skipped."""
         if stage.name in _DESCRIPTION_STAGES:
             if job.query.target_text:
@@ -421,70 +357,10 @@ class Pipeline:
         wrapped.__cause__ = err
         return wrapped
 
-    def _run_each(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
-        """``stage.run`` per query, up to the stage's concurrency at once; yields each query as soon as its
-        call is done."""
-        if workers is None or len(jobs) == 1:
-            for job in jobs:
-                try:
-                    yield job, _timed_run(stage, job.state)
-                except Exception as err:  # noqa: BLE001 - any error of one query is that query's failure
-                    yield job, err
-            return
-        waiting = iter(jobs)
-        running: dict[Future[StageRecord], _Job] = {}
-
-        def submit_next() -> None:
-            job = next(waiting, None)
-            if job is not None:
-                running[workers.pool.submit(_timed_run, stage, job.state)] = job
-
-        for _ in range(workers.limit(stage)):
-            submit_next()
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = running.pop(future)
-                submit_next()
-                error = future.exception()
-                yield job, _reraise_interrupts(error) if error is not None else future.result()
-
-    def _run_stage(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
-        """One stage over a chunk: its ``run_batch`` when it has one (one encoder batch, one search), else
-        ``run`` per query in the pool."""
-        batch_run = getattr(stage, "run_batch", None)
-        if batch_run is None or not jobs:
-            yield from self._run_each(stage, jobs, workers)
-            return
-        started = time.perf_counter()
-        try:
-            outcomes = list(batch_run([job.state for job in jobs]))
-            if len(outcomes) != len(jobs):
-                raise AgentCirError(f"{stage.name}.run_batch returned {len(outcomes)} results for {len(jobs)} queries")
-        except Exception as err:  # noqa: BLE001 - the batch as a whole failed: one by one, only the bad queries fail
-            note = (f"the batched {stage.name} failed for the chunk ({type(err).__name__}: {str(err)[:200]}); "
-                    "this query ran on its own")
-            for job, outcome in self._run_each(stage, jobs, workers):
-                if isinstance(outcome, StageRecord):
-                    outcome.notes.append(note)
-                yield job, outcome
-            return
-        share = round((time.perf_counter() - started) / len(jobs), 6)
-        for job, outcome in zip(jobs, outcomes):
-            _reraise_interrupts(outcome)
-            if isinstance(outcome, StageRecord):
-                outcome.seconds = share
-                outcome.notes.append(
-                    f"seconds amortised: this query's share of one batched {stage.name} over {len(jobs)} queries"
-                )
-            elif not isinstance(outcome, BaseException):
-                outcome = AgentCirError(f"{stage.name}.run_batch returned {type(outcome).__name__}, not a StageRecord")
-            yield job, outcome
-
-    def _step(self, stage: Stage, jobs: list[_Job], workers: _Workers | None) -> Iterator[tuple[_Job, Outcome]]:
+    def _step(self, stage: Stage, jobs: list[Job], workers: Workers | None) -> Iterator[tuple[Job, Outcome]]:
         """One pipeline step over a chunk: skipped queries get their record at once, the others are grouped by
         the stage object that serves them (the image-mode retrieval for queries without text)."""
-        groups: dict[int, tuple[Stage, list[_Job]]] = {}
+        groups: dict[int, tuple[Stage, list[Job]]] = {}
         for job in jobs:
             try:
                 route = self._route(stage, job)
@@ -496,50 +372,48 @@ class Pipeline:
             else:
                 groups.setdefault(id(route), (route, []))[1].append(job)
         for serving, members in groups.values():
-            yield from self._run_stage(serving, members, workers)
+            yield from run_stage(serving, members, workers)
 
     def _run_chunk(
         self,
         queries: list[tuple[int, Query]],
-        workers: _Workers | None,
+        workers: Workers | None,
         on_done: Callable[[int, Result | AgentCirError], None],
         on_stage: Callable[[StageRecord, QueryState], None] | None = None,
     ) -> None:
-        """Every stage over the (position, query) pairs of one chunk; ``on_done(position, result or error)``
-        as each query finishes or fails."""
-        jobs: list[_Job] = []
+        """Every stage over the (position, query) pairs of one chunk, round after round where the recipe loops;
+        ``on_done(position, result or error)`` as each query finishes or fails."""
+        jobs: list[Job] = []
         for position, query in queries:
             try:
                 jobs.append(self._prepare(query, position))
             except Exception as err:  # noqa: BLE001 - a bad query fails alone
                 on_done(position, self._failure(query, "input", err))
-        for index, stage in enumerate(self.stages):
-            last = index == len(self.stages) - 1
-            if stage.name == "retrieve":
-                for job in jobs:
-                    self._hand_over_to_retrieval(job)
-            survivors: list[_Job] = []
-            for job, outcome in self._step(stage, jobs, workers):
-                if isinstance(outcome, BaseException):
-                    on_done(job.position, self._failure(job.query, stage.name, outcome))
-                    continue
-                job.state.records.append(outcome)
-                if on_stage is not None:
-                    on_stage(outcome, job.state)
-                if last:
-                    on_done(job.position, self._result(job))
-                else:
-                    survivors.append(job)
-            jobs = sorted(survivors, key=lambda job: job.position)
 
-    def _result(self, job: _Job) -> Result:
+        def before(stage: Stage, batch: list[Job]) -> None:
+            if stage.name == "retrieve":
+                for job in batch:
+                    self._hand_over_to_retrieval(job)
+
+        engine = RoundEngine(self.stages, lambda stage, batch: self._step(stage, batch, workers),
+                             max_rounds=self.max_rounds, before=before)
+        engine.run(
+            jobs,
+            finished=lambda job: on_done(job.position, self._result(job)),
+            failed=lambda job, name, err: on_done(job.position, self._failure(job.query, name, err)),
+            on_stage=on_stage,
+        )
+
+    def _result(self, job: Job) -> Result:
         state = job.state
+        ranking = final_ranking(state)
         seconds = sum(record.seconds for record in state.records)
-        trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds, encoder=self.encoder_info)
+        trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds, encoder=self.encoder_info,
+                            ranking=ranking, head=max(self.head_size(), len(state.candidates)))
         with self._lock:
             self._model_calls += trace["totals"]["model_calls"]
             self._cache_hits += trace["totals"]["cache_hits"]
-        return Result(query_id=job.query.id, candidates=state.candidates, trace=trace)
+        return Result(query_id=job.query.id, trace=trace, ranking=ranking)
 
     def run(
         self, query: Query, on_stage: Callable[[StageRecord, QueryState], None] | None = None
@@ -603,10 +477,10 @@ class Pipeline:
         default = self.recipe.max_concurrency
         threads = max(stage_concurrency(stage, max_concurrency, default) for stage in self.stages)
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agent-cir-stage")
-        workers = _Workers(pool, max_concurrency, default)
+        workers = Workers(pool, max_concurrency, default)
         try:
             start = 0
-            for chunk in _chunks(queries, size):
+            for chunk in chunks(queries, size):
                 numbered = list(enumerate(chunk, start))
                 start += len(chunk)
                 originals.update(numbered)
@@ -639,16 +513,7 @@ def _as_recipe(recipe: str | Path | Recipe | Mapping[str, Any], overrides: Mappi
 def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any]:
     """Chat-model handles for the models the enabled stages use; ``injected`` ones (fakes, shared
     instances) win over the recipe's specs."""
-    needed = set()
-    if recipe.one_stage.enabled:
-        needed.add(recipe.one_stage.model)
-    else:
-        if recipe.caption.enabled:
-            needed.add(recipe.caption.model)
-        if recipe.rewrite.enabled:
-            needed.add(recipe.rewrite.model)
-    if recipe.rerank.enabled:
-        needed.add(recipe.rerank.model)
+    needed = {getattr(recipe, stage).model for stage in recipe.model_stages()}
     if not needed:
         return {}
     from agent_cir.backends import as_handle, create_chat_model
@@ -660,3 +525,68 @@ def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any
         else:
             handles[name] = create_chat_model(recipe.models[name])
     return handles
+
+
+def final_ranking(state: QueryState) -> Ranking:
+    """The query's final ranking: the stages' ranking, unless a stage set ``state.candidates`` by hand (a user's
+    own stage, a test): then exactly those candidates."""
+    ranking = state.ranking
+    if ranking is None or ranking.head_ids(len(state.candidates)) != [c.id for c in state.candidates]:
+        return Ranking.from_candidates(state.candidates)
+    return ranking
+
+
+def _one_stage(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.one_stage import OneStageStage
+
+    config = pipe.recipe.one_stage
+    return OneStageStage(config, pipe.models[config.model], pipe.cache)
+
+
+def _caption(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.caption import CaptionStage
+
+    config = pipe.recipe.caption
+    return CaptionStage(config, pipe.models[config.model], pipe.cache)
+
+
+def _rewrite(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.rewrite import RewriteStage
+
+    config = pipe.recipe.rewrite
+    return RewriteStage(config, pipe.models[config.model], pipe.cache)
+
+
+def _retrieve(pipe: Pipeline) -> Stage:
+    return RetrieveStage(pipe.recipe.retrieve, pipe.encoder, pipe.gallery, head=pipe.head_size())
+
+
+def _verify(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.verify import VerifyStage
+
+    config = pipe.recipe.verify
+    return VerifyStage(config, pipe.models[config.model], pipe.cache, refine=pipe.recipe.refine,
+                       candidate_captions=pipe.gallery.captions or None, reference_path=pipe.reference_path)
+
+
+def _refine(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.refine import RefineStage
+
+    config = pipe.recipe.refine
+    return RefineStage(config, pipe.models[config.model], pipe.cache)
+
+
+def _rerank(pipe: Pipeline) -> Stage:
+    from agent_cir.rerank.stage import RerankStage
+
+    config = pipe.recipe.rerank
+    return RerankStage(config, pipe.models[config.model], pipe.cache,
+                       candidate_captions=pipe.gallery.captions or None)
+
+
+STAGE_BUILDERS: dict[str, Callable[[Pipeline], Stage]] = {
+    "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "retrieve": _retrieve,
+    "verify": _verify, "refine": _refine, "rerank": _rerank,
+}
+"""Stage name (as ``Recipe.enabled_stages()`` lists it) -> how the pipeline builds it. Adding a stage: one entry
+here and one in ``Recipe.enabled_stages``."""

@@ -5,7 +5,7 @@ The typed form is ``agent_cir.trace_model.Trace`` (one record class per stage ki
 
 Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
-    schema_version      "2.0" (1.0 has the same layout; ``agent_cir.trace_model.load_trace`` reads both)
+    schema_version      "3.0" (1.0 and 2.0 have the same layout minus the 3.0 fields; ``load_trace`` reads all)
     query_id            the query id
     query               {id, text, image_path, image_hash, reference_id, reference_caption, target_text,
                          candidate_ids, meta}
@@ -17,16 +17,23 @@ Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
     reasoning           the rewriter's reasoning text, or null
     target_descriptions the target description(s) retrieval used
     description_source  rewrite | one_stage | manual | fallback | modification | caption
-    stages              [{stage, output, calls: [ModelCall], parse_status, notes, seconds, skipped,
-                          model_calls, cache_hits}]  in the order they ran; a stage that served a whole chunk
+    stages              [{stage, output, calls: [ModelCall], parse_status, notes, seconds, skipped, round,
+                          model_calls, cache_hits}]  in the order they ran (a loop repeats retrieve, verify and
+                          refine, one record per round); a stage that served a whole chunk
                           at once (one encoder batch) records this query's share of that time and says so in
                           its notes (amortised); per-query stages record the query's own time
-    results             final ranking [{rank, id, path, score}]
+    results             the head of the final ranking [{rank, id, path, score, judge_score?, verify_score?,
+                         final_score?}]; score is the retrieval score, the others are written where a stage gave one
+    results_total       how many entries the final ranking has (3.0)
+    ordered_by          the score the final order follows: retrieval | judge | fused | verifier (3.0)
+    rounds              the verify -> refine loop, one entry per round: {round, description, head, confidences,
+                         best_confidence, decision: accept|refine|stopped|unverified, calls, seconds} (3.0)
     totals              {seconds, model_calls, cache_hits}; seconds = the sum of the stage seconds
     artifacts_dir       folder of files the stages wrote for this query (grid images), or null
     created             ISO-8601 UTC time the record was made
     eval                only in `agent-cir eval` runs: {dataset, split, category, ranking, kept_top, ranked,
                          target_rank}
+    A retrieve record's ``candidates`` is the head of its ranking; ``candidates_total`` is the ranking's length.
 
 Each ``ModelCall``: {backend, model, prompt_name, prompt_hash, raw, cache: hit|miss|off, seconds, usage,
 parse_status, prompt, images: [content hashes], params}.
@@ -49,10 +56,20 @@ from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
 
 
 def build_trace(
-    state: QueryState, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None
+    state: QueryState, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None,
+    *, ranking: Any = None, head: int | None = None,
 ) -> dict[str, Any]:
+    """The query's trace record. ``ranking`` (an ``agent_cir.retrieval.ranking.Ranking``): the final ranking, whose
+    first ``head`` entries become ``results`` (``results_total`` says how many it has); without one, the state's
+    candidates are the results."""
     query = state.query
     stages = [record_to_dict(record) for record in state.records]
+    if ranking is not None:
+        shown = ranking.head(head) if head is not None and head < len(ranking) else ranking.head()
+        results, total, ordered_by = [c.to_dict() for c in shown], len(ranking), ranking.ordered_by
+    else:
+        results = [candidate.to_dict() for candidate in state.candidates]
+        total, ordered_by = len(results), "retrieval"
     record = {
         "schema_version": TRACE_SCHEMA_VERSION,
         "query_id": query.id,
@@ -74,7 +91,10 @@ def build_trace(
         "target_descriptions": list(state.target_descriptions),
         "description_source": state.description_source,
         "stages": stages,
-        "results": [candidate.to_dict() for candidate in state.candidates],
+        "results": results,
+        "results_total": total,
+        "ordered_by": ordered_by,
+        "rounds": [_round_summary(summary, state.records) for summary in state.rounds],
         "totals": {
             "seconds": round(seconds, 6),
             "model_calls": sum(stage["model_calls"] for stage in stages),
@@ -85,6 +105,23 @@ def build_trace(
     }
     validate_written(record)  # a stage that wrote a field of the wrong type fails here, naming the field
     return record
+
+
+def _round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]:
+    """A finished round as the trace keeps it: what it searched, what the verifier found, what was decided, and
+    what it cost (the calls and seconds of that round's records)."""
+    number = summary.get("round", 0)
+    mine = [record for record in records if record.round == number]
+    return {
+        "round": number,
+        "description": list(summary.get("description") or []),
+        "head": list(summary.get("head") or []),
+        "confidences": list(summary.get("confidences") or []),
+        "best_confidence": summary.get("best_confidence"),
+        "decision": summary.get("decision"),
+        "calls": sum(record.model_calls for record in mine),
+        "seconds": round(sum(record.seconds for record in mine), 6),
+    }
 
 
 class TraceWriter:

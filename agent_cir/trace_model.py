@@ -1,9 +1,11 @@
 """The trace as pydantic models: one ``Trace`` per query, one typed record class per stage kind.
 
-``agent_cir.trace.build_trace`` writes a record through :class:`Trace` (schema ``2.0``); readers call
-:func:`load_trace`, which loads 2.x and 1.x records (1.0 differs only in the version string and in fields
-that may be missing; every field but ``query_id`` has a default). The JSON layout is the 1.0 layout, so old
-readers of plain dicts keep working.
+``agent_cir.trace.build_trace`` writes a record through :class:`Trace` (schema ``3.0``); readers call
+:func:`load_trace`, which loads 3.x, 2.x and 1.x records (every field but ``query_id`` has a default; 3.0 adds
+fields and changes none: per-record ``round``, ``ordered_by``, ``rounds``, per-candidate ``judge_score`` /
+``verify_score`` / ``final_score``, the verify and refine records, and the retrieve record's
+``candidates_total`` beside its head). The JSON layout is the 1.0 layout, so old readers of plain dicts keep
+working.
 
 Every model keeps keys it does not know (``extra="allow"``): a trace written by a newer agent_cir, or a
 stage that adds an output field, still loads, and dumping it back loses nothing. ``stages`` is a union
@@ -24,9 +26,12 @@ from typing import Annotated, Any, Literal, TypeAlias, Union, overload
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 from agent_cir.errors import AgentCirError
-from agent_cir.types import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus
 
-READABLE_MAJOR_VERSIONS = ("1", "2")
+TRACE_SCHEMA_VERSION = "3.0"
+ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
+DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption", "refine"]
+
+READABLE_MAJOR_VERSIONS = ("1", "2", "3")
 
 
 class TraceFormatError(AgentCirError, ValueError):
@@ -57,6 +62,11 @@ class RankedItem(_Open):
     id: Id
     path: str | None = None
     score: float | None = None
+    """The retrieval score."""
+    judge_score: float | None = None
+    verify_score: float | None = None
+    final_score: float | None = None
+    """Written (3.0) only where that stage scored the item; ``Trace.ordered_by`` names the one the order follows."""
 
 
 class ModelCallRecord(_Open):
@@ -160,7 +170,8 @@ class RetrieveOutput(_Open):
     """Gallery ids left out of the ranking (every copy of the reference)."""
     candidates: list[RankedItem] = Field(default_factory=list)
     candidates_total: int | None = None
-    """Set by `agent-cir eval` when it trimmed ``candidates``: how many there were."""
+    """How many entries the ranking has (3.0: always; ``candidates`` holds its head). In 2.0 traces: set by
+    `agent-cir eval` when it trimmed ``candidates``."""
     search: str | None = None
     """The faiss structure that was searched."""
     search_settings: dict[str, Any] | None = None
@@ -220,6 +231,53 @@ class RerankOutput(_Open):
     seconds: float | None = None
 
 
+class VerifyItem(_Open):
+    id: Id
+    confidence: float | None = None
+    """P(yes) in [0, 1]: from token probabilities, or 1/0 from a parsed answer (``source`` says which)."""
+    source: str | None = None
+    """logits | logprobs | answer | unparsed"""
+    answer: str | None = None
+    reason: str | None = None
+    retrieval: float | None = None
+
+
+class VerifyOutput(_Open):
+    input: str | None = None
+    """image | caption: what the verifier was shown for each candidate."""
+    k: int | None = None
+    threshold: float | None = None
+    items: list[VerifyItem] = Field(default_factory=list)
+    best_confidence: float | None = None
+    decision: str | None = None
+    """accept | refine | stopped (no rounds left) | unverified (no refine stage)"""
+    fusion: str | None = None
+    """Set when the loop ended and the rounds were fused into the final order."""
+    final_order: list[Id] = Field(default_factory=list)
+
+
+class RefineOutput(_Open):
+    previous_description: str | None = None
+    target_descriptions: list[str] = Field(default_factory=list)
+    reasoning: str | None = None
+    findings: list[str] = Field(default_factory=list)
+    """What the verifier said the candidates miss (the refiner's input)."""
+
+
+class RoundRecord(_Open):
+    """One finished round of the retrieve -> verify (-> refine) loop."""
+
+    round: int
+    description: list[str] = Field(default_factory=list)
+    head: list[Id] = Field(default_factory=list)
+    """The retrieval head the verifier judged."""
+    confidences: list[float | None] = Field(default_factory=list)
+    best_confidence: float | None = None
+    decision: str | None = None
+    calls: int = 0
+    seconds: float = 0.0
+
+
 # ------------------------------------------------------------------------------------ stage records
 
 
@@ -233,6 +291,8 @@ class _StageRecordBase(_Open):
     seconds: float = 0.0
     skipped: str | None = None
     """Why the stage did not run; None when it ran."""
+    round: int = 0
+    """The loop round (3.0; 0 = the first pass, and every record of older traces)."""
     model_calls: int = 0
     cache_hits: int = 0
 
@@ -262,6 +322,16 @@ class RerankRecord(_StageRecordBase):
     output: RerankOutput = Field(default_factory=RerankOutput)
 
 
+class VerifyRecord(_StageRecordBase):
+    stage: Literal["verify"] = "verify"
+    output: VerifyOutput = Field(default_factory=VerifyOutput)
+
+
+class RefineRecord(_StageRecordBase):
+    stage: Literal["refine"] = "refine"
+    output: RefineOutput = Field(default_factory=RefineOutput)
+
+
 class OtherStageRecord(_StageRecordBase):
     """A stage outside the five kinds (a user's own stage): its output stays a plain dict."""
 
@@ -274,6 +344,8 @@ _RECORD_CLASSES: dict[str, type[_StageRecordBase]] = {
     "one_stage": OneStageRecord,
     "retrieve": RetrieveRecord,
     "rerank": RerankRecord,
+    "verify": VerifyRecord,
+    "refine": RefineRecord,
 }
 
 
@@ -289,6 +361,8 @@ AnyStageRecord: TypeAlias = Annotated[
         Annotated[OneStageRecord, Tag("one_stage")],
         Annotated[RetrieveRecord, Tag("retrieve")],
         Annotated[RerankRecord, Tag("rerank")],
+        Annotated[VerifyRecord, Tag("verify")],
+        Annotated[RefineRecord, Tag("refine")],
         Annotated[OtherStageRecord, Tag("other")],
     ],
     Discriminator(_stage_kind),
@@ -313,6 +387,12 @@ class Trace(_Open):
     description_source: DescriptionSource | None = None
     stages: list[AnyStageRecord] = Field(default_factory=list)
     results: list[RankedItem] = Field(default_factory=list)
+    results_total: int | None = None
+    """3.0: how many entries the final ranking has (``results`` holds its head)."""
+    ordered_by: str | None = None
+    """3.0: the score the final order follows: retrieval | judge | fused | verifier."""
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    """3.0: one record per round of the verify -> refine loop (empty without a loop)."""
     totals: Totals = Field(default_factory=Totals)
     artifacts_dir: str | None = None
     created: str | None = None
@@ -329,11 +409,18 @@ class Trace(_Open):
     @overload
     def stage(self, name: Literal["rerank"]) -> RerankRecord | None: ...
     @overload
+    def stage(self, name: Literal["verify"]) -> VerifyRecord | None: ...
+    @overload
     def stage(self, name: str) -> _StageRecordBase | None: ...
 
     def stage(self, name: str) -> _StageRecordBase | None:
-        """The first record of stage ``name`` (typed by its kind), or None when that stage did not run."""
-        return next((record for record in self.stages if record.stage == name), None)
+        """The record of stage ``name`` (typed by its kind) of the last round it ran in, or None when that
+        stage did not run. ``stages_named`` gives every round's."""
+        return next((record for record in reversed(self.stages) if record.stage == name), None)
+
+    def stages_named(self, name: str) -> list[_StageRecordBase]:
+        """Every record of stage ``name``, one per round, in the order they ran."""
+        return [record for record in self.stages if record.stage == name]
 
     def extra(self, key: str, default: Any = None) -> Any:
         """A top-level key outside the schema (e.g. ``error`` in a failed query's record)."""
@@ -398,7 +485,7 @@ def check_version(data: Mapping[str, Any]) -> str:
     if version.split(".")[0] not in READABLE_MAJOR_VERSIONS:
         raise TraceFormatError(
             f"trace {data.get('query_id')!r}: schema_version {version!r} is not one this agent_cir reads "
-            f"(1.x, 2.x); read it with the agent_cir version that wrote it, or upgrade agent_cir"
+            f"(1.x, 2.x, 3.x); read it with the agent_cir version that wrote it, or upgrade agent_cir"
         )
     return version
 
@@ -520,14 +607,16 @@ def stage_of(trace: Mapping[str, Any], name: str) -> _StageRecordBase | None:
     stages = trace.get("stages")
     if not isinstance(stages, list):
         return None
-    found = next((s for s in stages if isinstance(s, Mapping) and s.get("stage") == name), None)
+    # With a loop a stage appears once per round: the last one is the current state.
+    found = next((s for s in reversed(stages) if isinstance(s, Mapping) and s.get("stage") == name), None)
     return None if found is None else load_stage(found)
 
 
 __all__ = [
     "AgreementSummary", "AnyStageRecord", "CaptionOutput", "CaptionRecord", "EncoderRecord", "EvalRecord",
     "GridRecord", "ModelCallRecord", "OneStageOutput", "OneStageRecord", "OtherStageRecord", "QueryRecord",
-    "RankedItem", "RecipeRef", "RerankOutput", "RerankRecord", "RerankScore", "RetrieveOutput", "RetrieveRecord",
+    "RankedItem", "RecipeRef", "RefineOutput", "RefineRecord", "RoundRecord", "VerifyItem", "VerifyOutput",
+    "VerifyRecord", "RerankOutput", "RerankRecord", "RerankScore", "RetrieveOutput", "RetrieveRecord",
     "RewriteOutput", "RewriteRecord", "TRACE_SCHEMA_VERSION", "Totals", "Trace", "TraceFormatError",
     "check_version", "load_stage", "load_trace", "salvage_trace", "stage_of", "validate_written",
 ]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-TRACE_SCHEMA_VERSION = "2.0"
+if TYPE_CHECKING:  # the ranking module imports Candidate from here; only annotations point back
+    from agent_cir.retrieval.ranking import Ranking
 
-ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
-DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption"]
+from agent_cir.trace_model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, load_trace, stage_of
 
 
 @dataclass
@@ -63,7 +63,13 @@ def auto_query_id(text: str, image: str | None, target_text: str | None) -> str:
 
 @dataclass
 class Candidate:
-    """One gallery item in a ranking."""
+    """One gallery item in a ranking, with every score a stage gave it.
+
+    ``score`` is the retrieval score (also ``retrieval_score``); ``judge_score`` (rerank), ``verify_score``
+    (the verifier's confidence) and ``final_score`` (the score the final order follows when it is not the
+    retrieval score) are None where that stage did not score the item. ``Result.ordered_by`` says which one
+    ordered the ranking.
+    """
 
     id: str
     """Gallery key: the image's path relative to the indexed folder, or a benchmark image name."""
@@ -71,9 +77,21 @@ class Candidate:
     path: str | None = None
     rank: int = 0
     """1-based rank, set by whichever stage produced the ranking."""
+    judge_score: float | None = None
+    verify_score: float | None = None
+    final_score: float | None = None
+
+    @property
+    def retrieval_score(self) -> float:
+        return float(self.score)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": float(self.score)}
+        row: dict[str, Any] = {"rank": self.rank, "id": self.id, "path": self.path, "score": float(self.score)}
+        for name in ("judge_score", "verify_score", "final_score"):
+            value = getattr(self, name)
+            if value is not None:
+                row[name] = round(float(value), 6)
+        return row
 
 
 @dataclass
@@ -108,6 +126,8 @@ class StageRecord:
     seconds: float = 0.0
     skipped: str | None = None
     """Why the stage did not run (e.g. 'manual target description'); None when it ran."""
+    round: int = 0
+    """The loop round this record belongs to (0: the first pass)."""
 
     @property
     def model_calls(self) -> int:
@@ -135,6 +155,15 @@ class QueryState:
     """The one-stage model's own description of the reference image (one_stage writes it; the pipeline hands
     it on as the caption when no caption stage ran)."""
     candidates: list[Candidate] = field(default_factory=list)
+    """The head of the current ranking as objects (what a person or a model looks at)."""
+    ranking: Ranking | None = None
+    """The whole current ranking, column-wise (None until retrieval ran; then ``candidates`` is its head)."""
+    round: int = 0
+    """0 for the first pass; the loop's refine stage starts round 1, 2, ..."""
+    verification: dict[str, Any] | None = None
+    """The verifier's findings of the current round (read by refine)."""
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    """One summary per finished round (description, retrieval head, verifier scores, decision)."""
     records: list[StageRecord] = field(default_factory=list)
     artifacts_dir: Path | None = None
     """Where a stage may write files for the trace (grid images); None means do not write."""
@@ -160,29 +189,45 @@ class BatchStage(Stage, Protocol):
     def run_batch(self, states: list[QueryState]) -> list[StageRecord | BaseException]: ...
 
 
-@dataclass
 class Result:
-    """What a query returns: the final ranking and the full trace record (a JSON-ready dict)."""
+    """What a query returns: the final ranking, the score that ordered it, and the full trace record.
 
-    query_id: str
-    candidates: list[Candidate]
-    trace: dict[str, Any]
+    ``ranking`` is the whole final ranking (column-wise, ``agent_cir.retrieval.ranking.Ranking``);
+    ``candidates`` its first ``shown`` entries as objects (built on first use); ``ordered_by`` names the score
+    the order follows: ``retrieval``, ``judge``, ``fused`` (judge fused with retrieval) or ``verifier``.
+    """
+
+    def __init__(self, query_id: str, candidates: list[Candidate] | None = None, trace: dict[str, Any] | None = None,
+                 *, ranking: Ranking | None = None, ordered_by: str | None = None, shown: int | None = None) -> None:
+        self.query_id = query_id
+        self.trace: dict[str, Any] = trace if trace is not None else {}
+        self.ranking = ranking
+        self.shown = shown
+        self._candidates = list(candidates) if candidates is not None else None
+        self.ordered_by = ordered_by or (ranking.ordered_by if ranking is not None else "retrieval")
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        if self._candidates is None:
+            self._candidates = self.ranking.head(self.shown) if self.ranking is not None else []
+        return self._candidates
+
+    def __repr__(self) -> str:
+        return f"Result(query_id={self.query_id!r}, ordered_by={self.ordered_by!r}, candidates={len(self.candidates)})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query_id": self.query_id, "results": [c.to_dict() for c in self.candidates]}
+        return {"query_id": self.query_id, "ordered_by": self.ordered_by,
+                "results": [c.to_dict() for c in self.candidates]}
 
     def stage(self, name: str) -> Any:
         """The typed trace record of stage ``name`` (``agent_cir.trace_model.RerankRecord`` for "rerank", ...),
-        or None when it did not run: ``result.stage("retrieve").output.candidates[0].id``."""
-        from agent_cir.trace_model import stage_of
-
+        or None when it did not run: ``result.stage("retrieve").output.candidates[0].id``. With a loop, the
+        record of the last round."""
         return stage_of(self.trace, name)
 
     def typed_trace(self) -> Any:
         """The whole trace as an ``agent_cir.trace_model.Trace`` (validated now: ``trace`` is a plain dict that
         callers may have changed)."""
-        from agent_cir.trace_model import load_trace
-
         return load_trace(self.trace)
 
 
@@ -197,6 +242,7 @@ def record_to_dict(record: StageRecord) -> dict[str, Any]:
         "notes": list(record.notes),
         "seconds": record.seconds,
         "skipped": record.skipped,
+        "round": record.round,
         "model_calls": record.model_calls,
         "cache_hits": record.cache_hits,
     }

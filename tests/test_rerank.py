@@ -328,7 +328,8 @@ def test_unusable_answers_keep_retrieval_order_and_say_so(rerank_candidates) -> 
     assert [c.id for c in state.candidates] == ["c00", "c01", "c02", "c03"]
     assert record.parse_status == "fallback"
     assert record.output["repairs"][0]["repairs"] == ["fallback_retrieval_order"]
-    assert record.output["raw"] == ["I cannot decide."]
+    assert [call.raw for call in record.calls] == ["I cannot decide."]
+    assert "raw" not in record.output, "the answer is stored once, in the call"
     assert record.calls[0].parse_status == "fallback"
 
 
@@ -398,7 +399,7 @@ def test_structured_output_requested_when_the_backend_supports_it(rerank_candida
     assert schemas and schemas[0].__name__ == "GridJudgement"
     assert [c.id for c in state.candidates] == ["c01", "c00"]
     assert record.output["parsed"][0]["source"] == "structured"
-    assert json.loads(record.output["raw"][0]) == {"ranking": [2, 1], "reasons": {"2": "x"}}
+    assert json.loads(record.calls[0].raw) == {"ranking": [2, 1], "reasons": {"2": "x"}}
 
 
 def test_trace_record_is_json_and_has_the_documented_fields(rerank_candidates, reference_image, tmp_path) -> None:
@@ -410,11 +411,11 @@ def test_trace_record_is_json_and_has_the_documented_fields(rerank_candidates, r
     record = _stage(scripted_judge(judge), k=10, passes=2).run(state)
     data = json.loads(json.dumps(record_to_dict(record)))
     output = data["output"]
-    for key in ("input_order", "final_order", "grids", "raw", "parsed", "repairs", "passes", "agreement", "calls",
+    for key in ("input_order", "final_order", "grids", "parsed", "repairs", "passes", "agreement", "calls",
                 "seconds", "scores", "windows"):
         assert key in output, key
     assert output["final_order"][0] == "c09"
-    assert output["calls"] == len(output["raw"]) == len(output["parsed"]) == len(output["grids"]) == data["model_calls"]
+    assert output["calls"] == len(data["calls"]) == len(output["parsed"]) == len(output["grids"]) == data["model_calls"]
     assert all(Path(grid["path"]).is_file() for grid in output["grids"])
     assert len({grid["path"] for grid in output["grids"]}) == len(output["grids"])
 
@@ -483,7 +484,7 @@ def test_tiny_vlm_judges_grids_end_to_end(tiny_vlm_dir, rerank_candidates, refer
     state = make_state(candidates, reference=reference_image, artifacts=tmp_path / "art")
     record = _stage(handle, passes=2).run(state)
     out = record.output
-    assert out["calls"] == 2 and len(out["raw"]) == 2 and all(isinstance(raw, str) for raw in out["raw"])
+    assert out["calls"] == 2 and len(record.calls) == 2 and all(isinstance(call.raw, str) for call in record.calls)
     assert sorted(out["final_order"]) == [c.id for c in candidates]
     # Whatever the random model says, each call's parse status and repairs are recorded consistently.
     for parsed, call in zip(out["parsed"], record.calls):
@@ -514,7 +515,7 @@ def test_tiny_vlm_pointwise_scores_are_yes_probabilities_from_logits(
     assert record.output["final_order"] == sorted(scores, key=lambda cid: (-scores[cid], cid))
 
     # Independent check for the first candidate: P(yes) over the yes/no tokens of the next-token softmax.
-    messages = stage.pointwise_prompt.render_messages(
+    messages = stage.judge.prompt.render_messages(
         modification="make it red", target_descriptions=["a red thing"], reference_caption=None, has_reference=True)
     urls = [data_url(*image_bytes(p)) for p in (reference_image, candidates[0].path)]
     weights = handle.chat.weights
@@ -564,7 +565,7 @@ def test_pipeline_reranks_end_to_end_and_the_trace_shows_grid_raw_and_repairs(
     grid_path = Path(output["grids"][0]["path"])
     assert grid_path.is_file() and grid_path.parent.parent == tmp_path / "artifacts"
     assert output["grids"][0]["cells"] == {str(n): f"c{i:02d}" for n, i in judge.seen[0].items()}
-    assert output["raw"][0].startswith("Cell reasoning") and output["repairs"][0]["repairs"] == []
+    assert stage["calls"][0]["raw"].startswith("Cell reasoning") and output["repairs"][0]["repairs"] == []
     assert result.trace["totals"]["model_calls"] == 1
 
 

@@ -94,10 +94,15 @@ def test_a_hand_written_1_0_record_loads_with_defaults_for_what_it_lacks():
     assert trace.stage("rerank") is None
 
 
-def test_a_trace_of_the_current_code_loads_as_1_0_and_as_2_0(pipeline_trace):
-    assert pipeline_trace["schema_version"] == TRACE_SCHEMA_VERSION == "2.0"
-    old = {**pipeline_trace, "schema_version": "1.0"}
-    for record in (pipeline_trace, old):
+def test_a_trace_of_the_current_code_loads_as_1_0_2_0_and_3_0(pipeline_trace):
+    assert pipeline_trace["schema_version"] == TRACE_SCHEMA_VERSION == "3.0"
+    # 3.0: the final order says which score made it, and each reranked row carries that score.
+    assert pipeline_trace["ordered_by"] == "judge" and pipeline_trace["rounds"] == []
+    reranked = pipeline_trace["results"][:4]
+    assert all("judge_score" in row and "final_score" in row for row in reranked)
+    assert all("judge_score" not in row for row in pipeline_trace["results"][4:])
+    for record in (pipeline_trace, {**pipeline_trace, "schema_version": "2.0"},
+                   {**pipeline_trace, "schema_version": "1.0"}):
         trace = load_trace(record)
         assert [type(s) for s in trace.stages] == [CaptionRecord, RewriteRecord, RetrieveRecord, RerankRecord]
         retrieve = trace.stage("retrieve")
@@ -112,7 +117,7 @@ def test_a_trace_of_the_current_code_loads_as_1_0_and_as_2_0(pipeline_trace):
         assert [r.id for r in trace.results] == [c["id"] for c in pipeline_trace["results"]]
 
 
-def test_2_0_round_trips_through_the_model_and_json(pipeline_trace, tmp_path):
+def test_3_0_round_trips_through_the_model_and_json(pipeline_trace, tmp_path):
     assert load_trace(pipeline_trace).to_dict() == pipeline_trace
     path = tmp_path / "traces.jsonl"
     with TraceWriter(path, mode="w") as writer:
@@ -151,8 +156,8 @@ def test_records_that_are_not_traces_raise_clear_errors():
         load_trace([1, 2])
     with pytest.raises(TraceFormatError, match=r"query_id: Field required"):
         load_trace({"schema_version": "2.0", "stages": []})
-    with pytest.raises(TraceFormatError, match=r"schema_version '3\.0'.*1\.x, 2\.x"):
-        load_trace({"schema_version": "3.0", "query_id": "x"})
+    with pytest.raises(TraceFormatError, match=r"schema_version '4\.0'.*1\.x, 2\.x, 3\.x"):
+        load_trace({"schema_version": "4.0", "query_id": "x"})
     bad = copy.deepcopy(HAND_WRITTEN_1_0)
     bad["stages"][2]["output"]["k"] = "many"
     with pytest.raises(TraceFormatError, match=r"trace 'dev-42'.*stages\[2\]\.output\.k: .*integer.*'many'"):
@@ -268,11 +273,11 @@ def test_the_report_says_which_records_and_fields_it_could_not_read(tmp_path):
 
     bad_field = copy.deepcopy(HAND_WRITTEN_1_0)
     bad_field["stages"][2]["output"]["k"] = "many"
-    future = {"schema_version": "3.0", "query_id": "from-the-future"}
+    future = {"schema_version": "4.0", "query_id": "from-the-future"}
     path = tmp_path / "traces.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in (bad_field, future)))
     traces, notes = load_traces(path)
     assert [t.query_id for t in traces] == ["dev-42"] and traces[0].retrieval.k is None
     assert traces[0].retrieval.rows[0].id == "b.jpg", "the rest of the retrieve record is shown"
-    assert any("1 record(s) of traces.jsonl cannot be read" in n and "'3.0'" in n for n in notes)
+    assert any("1 record(s) of traces.jsonl cannot be read" in n and "'4.0'" in n for n in notes)
     assert any("1 field(s) of the wrong type were left out" in n and "stages[2].output.k" in n for n in notes)

@@ -21,6 +21,7 @@ from agent_cir.eval import submission as S
 from agent_cir.eval.datasets import BenchmarkDataError, BenchmarkSplit, load_benchmark
 from agent_cir.eval.datasets import circo as circo_data
 from agent_cir.eval.datasets import genecis as genecis_data
+from agent_cir.retrieval.ranking import Ranking
 from agent_cir.types import Query
 
 KEEP_TOP = 50
@@ -74,19 +75,28 @@ class Benchmark:
         """Images a restricted metric needs beyond the top KEEP_TOP (kept in the trace's ranking)."""
         return set()
 
-    def scored_ranking(self, query: Query, ranked_ids: Sequence[str]) -> list[str]:
+    def scored_ranking(self, query: Query, ranking: Ranking) -> Ranking:
         """The ranking the metrics read (CIRR drops the reference first)."""
-        return [str(i) for i in ranked_ids]
+        return ranking
 
-    def eval_record(self, split: BenchmarkSplit, query: Query, ranked_ids: Sequence[str]) -> dict[str, Any]:
-        full = self.scored_ranking(query, ranked_ids)
-        members = self.restricted_members(query)
-        ranking = [item for position, item in enumerate(full) if position < KEEP_TOP or item in members]
+    def eval_record(self, split: BenchmarkSplit, query: Query, ranking: Ranking) -> dict[str, Any]:
+        """What the metrics need from one query, read from the ranking's arrays: the top ``KEEP_TOP`` ids, then
+        every restricted-metric member ranked further down (in rank order), the length, and the target's rank."""
+        scored = self.scored_ranking(query, ranking)
+        kept = scored.head_ids(KEEP_TOP)
+        below = sorted((rank, member) for member in self.restricted_members(query)
+                       if (rank := scored.rank_of(member)) is not None and rank > KEEP_TOP)
         return {
-            "dataset": split.dataset, "split": split.split, "category": split.category, "ranking": ranking,
-            "kept_top": KEEP_TOP, "ranked": len(full),
-            "target_rank": M.target_rank(self.name, full, query.meta, query.reference_id),
+            "dataset": split.dataset, "split": split.split, "category": split.category,
+            "ranking": kept + [member for _, member in below],
+            "kept_top": KEEP_TOP, "ranked": len(scored),
+            "target_rank": self.target_rank(query, scored),
         }
+
+    def target_rank(self, query: Query, scored: Ranking) -> int | None:
+        """1-based rank of the (primary) target in the scored ranking; None when it is not ranked."""
+        target = query.meta.get("target")
+        return None if target is None else scored.rank_of(str(target))
 
     # ---------- metrics ----------
     def split_metrics(self, split: BenchmarkSplit, queries: Sequence[Query],
@@ -152,8 +162,8 @@ class CIRR(Benchmark):
     def restricted_members(self, query):
         return {str(m) for m in query.meta.get("subset", [])}
 
-    def scored_ranking(self, query, ranked_ids):
-        return [str(i) for i in ranked_ids if str(i) != query.reference_id]
+    def scored_ranking(self, query, ranking):
+        return ranking.without([query.reference_id]) if query.reference_id is not None else ranking
 
     def split_metrics(self, split, queries, rankings):
         return M.cirr_metrics(rankings, {q.id: q.reference_id for q in queries},
@@ -209,6 +219,10 @@ class GeneCIS(Benchmark):
 
     def restricted_members(self, query):
         return {str(m) for m in query.meta.get("gallery", [])}
+
+    def target_rank(self, query, scored):
+        # The per-query list is short (15) and may hold copies: the official list rank, over ids.
+        return M.target_rank(self.name, scored.head_ids(), query.meta, query.reference_id)
 
     def split_metrics(self, split, queries, rankings):
         return M.genecis_metrics(rankings, {q.id: q.meta["target"] for q in queries},

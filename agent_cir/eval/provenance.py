@@ -16,7 +16,6 @@ PACKAGES = (
     "agent-cir", "numpy", "torch", "open_clip_torch", "transformers", "sentence-transformers", "faiss-cpu",
     "langchain-core", "langchain-openai", "langchain-ollama", "langchain-huggingface", "pillow", "pydantic",
 )
-PROMPT_STAGES = ("caption", "rewrite", "one_stage", "rerank")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -50,13 +49,15 @@ def prompt_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
     from agent_cir.prompts import load_prompt
 
     hashes = {}
-    for stage in PROMPT_STAGES:
+    for stage in recipe.model_stages():
         config = getattr(recipe, stage)
-        if not config.enabled:
-            continue
         names = [config.prompt]
         if stage == "rerank" and getattr(config, "method", "grid") == "pointwise":
             names = [config.pointwise_prompt]
+        if stage == "verify":
+            from agent_cir.stages.verify import verify_prompt_name
+
+            names = [verify_prompt_name(config)]
         template = load_prompt(names[0])
         # Hash the file as it is now: a long-lived process may hold a template read before it was edited.
         current = text_hash(Path(template.path).read_text(encoding="utf-8"))
@@ -67,7 +68,7 @@ def prompt_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
 def models_used(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The chat models the enabled stages call, without secrets."""
     used = {}
-    for stage in PROMPT_STAGES:
+    for stage in recipe.model_stages():
         config = getattr(recipe, stage)
         if config.enabled:
             model = recipe.models[config.model]

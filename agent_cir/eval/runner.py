@@ -28,7 +28,7 @@ import numpy as np
 from agent_cir.atomic import write_text_atomic
 from agent_cir.config import Recipe, deep_merge, load_recipe, recipe_from_dict, redact_secrets, redacted_recipe_dump
 from agent_cir.errors import AgentCirError
-from agent_cir.eval.benchmarks import KEEP_TOP, Benchmark, get_benchmark
+from agent_cir.eval.benchmarks import Benchmark, get_benchmark
 from agent_cir.eval.datasets import BenchmarkSplit
 from agent_cir.eval.datasets import cirr as cirr_data
 from agent_cir.eval.provenance import environment, models_used, prompt_hashes
@@ -91,19 +91,6 @@ def annotation_candidates(
         captions_dir = Path(gallery_captions).expanduser().resolve().parent
         found.extend([captions_dir, captions_dir.parent])
     return found
-
-
-def trim_trace(trace: dict[str, Any], keep: int) -> dict[str, Any]:
-    """Whole-gallery rankings would make traces huge: keep the top ``keep`` in results and stage outputs."""
-    if len(trace.get("results", [])) > keep:
-        trace["results"] = trace["results"][:keep]
-    for stage in trace.get("stages", []):
-        output = stage.get("output") or {}
-        candidates = output.get("candidates")
-        if isinstance(candidates, list) and len(candidates) > keep:
-            output["candidates_total"] = len(candidates)
-            output["candidates"] = candidates[:keep]
-    return trace
 
 
 # ---------- galleries ----------
@@ -374,8 +361,8 @@ def _run_pending(
 
             def record(result: Result, part: BenchmarkSplit = part) -> None:
                 query = by_id[result.query_id]
-                trace = trim_trace(result.trace, KEEP_TOP)
-                trace["eval"] = benchmark.eval_record(part, query, [c.id for c in result.candidates])
+                trace = result.trace  # already holds only the head of each ranking
+                trace["eval"] = benchmark.eval_record(part, query, result.ranking)
                 trace["eval"]["identity"] = identity_hash
                 writer.write(trace)
                 finished[query.id] = _slim(trace)

@@ -1,7 +1,8 @@
 """The rerank stage: the top-k candidates reordered by a judge, fused with retrieval, written to the trace.
 
-Candidates beyond k keep their retrieval order below the reranked ones. ``Candidate.score`` stays the
-retrieval score; the judge and fused scores are in the trace (``output["scores"]``). Fusion: final score
+Candidates beyond k keep their retrieval order below the reranked ones. Each reranked ``Candidate`` carries
+its retrieval ``score``, ``judge_score`` and ``final_score`` (the ranking's ``judge`` / ``final`` columns), and the
+ranking says it is ordered by the ``judge`` or, with fusion, the ``fused`` score. Fusion: final score
 = w * retrieval + (1 - w) * judge, so that a weak judge cannot throw away a confident retrieval (w = 0:
 the judge's order).
 """
@@ -15,12 +16,12 @@ from typing import Any
 
 from agent_cir.config import RerankConfig
 from agent_cir.grid import grid_capacity
-from agent_cir.prompts import load_prompt
 from agent_cir.rerank.aggregate import fuse_scores
 from agent_cir.rerank.context import RerankContext
 from agent_cir.rerank.judges import make_judge
 from agent_cir.rerank.windows import check_can_progress
-from agent_cir.types import Candidate, QueryState, StageRecord
+from agent_cir.retrieval.ranking import Ranking
+from agent_cir.types import QueryState, StageRecord
 
 
 class RerankStage:
@@ -40,8 +41,6 @@ class RerankStage:
         self.model = model
         self.cache = cache
         self.candidate_captions = candidate_captions
-        self.grid_prompt = load_prompt(config.prompt)
-        self.pointwise_prompt = load_prompt(config.pointwise_prompt)
         self.capacity = grid_capacity(config.grid)
         if config.method == "grid":
             grid = config.grid
@@ -67,7 +66,7 @@ class RerankStage:
         started = time.perf_counter()
         record = StageRecord(stage=self.name)
         candidates = list(state.candidates)
-        top, rest = candidates[: self.config.k], candidates[self.config.k :]
+        top = candidates[: self.config.k]
         if not top:
             record.skipped = "no candidates to rerank (retrieval returned none)"
             return record
@@ -98,10 +97,12 @@ class RerankStage:
         else:
             fused, final = judge_scores, order
         reranked = [top[index] for index in final]
-        state.candidates = [
-            Candidate(id=c.id, score=c.score, path=c.path, rank=rank)
-            for rank, c in enumerate(reranked + rest, start=1)
-        ]
+        ranking = state.ranking if state.ranking is not None else Ranking.from_candidates(candidates)
+        state.ranking = ranking.with_head(
+            final, "fused" if self.config.fusion_weight > 0 else "judge",
+            judge=[float(judge_scores[index]) for index in final], final=[float(fused[index]) for index in final],
+        )
+        state.candidates = state.ranking.head(len(candidates))
         record.calls = ctx.calls
         statuses = {entry["status"] for entry in ctx.parsed}
         record.parse_status = (
@@ -115,7 +116,6 @@ class RerankStage:
             "input_order": [c.id for c in top],
             "final_order": [c.id for c in reranked],
             "grids": ctx.grids,
-            "raw": [call.raw for call in ctx.calls],
             "parsed": ctx.parsed,
             "repairs": ctx.repairs,
             "passes": self.config.passes if grid_method else 1,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent_cir.errors import AgentCirError
-from agent_cir.types import Candidate
+from agent_cir.retrieval.ranking import Ranking
 
 
 @dataclass
@@ -194,8 +194,8 @@ class SearchEngine:
         paired_slots: int | None = None,
         exclude: Sequence[Sequence[int]] | None = None,
         restrict: Sequence[Sequence[int] | None] | None = None,
-    ) -> list[list[Candidate]]:
-        """Top-k candidates for each query row (queries laid out as ``composite_query`` builds them).
+    ) -> list[Ranking]:
+        """The top-k ``Ranking`` of each query row (queries laid out as ``composite_query`` builds them).
 
         ``exclude[i]``: gallery positions query i must never return. ``restrict[i]``: when not None, the only
         positions query i may return (scored exactly). Ranks are 1..k; ties are broken by gallery position.
@@ -212,7 +212,7 @@ class SearchEngine:
                 f"query vectors have dimension {queries.shape[1]}, but the gallery's search vectors have "
                 f"{structure.vectors.shape[1]}; encode queries with the gallery's encoder"
             )
-        results: list[list[Candidate] | None] = [None] * count
+        results: list[Ranking | None] = [None] * count
         free = [i for i in range(count) if restrict[i] is None]
         for i in range(count):
             if restrict[i] is not None:
@@ -220,28 +220,30 @@ class SearchEngine:
         if free and k > 0 and len(self.gallery):
             for i, ranking in zip(free, self._search_free(structure, queries[free], k, [exclude[i] for i in free])):
                 results[i] = ranking
-        return [r if r is not None else [] for r in results]
+        return [r if r is not None else self._empty() for r in results]
 
-    def _candidates(self, positions: np.ndarray, scores: np.ndarray, k: int) -> list[Candidate]:
+    def _empty(self) -> Ranking:
+        gallery = self.gallery
+        return Ranking.from_arrays(np.zeros(0, np.int64), np.zeros(0), gallery.ids, gallery.paths, gallery.position)
+
+    def _candidates(self, positions: np.ndarray, scores: np.ndarray, k: int) -> Ranking:
+        # Column-wise: whole-gallery rankings (k = gallery size in benchmarks) never become objects here.
         order = np.lexsort((positions, -scores.astype(np.float64)))[:k]
-        ids, paths = self.gallery.ids, self.gallery.paths
-        ranked = positions[order].tolist()
-        # map over columns: whole-gallery rankings (k = gallery size in benchmarks) make this a hot loop
-        return list(map(Candidate, [ids[p] for p in ranked], scores[order].astype(np.float64).tolist(),
-                        [paths[p] for p in ranked], range(1, len(ranked) + 1)))
+        gallery = self.gallery
+        return Ranking.from_arrays(positions[order], scores[order], gallery.ids, gallery.paths, gallery.position)
 
     def _restricted(self, structure: _Structure, query: np.ndarray, k: int, allowed: Sequence[int],
-                    excluded: Sequence[int]) -> list[Candidate]:
+                    excluded: Sequence[int]) -> Ranking:
         positions = np.unique(np.asarray([p for p in allowed if p is not None], dtype=np.int64))
         if len(excluded):
             positions = positions[~np.isin(positions, np.asarray(list(excluded), dtype=np.int64))]
         if len(positions) == 0 or k <= 0:
-            return []
+            return self._empty()
         scores = np.asarray(structure.vectors[positions], dtype=np.float32) @ query
         return self._candidates(positions, scores, k)
 
     def _search_free(self, structure: _Structure, queries: np.ndarray, k: int,
-                     excluded: list[Sequence[int]]) -> list[list[Candidate]]:
+                     excluded: list[Sequence[int]]) -> list[Ranking]:
         total = int(structure.index.ntotal)
         size = len(self.gallery)
         excluded_arrays = [np.unique(np.asarray(list(e), dtype=np.int64)) for e in excluded]
@@ -249,7 +251,7 @@ class SearchEngine:
         most_excluded = max((len(e) for e in excluded_arrays), default=0)
         fetch = min(total, k + most_excluded + structure.unmapped_rows)
         pending = list(range(len(queries)))
-        rankings: list[list[Candidate]] = [[] for _ in queries]
+        rankings: list[Ranking] = [self._empty() for _ in queries]
         while pending:
             scores, rows = structure.index.search(np.ascontiguousarray(queries[pending]), fetch)
             short: list[int] = []
@@ -275,7 +277,7 @@ class SearchEngine:
             fetch = min(total, fetch * 2)
         return rankings
 
-    def _exact(self, structure: _Structure, query: np.ndarray, k: int, excluded: np.ndarray) -> list[Candidate]:
+    def _exact(self, structure: _Structure, query: np.ndarray, k: int, excluded: np.ndarray) -> Ranking:
         """Last resort for a query the ANN structure left short of k results: an exact scan."""
         scores = np.asarray(structure.vectors @ query, dtype=np.float32)
         positions = np.arange(len(scores), dtype=np.int64)

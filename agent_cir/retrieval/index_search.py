@@ -44,4 +44,4 @@ def search_index(
         query = normalise(image_vector if mode == "image" else text_vector)
     gallery = RetrievalGallery.from_index(index)
     excluded = gallery.positions_of_hash(reference_hash(image)) if (exclude_reference and image is not None) else []
-    return gallery.engine.search(query[None, :], k, exclude=[excluded])[0]
+    return gallery.engine.search(query[None, :], k, exclude=[excluded])[0].head()

@@ -26,15 +26,22 @@ from agent_cir.fusion import (
 )
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
-from agent_cir.types import Candidate, QueryState, StageRecord
+from agent_cir.retrieval.ranking import Ranking
+from agent_cir.types import QueryState, StageRecord
 
 _IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
 
 
-def _candidate_rows(candidates: list[Candidate]) -> list[dict[str, Any]]:
-    """The record's ranking rows, built column-wise (whole-gallery rankings make this a hot loop)."""
-    scores = np.round(np.fromiter((c.score for c in candidates), dtype=np.float64, count=len(candidates)), 6)
-    return [{"rank": c.rank, "id": c.id, "score": score} for c, score in zip(candidates, scores.tolist())]
+TRACE_HEAD = 50
+"""How many entries of a ranking the trace keeps as rows (the record says how many the ranking has)."""
+
+
+def _candidate_rows(ranking: Ranking, n: int) -> list[dict[str, Any]]:
+    """The record's ranking rows for the first ``n`` entries, from the arrays."""
+    ids = ranking.head_ids(n)
+    scores = np.round(ranking.retrieval[: len(ids)], 6).tolist()
+    return [{"rank": rank, "id": gallery_id, "score": score}
+            for rank, (gallery_id, score) in enumerate(zip(ids, scores), start=1)]
 
 
 class QueryInputError(AgentCirError):
@@ -71,8 +78,12 @@ class _Plan:
 class RetrieveStage:
     name = "retrieve"
 
-    def __init__(self, config: RetrieveConfig, encoder: Any, gallery: RetrievalGallery) -> None:
+    def __init__(self, config: RetrieveConfig, encoder: Any, gallery: RetrievalGallery, *,
+                 head: int | None = None) -> None:
         self.config = config
+        self.head = head
+        """Entries of the ranking built as objects (and written to the record): the most any later stage reads
+        (the pipeline sets it); None: all k."""
         self.encoder = encoder
         self.gallery = gallery
         captions_config = config.gallery_captions
@@ -380,16 +391,18 @@ class RetrieveStage:
             )
         structure = self.gallery.engine.describe(self.caption_weight, self.paired_slots) if searched else ""
         outcomes: list[StageRecord | BaseException] = [failures.get(i) for i in range(len(states))]  # type: ignore[misc]
-        for i, candidates in zip(searched, rankings):
+        for i, ranking in zip(searched, rankings):
             plan = plans[i]
-            plan.state.candidates = candidates
+            plan.state.ranking = ranking
+            plan.state.candidates = ranking.head(self.head)
             output: dict[str, Any] = {
                 "mode": plan.mode,
                 "k": self.config.k,
                 "query_texts": plan.texts,
                 "caption_weight": self.caption_weight,
                 "excluded": [self.gallery.ids[p] for p in plan.excluded],
-                "candidates": _candidate_rows(candidates),
+                "candidates": _candidate_rows(ranking, len(ranking) if self.head is None else self.head),
+                "candidates_total": len(ranking),
                 "search": structure,
             }
             if self.search_settings:

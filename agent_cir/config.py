@@ -176,7 +176,11 @@ class RetrieveConfig(_Strict):
     """Score only the first n target descriptions (ImageScope: 3, core / enhanced / comprehensive). None: all."""
     k: int = Field(50, ge=1)
     exclude_reference: bool = True
-    """Leave every gallery copy of the reference (same content hash or id) out of its results."""
+    """Leave the reference out of its results (see ``exclude_reference_by``)."""
+    exclude_reference_by: Literal["id+copies", "id"] = "id+copies"
+    """id+copies: the reference's gallery id and every byte-identical copy (a user rarely wants the photo they
+    gave back, under any name); id: its gallery id only, as the official CIRR evaluation does (SEARLE
+    validate.py:198-202); benchmarks set it."""
     gallery_captions: GalleryCaptionsConfig | None = None
     text_source: Literal["target", "target+modification", "modification", "caption", "caption+modification"] = "target"
     """Which text becomes txt: the target description(s) (default); target+modification ensembles them with
@@ -220,7 +224,7 @@ class GridConfig(_Strict):
 
 
 class RerankConfig(_Strict):
-    """Consumed by ``agent_cir.stages.rerank``."""
+    """Consumed by ``agent_cir.rerank.stage``."""
 
     enabled: bool = False
     model: str = "judge"
@@ -303,7 +307,6 @@ class CacheConfig(_Strict):
     """SQLite file; None means ~/.cache/agent_cir/cache.sqlite (or $AGENT_CIR_CACHE)."""
 
 
-BENCHMARK_NAMES = ("circo", "cirr", "fashioniq", "genecis")
 SECRET_KEYS = frozenset({"api_key"})
 """Keys whose values never leave the process: redacted in every dump we write (run.json, ``recipes --json``)."""
 REDACTED = "<redacted>"

@@ -26,6 +26,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.report.load import Row, encoder_identity, read_trace
 from agent_cir.report.render import RANDOM_ENCODER_BANNER
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
+from agent_cir.trace import round_summary
 from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
 
 DEMO_CSS = """
@@ -96,6 +97,9 @@ def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: se
             parse = f", parse: {record.parse_status}" if record.parse_status not in ("", "not_applicable") else ""
             lines.append(f"- **{record.stage}**: done in {record.seconds:.2f} s, {record.model_calls} model call(s), "
                          f"{record.cache_hits} cache hit(s){parse}")
+    lines += round_lines(data.rounds)
+    if data.has_results and data.ordered_by != "retrieval":
+        lines.append(f"- final order: by the {data.ordered_by} score (the gallery shows retrieval scores)")
     if data.retrieval is not None:
         view.retrieval = items(data.retrieval.rows)
     if data.rerank is not None and not data.rerank.skipped:
@@ -124,9 +128,26 @@ def gallery_has_random_encoder(pipeline: Any) -> bool:
     return identity is not None and identity.random_weights
 
 
+def round_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """The loop as a timeline for the stage log: per round, what it searched, what the verifier decided, why."""
+    lines = []
+    for entry in rounds:
+        best = entry.get("best_confidence")
+        best_text = "no readable answer" if best is None else f"best P(yes) {best:.2f}"
+        lines.append(f"- **round {entry.get('round')}**: {best_text} -> {entry.get('decision')} "
+                     f"({entry.get('calls', 0)} call(s), {float(entry.get('seconds') or 0):.2f} s)")
+        refine = entry.get("refine")
+        if refine:
+            lines.append(f"  - refined from \"{refine.get('previous_description')}\" to "
+                         f"\"{' | '.join(refine.get('target_descriptions') or [])}\"")
+            lines += [f"  - {finding}" for finding in (refine.get("findings") or [])[:3]]
+    return lines
+
+
 def _partial_trace(state: QueryState) -> dict[str, Any]:
     records = [record_to_dict(record) for record in state.records]
     return {
+        "rounds": [round_summary(summary, state.records) for summary in state.rounds],
         "captions": list(state.captions),
         "reasoning": state.reasoning,
         "target_descriptions": list(state.target_descriptions),

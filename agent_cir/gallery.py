@@ -139,11 +139,6 @@ class RetrievalGallery:
     def position(self, gallery_id: str) -> int | None:
         return self._position.get(gallery_id)
 
-    def position_of_hash(self, content_hash: str | None) -> int | None:
-        """The first gallery position holding this content (None when absent)."""
-        positions = self.positions_of_hash(content_hash)
-        return positions[0] if positions else None
-
     def positions_of_hash(self, content_hash: str | None) -> list[int]:
         """Every gallery position holding this content (byte-identical copies share a hash)."""
         return list(self._by_hash.get(content_hash, ())) if content_hash else []
@@ -222,9 +217,6 @@ class RetrievalGallery:
         return self
 
     @property
-    def missing_captions(self) -> int:
-        return sum(1 for gallery_id in self.ids if gallery_id not in self.captions)
-
     # ---------- scoring ----------
     @property
     def captions_per_item(self) -> int:

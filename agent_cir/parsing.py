@@ -371,15 +371,6 @@ def _limit(parsed: ParsedDescriptions, expected: int) -> ParsedDescriptions:
     return parsed
 
 
-def fallback_description(caption: str | None, modification: str) -> str:
-    """What retrieval searches for when no target description could be read: caption + modification."""
-    caption = (caption or "").strip().rstrip(".").strip()
-    modification = (modification or "").strip()
-    if caption and modification:
-        return f"{caption}. {modification}"
-    return caption or modification
-
-
 _CAPTION_LABELS = ("caption", "description", "image caption", "image description")
 
 

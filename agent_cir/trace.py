@@ -94,7 +94,7 @@ def build_trace(
         "results": results,
         "results_total": total,
         "ordered_by": ordered_by,
-        "rounds": [_round_summary(summary, state.records) for summary in state.rounds],
+        "rounds": [round_summary(summary, state.records) for summary in state.rounds],
         "totals": {
             "seconds": round(seconds, 6),
             "model_calls": sum(stage["model_calls"] for stage in stages),
@@ -107,7 +107,7 @@ def build_trace(
     return record
 
 
-def _round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]:
+def round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]:
     """A finished round as the trace keeps it: what it searched, what the verifier found, what was decided, and
     what it cost (the calls and seconds of that round's records)."""
     number = summary.get("round", 0)

@@ -1,7 +1,8 @@
 """The vocabulary every part of agent_cir shares: queries, candidates, stage records, results.
 
-Data flows one way: a ``QueryState`` is handed to each enabled stage in order; a stage reads what
-earlier stages wrote, fills its own fields and returns a ``StageRecord`` for the trace.
+A ``QueryState`` is handed to each enabled stage in order (and round after round where the recipe loops, see
+``agent_cir.engine``); a stage reads what earlier stages wrote, fills its own fields and returns a
+``StageRecord`` for the trace.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-if TYPE_CHECKING:  # the ranking module imports Candidate from here; only annotations point back
-    from agent_cir.retrieval.ranking import Ranking
+from typing import Any, Literal, Protocol
 
 from agent_cir.trace_model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, load_trace, stage_of
 
@@ -156,8 +154,9 @@ class QueryState:
     it on as the caption when no caption stage ran)."""
     candidates: list[Candidate] = field(default_factory=list)
     """The head of the current ranking as objects (what a person or a model looks at)."""
-    ranking: Ranking | None = None
-    """The whole current ranking, column-wise (None until retrieval ran; then ``candidates`` is its head)."""
+    ranking: Any = None
+    """An ``agent_cir.retrieval.ranking.Ranking`` (typed ``Any`` here: that module builds on this one): the whole
+    current ranking, column-wise (None until retrieval ran; then ``candidates`` is its head)."""
     round: int = 0
     """0 for the first pass; the loop's refine stage starts round 1, 2, ..."""
     verification: dict[str, Any] | None = None
@@ -178,17 +177,6 @@ class Stage(Protocol):
     def run(self, state: QueryState) -> StageRecord: ...
 
 
-class BatchStage(Stage, Protocol):
-    """A stage that can serve a whole chunk of queries at once (one encoder batch, one faiss call, one batched
-    generate). The pipeline uses ``run_batch`` when a stage has it, otherwise ``run`` per state in a thread pool.
-
-    Contract: one entry per state, in the same order; an exception object in place of a record marks that
-    query as failed (the others go on). Seconds are set by the pipeline (the chunk's time, shared out).
-    """
-
-    def run_batch(self, states: list[QueryState]) -> list[StageRecord | BaseException]: ...
-
-
 class Result:
     """What a query returns: the final ranking, the score that ordered it, and the full trace record.
 
@@ -198,7 +186,7 @@ class Result:
     """
 
     def __init__(self, query_id: str, candidates: list[Candidate] | None = None, trace: dict[str, Any] | None = None,
-                 *, ranking: Ranking | None = None, ordered_by: str | None = None, shown: int | None = None) -> None:
+                 *, ranking: Any = None, ordered_by: str | None = None, shown: int | None = None) -> None:
         self.query_id = query_id
         self.trace: dict[str, Any] = trace if trace is not None else {}
         self.ranking = ranking

@@ -125,8 +125,10 @@ def cost_breakdown(encoder, annotations: Path, captions_file: Path, out: Path, l
     if hasattr(RetrieveStage, "run_batch"):
         timed(RetrieveStage, "run_batch", "retrieve stage (batched)")
     timed(pipeline, "build_trace", "pipeline: build the trace dict")
-    timed(runner, "trim_trace", "eval runner: trim the trace")
-    timed(runner, "eval_record", "eval runner: eval record (ranking, target rank)")
+    from agent_cir.eval.benchmarks import Benchmark
+
+    timed(runner, "trim_trace", "eval runner: trim the trace (engines before the column-wise Ranking)")
+    timed(Benchmark, "eval_record", "eval record (kept ranking, target rank from the Ranking arrays)")
     timed(TraceWriter, "write", "trace writer: json + write + flush")
     try:
         started = time.perf_counter()

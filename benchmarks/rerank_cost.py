@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import agent_cir  # noqa: E402,F401  (installs the torchvision guard before transformers imports it)
 from agent_cir.config import ModelConfig, RerankConfig  # noqa: E402
-from agent_cir.stages.rerank import RerankStage  # noqa: E402
+from agent_cir.rerank.stage import RerankStage  # noqa: E402
 from agent_cir.types import Candidate, Query, QueryState  # noqa: E402
 
 DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "photos" / "imagenet-samples"

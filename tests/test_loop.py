@@ -326,3 +326,35 @@ def test_old_traces_without_rounds_still_load():
     old = {"schema_version": "2.0", "query_id": "q", "stages": [{"stage": "retrieve", "output": {"candidates": []}}]}
     trace = load_trace(old)
     assert trace.rounds == [] and trace.stage("retrieve").round == 0 and trace.ordered_by is None
+
+
+def test_the_report_shows_a_timeline_of_rounds_what_changed_and_why(bow_encoder, tmp_path):
+    from agent_cir.report import build_report
+    from agent_cir.trace import TraceWriter
+
+    pipe, _ = _pipeline(bow_encoder)
+    result = pipe.run(Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa",
+                            meta={"ground_truth": ["dog_grass"]}))
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(result.trace)
+    out = build_report(traces, tmp_path / "report").parent
+    page = next((out / "queries").glob("*.html")).read_text()
+    section = page[page.index('id="rounds"'):page.index('id="final"')]
+    assert section.count("data-round=") == 2
+    assert "refine</span>" in section and "accept</span>" in section
+    assert "the animal is not a dog" in section, "the verifier's reason is shown where the round starts"
+    assert "a cat sleeping</span> &rarr; a brown dog running on grass" in section
+    assert "verifier&#39;s confidence" in page or "verifier's confidence" in page
+
+
+def test_the_demo_stage_log_shows_the_rounds(bow_encoder):
+    from agent_cir.demo import stream_query
+
+    pipe, _ = _pipeline(bow_encoder)
+    views = list(stream_query(pipe, Query(id="dog", text="make it a dog on grass", reference_caption="a cat")))
+    final = views[-1].log
+    assert "**round 0**" in final and "-> refine" in final and "**round 1**" in final and "-> accept" in final
+    assert "the animal is not a dog" in final and "by the verifier score" in final
+    # partial views during the run already carry the rounds finished so far
+    assert any("**round 0**" in v.log and "**round 1**" not in v.log for v in views[:-1])

@@ -666,9 +666,7 @@ def test_a_tournament_over_one_cell_grids_is_refused_not_run_forever() -> None:
 
 def test_judges_come_from_the_registry(rerank_candidates) -> None:
     from agent_cir.rerank import JUDGES, GridJudge, LogitJudge, PointwiseJudge
-    from agent_cir.stages.rerank import RerankStage as ReExported
 
-    assert ReExported is RerankStage
     assert JUDGES == {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge}
     judge = scripted_judge(responses=["yes"])
     assert isinstance(_stage(judge).judge, GridJudge)

@@ -9,29 +9,22 @@ def _flag(row: dict[str, Any], mark: str | None) -> str:
     return "  <- target" if mark is not None and row["id"] == mark else ""
 
 
-def ranking_rows(result: Any, recipe: Any) -> tuple[str, list[dict[str, Any]]]:
+def ranking_rows(result: Any, recipe: Any = None) -> tuple[str, list[dict[str, Any]]]:
     """The final ranking with the score that produced each position.
 
-    Returns (ordered_by, rows): ``ordered_by`` is ``retrieval`` (cosine), ``judge`` or ``fused``; each row has
-    the retrieval ``score`` and, for candidates the judge reranked, ``rerank_score`` (judge or fused score).
+    Returns (ordered_by, rows): ``ordered_by`` is the result's own (``retrieval`` (cosine), ``judge``, ``fused``
+    or ``verifier``); each row has the retrieval ``score`` and, for candidates a later stage scored, the score
+    that ordered them (``rerank_score``: the judge's or fused score, or the verifier's confidence).
     """
-    rerank_scores: dict[str, float] = {}
-    rerank = result.stage("rerank")
-    if rerank is not None and not rerank.skipped:
-        for entry in rerank.output.scores:
-            value = entry.final if entry.final is not None else entry.judge
-            rerank_scores[entry.id] = float(value if value is not None else 0.0)
-    if rerank_scores:
-        ordered_by = "fused" if getattr(recipe.rerank, "fusion_weight", 0.0) > 0 else "judge"
-    else:
-        ordered_by = "retrieval"
+    ordered_by = getattr(result, "ordered_by", "retrieval") or "retrieval"
     rows = []
     for candidate in result.candidates:
         row = {"rank": candidate.rank, "path": candidate.path or candidate.id, "id": candidate.id,
                "score": round(float(candidate.score), 6)}
-        if rerank_scores:
-            value = rerank_scores.get(str(candidate.id))
-            row["rerank_score"] = None if value is None else round(value, 6)
+        if ordered_by != "retrieval":
+            value = candidate.final_score if candidate.final_score is not None else (
+                candidate.verify_score if ordered_by == "verifier" else candidate.judge_score)
+            row["rerank_score"] = None if value is None else round(float(value), 6)
         rows.append(row)
     return ordered_by, rows
 
@@ -47,5 +40,6 @@ def format_ranking(ordered_by: str, rows: list[dict[str, Any]], mark: str | None
         first = "-" if row.get("rerank_score") is None else f"{row['rerank_score']:.4f}"
         lines.append(f"{row['rank']:>4}  {first:>8}  {row['score']:>8.4f}  {row['path']}{_flag(row, mark)}")
     if any(row.get("rerank_score") is None for row in rows):
-        lines.append("(rows with '-' were not shown to the judge; they follow in retrieval order)")
+        judged = "verifier" if ordered_by == "verifier" else "judge"
+        lines.append(f"(rows with '-' were not shown to the {judged}; they follow in retrieval order)")
     return lines

@@ -138,6 +138,11 @@ class TraceData:
     error: Any
     eval: EvalRecord | None
     encoder: EncoderIdentity | None
+    ordered_by: str = "retrieval"
+    """The score the final order follows (3.0 traces say; older ones: judge after a rerank, else retrieval)."""
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    """The verify -> refine loop, one entry per round, each with ``refine`` (the refine record that started it:
+    previous description, findings, reasoning) when there was one."""
     record: dict[str, Any] = field(repr=False, default_factory=dict)
     """The record as read (the demo shows it as JSON)."""
 
@@ -294,8 +299,21 @@ def read_trace(record: Mapping[str, Any], notes: list[str] | None = None) -> Tra
         error=trace.extra("error"),
         eval=_eval(trace.eval),
         encoder=encoder_identity(trace.encoder),
+        ordered_by=trace.ordered_by or ("judge" if rerank is not None and not rerank.skipped else "retrieval"),
+        rounds=_rounds(trace),
         record=record,
     )
+
+
+def _rounds(trace: tm.Trace) -> list[dict[str, Any]]:
+    refines = {record.round: record.output.model_dump() for record in trace.stages_named("refine")}
+    rounds = []
+    for entry in trace.rounds:
+        row = entry.model_dump()
+        row["head_confidences"] = list(zip(row.get("head") or [], row.get("confidences") or []))
+        row["refine"] = refines.get(entry.round)
+        rounds.append(row)
+    return rounds
 
 
 # --------------------------------------------------------------------------------------- the run folder

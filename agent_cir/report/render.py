@@ -119,7 +119,7 @@ def query_context(view: QueryView, images: ReportImages, captions: dict[str, lis
         "rerank": trace.rerank,
         "grids": grids,
         "final_rows": _rows(trace.results, images, targets, subset, captions),
-        "same_as_retrieval": trace.rerank is None and trace.retrieval is not None
+        "same_as_retrieval": trace.rerank is None and not trace.rounds and trace.retrieval is not None
         and [r.id for r in trace.results] == [r.id for r in trace.retrieval.rows],
         "ground_truth": [{"id": gt, "image": images.thumb_of_id(gt), "caption": (captions.get(gt) or [None])[0]}
                          for gt in view.ground_truth],

@@ -10,7 +10,7 @@ Modules, one job each:
 - ``judges``: the ``Judge`` interface and its implementations in the ``JUDGES`` registry
   (``grid``, ``pointwise``, ``logits``).
 - ``context``: one query's candidates, grid settings and trace accumulators.
-- ``stage``: ``RerankStage``, the pipeline stage (also importable as ``agent_cir.stages.rerank.RerankStage``).
+- ``stage``: ``RerankStage``, the pipeline stage.
 """
 
 from agent_cir.rerank.aggregate import (

@@ -183,7 +183,11 @@ class RetrieveStage:
         plan = _Plan(state=state, mode=config.mode)
         plan.reference_position, copies = self._reference_positions(state)
         if config.exclude_reference:
-            plan.excluded = copies
+            if config.exclude_reference_by == "id":
+                by_id = self.gallery.position(query.reference_id) if query.reference_id is not None else None
+                plan.excluded = [by_id] if by_id is not None else []
+            else:
+                plan.excluded = copies
         plan.restrict = self._restriction(state, plan.notes)
         has_image = (plan.reference_position is not None and self.gallery.has_images) or bool(query.image)
         if plan.mode in ("weimocir", "sqaf"):

@@ -269,7 +269,8 @@ class VerifyConfig(_Strict):
     model: str = "verifier"
     k: int = Field(20, ge=1, le=200)
     threshold: float = Field(0.7, ge=0.0, le=1.0)
-    """A query is accepted when its best candidate's confidence reaches this (WISER: 0.7)."""
+    """A query is accepted when its best candidate's confidence exceeds this; at or below it the query is uncertain
+    (WISER: 0.7, src/utils.py:596, 646-649)."""
     input: Literal["image", "caption"] = "image"
     """image: the verifier sees the reference and the candidate image; caption: the candidate's gallery captions
     (caption galleries, such as the CIRR text surrogate)."""

@@ -1,7 +1,7 @@
 """Verify stage: is each of the top-k candidates the reference changed as asked? A yes/no judgement per candidate,
 with its confidence P(yes) and a short reason, then the query's decision for the loop.
 
-Decision (``output.decision``): ``accept`` when the best confidence reaches ``verify.threshold``; ``refine`` when it
+Decision (``output.decision``): ``accept`` when the best confidence exceeds ``verify.threshold``; ``refine`` when it
 does not and the recipe's refine stage has rounds left (the engine sends the query to ``refine``, which starts
 the next round); ``stopped`` when no rounds are left; ``unverified`` when there is no refine stage. When a query
 leaves the loop, the rounds are fused into the final order (``agent_cir.retrieval.round_fusion``): the verified
@@ -138,7 +138,8 @@ class VerifyStage:
         return record
 
     def _decide(self, state: QueryState, best: float | None) -> str:
-        if best is not None and best >= self.config.threshold:
+        # WISER accepts a query when its best confidence exceeds the threshold (src/utils.py:646-649)
+        if best is not None and best > self.config.threshold:
             return "accept"
         if self.refine is None:
             return "unverified"

@@ -183,3 +183,37 @@ def test_api_keys_never_reach_cache_keys_params_or_error_messages(flaky_server, 
     stored = sqlite3.connect(cache.path).execute("SELECT key, value FROM model_cache").fetchall()
     assert stored and all(SECRET not in key + value for key, value in stored)
     assert redact_url("https://user:pw123456@host/v1?key=abc&x=1") == "https://user:***@host/v1?key=%2A%2A%2A&x=1"
+
+
+# --- wall-clock deadline per call (issue 18, case 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "plain"])
+def test_a_trickling_server_fails_the_call_at_its_deadline_naming_the_endpoint_and_timeout(
+    flaky_server, structured  # noqa: F811
+) -> None:
+    import time
+
+    from tests.fixtures.flaky_server import Trickle
+
+    flaky_server.default = Trickle(interval=0.2, seconds=30.0)
+    handle = _handle(flaky_server, max_retries=0, timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(ModelCallError) as err:
+        invoke(handle, [("user", "q")], prompt=PROMPT, schema=TargetDescriptionAnswer if structured else None)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + 2.5, elapsed  # was ~30 s: the per-read timeout never fires on a trickle
+    message = str(err.value)
+    assert flaky_server.base_url in message and "1.5 s" in message
+    assert len(flaky_server.requests) == 1
+
+
+def test_the_deadline_counts_every_attempt_and_a_normal_answer_is_untouched(flaky_server) -> None:  # noqa: F811
+    from agent_cir.backends.invoke import call_deadline
+
+    handle = _handle(flaky_server, max_retries=2, timeout=5.0)
+    assert 15.0 < call_deadline(handle) < 20.0
+    flaky_server.default = Reply(ANSWER)
+    assert json.loads(_ask(handle).raw)["target_description"] == "a red car"
+    fake = create_chat_model(ModelConfig(spec="fake:x", timeout=0.001, extra={"responses": ["ok"]}))
+    assert call_deadline(fake) is None  # in-process models are not cut off

@@ -305,11 +305,54 @@ def _call_with_policy(call: Callable[[], Any], handle: ChatModelHandle) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_SERVER_BACKENDS = ("openai", "ollama")
+
+
+def call_deadline(handle: ChatModelHandle) -> float | None:
+    """Wall-clock seconds one model call may take, retries included: ``timeout`` per attempt plus the retry
+    backoff; None for in-process backends (hf:, fake:), whose ``timeout`` does not apply."""
+    if handle.backend not in _SERVER_BACKENDS:
+        return None
+    attempts = handle.config.max_retries + 1
+    backoff = sum(min(8.0, 0.5 * 2**attempt) for attempt in range(attempts - 1))
+    return handle.config.timeout * attempts + backoff + 1.0  # 1 s: connection set-up and parsing
+
+
+class CallDeadlineError(TimeoutError):
+    """A model call ran past its wall-clock deadline (the client's timeout is per read: a trickling server
+    never trips it)."""
+
+
+def _within_deadline(call: Callable[[], Any], handle: ChatModelHandle) -> Any:
+    """``call()``, or CallDeadlineError once :func:`call_deadline` has passed. The call runs in a worker
+    thread that is abandoned at the deadline (its socket closes when the server or its read timeout ends)."""
+    deadline = call_deadline(handle)
+    if deadline is None:
+        return call()
+    import concurrent.futures
+
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-cir-call")
+    try:
+        future = worker.submit(call)
+        try:
+            return future.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            raise CallDeadlineError(
+                f"no complete answer within {deadline:g} s (timeout {handle.config.timeout:g} s per attempt, "
+                f"max_retries {handle.config.max_retries}); the server is too slow or trickles its answer"
+            ) from None
+    finally:
+        worker.shutdown(wait=False)
+
+
 def _call_failed(handle: ChatModelHandle, err: Exception, attempt: str = "") -> ModelCallError:
     base_url = redact_url(handle.config.base_url)
     where = f" at {base_url}" if base_url else ""
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     detail = redact(detail, handle)[:500]
+    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+        if not isinstance(err, CallDeadlineError):
+            detail += f" (no complete answer within timeout {handle.config.timeout:g} s per attempt)"
     if handle.backend in ("hf", "hf-vlm"):
         advice = "the local model could not generate; check its files, dtype and device_map"
     elif handle.backend == "fake":
@@ -450,7 +493,8 @@ def invoke(
             try:
                 runnable = chat.with_structured_output(schema, method=handle.config.structured_method,
                                                        include_raw=True)
-                result = _call_with_policy(lambda: _with_retry(runnable, handle).invoke(lc_messages), handle)
+                result = _within_deadline(
+                    lambda: _call_with_policy(lambda: _with_retry(runnable, handle).invoke(lc_messages), handle), handle)
             except AgentCirError:
                 raise
             except Exception as err:  # noqa: BLE001 - sorted below: unsupported, answer off-schema, or failed
@@ -477,7 +521,8 @@ def invoke(
                                              handle)[:300]
         if raw_text is None:
             try:
-                message = _call_with_policy(lambda: _with_retry(chat, handle).invoke(lc_messages), handle)
+                message = _within_deadline(
+                    lambda: _call_with_policy(lambda: _with_retry(chat, handle).invoke(lc_messages), handle), handle)
             except AgentCirError:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the model and endpoint

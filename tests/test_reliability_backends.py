@@ -217,3 +217,22 @@ def test_the_deadline_counts_every_attempt_and_a_normal_answer_is_untouched(flak
     assert json.loads(_ask(handle).raw)["target_description"] == "a red car"
     fake = create_chat_model(ModelConfig(spec="fake:x", timeout=0.001, extra={"responses": ["ok"]}))
     assert call_deadline(fake) is None  # in-process models are not cut off
+
+
+# --- a huge answer is capped at the call site (issue 18, case 17) -------------------------------------------
+
+
+def test_a_megabytes_long_answer_is_capped_with_the_cut_recorded(tmp_path) -> None:
+    from agent_cir.backends.invoke import MAX_RAW_ANSWER_CHARS
+
+    huge = "1 > 2 > 3 " * 300_000  # 3 MB
+    handle = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": [huge]}))
+    cache = ModelCache(tmp_path / "c.sqlite")
+    miss = invoke(handle, [("user", "rank")], prompt=PROMPT, cache=cache)
+    assert len(miss.raw) == MAX_RAW_ANSWER_CHARS and huge.startswith(miss.raw)
+    assert miss.params["raw_truncated"] == {"original_chars": len(huge), "kept_chars": MAX_RAW_ANSWER_CHARS}
+    hit = invoke(handle, [("user", "rank")], prompt=PROMPT, cache=cache)
+    assert hit.cache == "hit" and hit.raw == miss.raw
+    small = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": ["1 > 2"]}))
+    call = invoke(small, [("user", "rank")], prompt=PROMPT)
+    assert call.raw == "1 > 2" and "raw_truncated" not in call.params

@@ -372,6 +372,19 @@ def _call_failed(handle: ChatModelHandle, err: Exception, attempt: str = "") -> 
 # One cached, traced call: shared by chat answers (``invoke``) and backend-side scoring (logit_scoring).
 
 
+MAX_RAW_ANSWER_CHARS = 65_536
+"""Longest model answer kept (the trace, the parsers and the report see at most this). Real answers are a
+few KB; a server that streams megabytes of garbage must not turn into a trace line of that size."""
+
+
+def cap_raw_answer(raw: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``raw`` cut to :data:`MAX_RAW_ANSWER_CHARS`, with ``params.raw_truncated`` recording the cut."""
+    if not isinstance(raw, str) or len(raw) <= MAX_RAW_ANSWER_CHARS:
+        return raw, params
+    note = {"original_chars": len(raw), "kept_chars": MAX_RAW_ANSWER_CHARS}
+    return raw[:MAX_RAW_ANSWER_CHARS], {**params, "raw_truncated": note}
+
+
 @dataclass
 class PreparedCall:
     """What a call needs before it reaches the model: encoded images, their hashes, the cache key."""
@@ -389,6 +402,7 @@ class PreparedCall:
         return to_langchain_messages(self.messages, [data_url(data, mime) for data, mime in self.encoded])
 
     def record(self, raw: str, cache: str, usage: dict[str, Any] | None, params: dict[str, Any]) -> ModelCall:
+        raw, params = cap_raw_answer(raw, params)
         return ModelCall(
             backend=self.handle.backend,
             model=self.handle.model,
@@ -534,6 +548,7 @@ def invoke(
         call_params["structured_note"] = structured_note
     if cache_note:
         call_params["cache_note"] = cache_note
+    raw_text, call_params = cap_raw_answer(raw_text, call_params)  # cached as kept: a hit matches the miss
     if cache is not None and prepared.key is not None:
         cache.put(prepared.key, {"raw": raw_text, "structured": structured_used, "usage": usage})
     return prepared.record(raw_text, "miss" if cache is not None else "off", usage, call_params)

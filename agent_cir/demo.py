@@ -242,6 +242,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_host_names(host: str) -> frozenset[str]:
+    """Host names the demo answers: the loopback names, plus ``--host`` when it names something else.
+    Any other ``Host:`` header (a DNS-rebinding page that resolved its own name to 127.0.0.1) gets 421."""
+    names = set(LOOPBACK_HOST_NAMES)
+    given = host.strip().lower().strip("[]")
+    if given and given not in ("0.0.0.0", "::"):  # a wildcard bind is not a name a browser sends
+        names.add(given)
+    return frozenset(names)
+
+
+def _host_name(header: str) -> str:
+    """``Host:`` header value -> its name without port: ``[::1]:7860`` -> ``::1``, ``a.b:80`` -> ``a.b``."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostAllowList:
+    """ASGI middleware: requests whose ``Host:`` is not an allowed name are answered 421 Misdirected Request."""
+
+    def __init__(self, app: Any, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            name = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if name not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = b"421 Misdirected Request: this demo answers only its own host names\n"
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def network_warning(host: str) -> str | None:
     """The warning printed when the demo binds an interface other machines can reach."""
     if is_loopback(host):
@@ -384,6 +427,8 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
     Gradio may serve only the demo's own folder of images it wrote (see ``agent_cir.report.served``);
     ``auth`` (``"user:password"``) puts Gradio's login page in front; a non-loopback ``host`` prints a warning.
     """
+    from starlette.middleware import Middleware
+
     credentials = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
     warning = network_warning(host)
     if warning:
@@ -393,6 +438,7 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
         server_name=host, server_port=port, share=False, inbrowser=False, quiet=not block,
         prevent_thread_lock=not block, allowed_paths=allowed, blocked_paths=blocked or None, ssr_mode=False,
         mcp_server=False, theme=demo_theme(), css=DEMO_CSS, footer_links=[], show_error=True, auth=credentials,
+        app_kwargs={"middleware": [Middleware(HostAllowList, allowed=allowed_host_names(host))]},
     )
 
 

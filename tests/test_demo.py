@@ -254,3 +254,25 @@ def test_demo_command_reports_a_missing_index_without_traceback(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--config", "no-such-recipe", "--index", str(tmp_path / "nope")])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_the_demo_refuses_foreign_host_headers(served_demo):
+    """DNS rebinding (issue 18, case 11): a page on evil.example whose name resolves to 127.0.0.1 gets 421."""
+    import httpx
+
+    start, _, _, _ = served_demo
+    app, base = start()
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for host in ("evil.example", "evil.example:7860", "127.0.0.1.evil.example", ""):
+            assert client.get("/", headers={"Host": host}).status_code == 421, host
+        port = base.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert client.get("/", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_host_names_add_the_given_host():
+    from agent_cir.demo import _host_name, allowed_host_names
+
+    assert allowed_host_names("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert "demo.lan" in allowed_host_names("demo.lan") and "0.0.0.0" not in allowed_host_names("0.0.0.0")
+    assert _host_name("[::1]:7860") == "::1" and _host_name("Demo.LAN:80") == "demo.lan"

@@ -9,11 +9,14 @@ off and the theme uses system fonts, so the page makes no request beyond the mac
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import ipaddress
 import itertools
 import os
 import queue
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -442,6 +445,21 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
     )
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end the process like Ctrl-C (KeyboardInterrupt: Gradio's server loop stops, then the
+    atexit handlers remove the demo's temporary folders). By default SIGTERM kills without running them.
+    Only from the main thread, and only when no one else has set a SIGTERM handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", port: int | None = None,
                 artifacts_dir: str | Path | None = None, models: dict[str, Any] | None = None,
                 block: bool = True, auth: str | None = None) -> Any:
@@ -450,7 +468,13 @@ def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", 
     parse_auth(auth)  # a malformed --auth fails before any model loads
     from agent_cir.pipeline import Pipeline
 
-    artifacts = Path(artifacts_dir) if artifacts_dir else Path(tempfile.mkdtemp(prefix="agent_cir_demo_"))
+    if artifacts_dir:
+        artifacts = Path(artifacts_dir)
+    else:  # our own temporary folder (grids): removed when the process ends, Ctrl-C and SIGTERM included
+        artifacts = Path(tempfile.mkdtemp(prefix="agent_cir_demo_"))
+        atexit.register(shutil.rmtree, str(artifacts), True)
+    if block:
+        exit_cleanly_on_sigterm()
     pipeline = Pipeline.from_config(config, index=index, models=models, artifacts_dir=artifacts)
     app = build_demo(pipeline, title=f"agent_cir demo · {pipeline.recipe.name}")
     launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block, auth=auth)

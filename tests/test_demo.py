@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import os
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,57 @@ def test_allowed_host_names_add_the_given_host():
     assert allowed_host_names("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
     assert "demo.lan" in allowed_host_names("demo.lan") and "0.0.0.0" not in allowed_host_names("0.0.0.0")
     assert _host_name("[::1]:7860") == "::1" and _host_name("Demo.LAN:80") == "demo.lan"
+
+
+_DEMO_UNTIL_SIGNALLED = """
+import sys, time
+from pathlib import Path
+import agent_cir.demo as demo
+import agent_cir.pipeline as pipeline_module
+
+class _Pipeline:
+    gallery = None
+    class recipe:
+        name = "stub"
+
+pipeline_module.Pipeline.from_config = classmethod(lambda cls, *a, **k: _Pipeline())
+demo._import_gradio = lambda: None
+
+class _App:
+    def __init__(self, pipeline):
+        self.agent_cir_session = demo.DemoSession(pipeline)
+
+demo.build_demo = lambda pipeline, title="": _App(pipeline)
+
+def _serve(app, pipeline, artifacts_dir=None, **options):
+    (artifacts_dir / "grid.png").write_bytes(b"grid")
+    app.agent_cir_session.served.placeholder("ref")
+    print(artifacts_dir, app.agent_cir_session.served.folder, flush=True)
+    try:  # what Gradio's block_thread does: sleep until KeyboardInterrupt, then return
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        return
+
+demo.launch_app = _serve
+demo.launch_demo("recipe.yaml", "index", block=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_the_demo_removes_its_temporary_folders_when_stopped(tmp_path, how):
+    """Issue 18, case 23: the served copies and grids do not outlive a demo stopped by SIGTERM or Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", _DEMO_UNTIL_SIGNALLED], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    line = process.stdout.readline().split()
+    assert len(line) == 2, process.stderr.read()
+    artifacts, served = map(Path, line)
+    assert artifacts.is_dir() and any(served.iterdir())
+    process.send_signal(getattr(signal, how))
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    assert not artifacts.exists() and not served.exists()

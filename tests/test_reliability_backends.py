@@ -236,3 +236,12 @@ def test_a_megabytes_long_answer_is_capped_with_the_cut_recorded(tmp_path) -> No
     small = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": ["1 > 2"]}))
     call = invoke(small, [("user", "rank")], prompt=PROMPT)
     assert call.raw == "1 > 2" and "raw_truncated" not in call.params
+
+
+def test_header_secrets_from_extra_never_reach_an_error_message(flaky_server) -> None:  # noqa: F811
+    secret = "hdr-SECRET-0123456789"
+    flaky_server.default = Status(401, f"bad credentials: Bearer {secret} / {secret}")
+    handle = _handle(flaky_server, max_retries=0, extra={"default_headers": {"Authorization": f"Bearer {secret}"}})
+    with pytest.raises(ModelCallError) as err:
+        _ask(handle)
+    assert secret not in str(err.value)

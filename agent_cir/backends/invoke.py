@@ -146,6 +146,20 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _secret_values(data: Any, secret: bool = False) -> list[str]:
+    """Every string under a secret-named key of ``data`` (nested), and the credential of ``Bearer X`` values."""
+    from agent_cir.redact import is_secret_key
+
+    if isinstance(data, dict):
+        return [v for key, value in data.items() for v in _secret_values(value, secret or is_secret_key(key))]
+    if isinstance(data, (list, tuple)):
+        return [v for item in data for v in _secret_values(item, secret)]
+    if secret and isinstance(data, str):
+        scheme, _, credential = data.partition(" ")
+        return [data, credential] if scheme.lower() in ("bearer", "basic", "token") and credential else [data]
+    return []
+
+
 def handle_secrets(handle: ChatModelHandle) -> list[str]:
     """Every credential the handle's model may send: the configured key, the key from the environment and
     the client's own key attribute (placeholders and very short strings excluded)."""
@@ -164,6 +178,7 @@ def handle_secrets(handle: ChatModelHandle) -> list[str]:
         if isinstance(url, str) and "@" in url:
             userinfo = url.split("//", 1)[-1].rpartition("@")[0]
             found.append(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+    found.extend(_secret_values(config.extra))  # default_headers.Authorization, X-Api-Key, openai_api_key ...
     secrets = {s for s in found if isinstance(s, str) and len(s) >= 6 and s != LOCAL_KEY_PLACEHOLDER}
     return sorted(secrets, key=len, reverse=True)
 

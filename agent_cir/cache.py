@@ -26,8 +26,24 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import stable_hash
 
 CACHE_ENV = "AGENT_CIR_CACHE"
+CACHE_WAIT_ENV = "AGENT_CIR_CACHE_WAIT"
 DEFAULT_WAIT_S = 15.0
-"""Longest a cache operation waits, in total, for another process that holds the file's write lock."""
+"""Longest a cache operation waits, in total, for another process that holds the file's write lock
+(``$AGENT_CIR_CACHE_WAIT`` seconds overrides it). Not a recipe key: it changes no result, and a new recipe
+key would change the resume identity of every existing run."""
+
+
+def default_wait_seconds() -> float:
+    raw = os.environ.get(CACHE_WAIT_ENV)
+    if not raw:
+        return DEFAULT_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CacheError(f"${CACHE_WAIT_ENV}={raw!r} is not a number of seconds; set it to e.g. 15") from None
+    if not 0 <= value <= 86_400:
+        raise CacheError(f"${CACHE_WAIT_ENV}={raw!r} must be between 0 and 86400 seconds")
+    return value
 _SCHEMA = "CREATE TABLE IF NOT EXISTS model_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
@@ -54,13 +70,13 @@ def default_cache_path() -> Path:
 class ModelCache:
     """A key -> JSON-dict store in one SQLite file, shared safely by threads and processes."""
 
-    def __init__(self, path: str | Path | None = None, wait_seconds: float = DEFAULT_WAIT_S) -> None:
+    def __init__(self, path: str | Path | None = None, wait_seconds: float | None = None) -> None:
         """``wait_seconds`` bounds the total wait for another process's lock, per operation. Opening a cache
         another process keeps locked past it raises :class:`CacheBusyError` (before any model is called:
         nothing is lost); a ``put`` past it warns (:class:`CacheBusyWarning`) and leaves that one answer
         uncached, so a busy cache can slow a run by at most ``wait_seconds`` per write, never stop it."""
         self.path = Path(path).expanduser() if path else default_cache_path()
-        self.wait_seconds = max(0.0, float(wait_seconds))
+        self.wait_seconds = default_wait_seconds() if wait_seconds is None else max(0.0, float(wait_seconds))
         self.hits = 0
         self.misses = 0
         self.damaged = 0
@@ -81,7 +97,7 @@ class ModelCache:
         """A cache from a recipe's ``cache:`` block (``agent_cir.config.CacheConfig``); None when disabled."""
         if config is None or not getattr(config, "enabled", True):
             return None
-        return cls(getattr(config, "path", None), getattr(config, "wait_seconds", DEFAULT_WAIT_S))
+        return cls(getattr(config, "path", None))
 
     @staticmethod
     def make_key(**parts: Any) -> str:

@@ -274,9 +274,6 @@ class CacheConfig(_Strict):
     enabled: bool = True
     path: str | None = None
     """SQLite file; None means ~/.cache/agent_cir/cache.sqlite (or $AGENT_CIR_CACHE)."""
-    wait_seconds: float = Field(15.0, ge=0.0, le=3600.0)
-    """Longest one cache operation waits for another process holding the file's write lock: opening then
-    fails with a clear error; a write then is skipped with a warning (the answer is kept, just not cached)."""
 
 
 BENCHMARK_NAMES = ("circo", "cirr", "fashioniq", "genecis")

@@ -200,8 +200,12 @@ def test_a_put_while_another_process_holds_the_lock_warns_and_keeps_going(tmp_pa
     assert cache.get("after") == {"raw": "c"} and cache.get("during") is None
 
 
-def test_the_recipe_sets_the_cache_wait(tmp_path):
-    from agent_cir.config import CacheConfig
+def test_the_cache_wait_comes_from_the_environment(tmp_path, monkeypatch):
+    from agent_cir.cache import DEFAULT_WAIT_S
 
-    cache = ModelCache.from_config(CacheConfig(path=str(tmp_path / "c.sqlite"), wait_seconds=2.5))
-    assert cache.wait_seconds == 2.5
+    assert ModelCache(tmp_path / "a.sqlite").wait_seconds == DEFAULT_WAIT_S <= 15
+    monkeypatch.setenv("AGENT_CIR_CACHE_WAIT", "2.5")
+    assert ModelCache.from_config(CacheConfig(path=str(tmp_path / "c.sqlite"))).wait_seconds == 2.5
+    monkeypatch.setenv("AGENT_CIR_CACHE_WAIT", "soon")
+    with pytest.raises(CacheError, match="AGENT_CIR_CACHE_WAIT"):
+        ModelCache(tmp_path / "d.sqlite")

@@ -302,8 +302,8 @@ demo.build_demo = lambda pipeline, title="": _App(pipeline)
 def _serve(app, pipeline, artifacts_dir=None, **options):
     (artifacts_dir / "grid.png").write_bytes(b"grid")
     app.agent_cir_session.served.placeholder("ref")
-    print(artifacts_dir, app.agent_cir_session.served.folder, flush=True)
     try:  # what Gradio's block_thread does: sleep until KeyboardInterrupt, then return
+        print(artifacts_dir, app.agent_cir_session.served.folder, flush=True)
         while True:
             time.sleep(0.05)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +26,37 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import stable_hash
 
 CACHE_ENV = "AGENT_CIR_CACHE"
-_BUSY_TIMEOUT_S = 60.0
+CACHE_WAIT_ENV = "AGENT_CIR_CACHE_WAIT"
+DEFAULT_WAIT_S = 15.0
+"""Longest a cache operation waits, in total, for another process that holds the file's write lock
+(``$AGENT_CIR_CACHE_WAIT`` seconds overrides it). Not a recipe key: it changes no result, and a new recipe
+key would change the resume identity of every existing run."""
+
+
+def default_wait_seconds() -> float:
+    raw = os.environ.get(CACHE_WAIT_ENV)
+    if not raw:
+        return DEFAULT_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CacheError(f"${CACHE_WAIT_ENV}={raw!r} is not a number of seconds; set it to e.g. 15") from None
+    if not 0 <= value <= 86_400:
+        raise CacheError(f"${CACHE_WAIT_ENV}={raw!r} must be between 0 and 86400 seconds")
+    return value
 _SCHEMA = "CREATE TABLE IF NOT EXISTS model_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
 class CacheError(AgentCirError, OSError):
     """The cache file cannot be opened or written."""
+
+
+class CacheBusyError(CacheError):
+    """Another process held the cache file's lock for longer than the cache waits."""
+
+
+class CacheBusyWarning(UserWarning):
+    """A value was not stored because another process held the cache file's lock too long."""
 
 
 def default_cache_path() -> Path:
@@ -44,8 +70,13 @@ def default_cache_path() -> Path:
 class ModelCache:
     """A key -> JSON-dict store in one SQLite file, shared safely by threads and processes."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, wait_seconds: float | None = None) -> None:
+        """``wait_seconds`` bounds the total wait for another process's lock, per operation. Opening a cache
+        another process keeps locked past it raises :class:`CacheBusyError` (before any model is called:
+        nothing is lost); a ``put`` past it warns (:class:`CacheBusyWarning`) and leaves that one answer
+        uncached, so a busy cache can slow a run by at most ``wait_seconds`` per write, never stop it."""
         self.path = Path(path).expanduser() if path else default_cache_path()
+        self.wait_seconds = default_wait_seconds() if wait_seconds is None else max(0.0, float(wait_seconds))
         self.hits = 0
         self.misses = 0
         self.damaged = 0
@@ -78,11 +109,13 @@ class ModelCache:
         if conn is not None:
             return conn
         try:
-            conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            deadline = time.monotonic() + self.wait_seconds  # one budget for the whole opening
+            conn = sqlite3.connect(str(self.path), timeout=self.wait_seconds, isolation_level=None)
+            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), deadline, conn)
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._retry_locked(lambda: conn.execute(_SCHEMA))
+            self._retry_locked(lambda: conn.execute(_SCHEMA), deadline, conn)
+        except CacheBusyError:
+            raise
         except sqlite3.Error as err:
             raise CacheError(
                 f"model cache {self.path} cannot be opened ({err}); delete the file if it is corrupt, "
@@ -91,19 +124,34 @@ class ModelCache:
         self._local.conn = conn
         return conn
 
-    @staticmethod
-    def _retry_locked(action: Any, attempts: int = 20) -> Any:
-        # Switching to WAL or creating the table needs a brief exclusive lock that the busy handler
-        # does not always wait for (e.g. while another process is doing the same); retry briefly.
-        for attempt in range(attempts):
+    def _busy_error(self, waited: float) -> CacheBusyError:
+        return CacheBusyError(
+            f"model cache {self.path} is locked by another process (an agent-cir run or a tool holding a write "
+            f"transaction on it); waited {waited:.1f} s. Wait for that process to finish, point cache.path / "
+            f"${CACHE_ENV} at another file, or run without the cache (cache: {{enabled: false}})"
+        )
+
+    def _retry_locked(self, action: Any, deadline: float | None = None, conn: sqlite3.Connection | None = None) -> Any:
+        # Locked/busy errors are retried until one total deadline, whatever SQLite's own busy handler did:
+        # the busy timeout of each try is cut to the time left, so waits never add up past wait_seconds.
+        started = time.monotonic()
+        deadline = started + self.wait_seconds if deadline is None else deadline
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            if conn is not None:
+                conn.execute(f"PRAGMA busy_timeout={max(0, int(left * 1000))}")
             try:
                 return action()
             except sqlite3.OperationalError as err:
                 transient = "locked" in str(err) or "busy" in str(err)
-                if not transient or attempt == attempts - 1:
+                if not transient:
                     raise
-                time.sleep(0.05 * (attempt + 1))
-        return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._busy_error(time.monotonic() - started) from err
+                time.sleep(min(left, 0.05 * (attempt + 1)))
+                attempt += 1
 
     def lookup(
         self, key: str, validate: Callable[[dict[str, Any]], bool] | None = None
@@ -147,13 +195,19 @@ class ModelCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store (or replace) a value. Safe when another process writes the same key at the same time."""
         payload = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-        self._retry_locked(
-            lambda: self._connection().execute(
-                "INSERT INTO model_cache (key, value, created) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, created = excluded.created",
-                (key, payload, time.time()),
+        conn = self._connection()
+        try:
+            self._retry_locked(
+                lambda: conn.execute(
+                    "INSERT INTO model_cache (key, value, created) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, created = excluded.created",
+                    (key, payload, time.time()),
+                ),
+                conn=conn,
             )
-        )
+        except CacheBusyError as err:
+            # The answer itself is not lost (the caller has it); only its cache entry is skipped.
+            warnings.warn(f"{err} -- this answer was not cached", CacheBusyWarning, stacklevel=2)
 
     def __contains__(self, key: str) -> bool:
         return self._connection().execute("SELECT 1 FROM model_cache WHERE key = ?", (key,)).fetchone() is not None

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import stable_hash
+from agent_cir.redact import REDACTED  # noqa: F401 - re-exported: callers import it from here
+from agent_cir.redact import redact_secrets as _redact_secrets
 
 
 MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "rerank")
@@ -205,14 +207,19 @@ class RetrieveConfig(_Strict):
         return data
 
 
+MAX_GRID_CELL_SIZE = 1024
+MAX_GRID_PIXELS = 40_000_000
+"""About 120 MB as RGB: far above what any judge model takes in one image."""
+
+
 class GridConfig(_Strict):
     """Consumed by ``agent_cir.grid.render_grid`` (through the rerank stage)."""
 
     rows: int = Field(3, ge=1)
     cols: int = Field(3, ge=1)
-    cell_size: int = Field(256, ge=32)
+    cell_size: int = Field(256, ge=32, le=MAX_GRID_CELL_SIZE)
     """Side of each square cell in pixels; pictures are letterboxed into it, never cropped."""
-    gap: int = Field(8, ge=0)
+    gap: int = Field(8, ge=0, le=256)
     background: str = "#202020"
     caption_strip: bool = False
     """Draw each candidate's gallery caption under its cell (needs captions handed to the rerank stage)."""
@@ -221,6 +228,18 @@ class GridConfig(_Strict):
     marked "R"; none: the judge sees only the candidates."""
     mark_scale: float = Field(0.2, gt=0.0, le=0.5)
     """Height of the number on each cell as a fraction of the cell size."""
+
+    @model_validator(mode="after")
+    def _bounded_size(self) -> GridConfig:
+        # The grid is one RGB image in memory (and sent to a model): refuse sizes no judge could take.
+        width = self.cols * self.cell_size + (self.cols + 1) * self.gap
+        height = self.rows * self.cell_size + (self.rows + 1) * self.gap
+        if width * height > MAX_GRID_PIXELS:
+            raise ValueError(
+                f"a {self.rows}x{self.cols} grid of {self.cell_size}px cells is {width}x{height} pixels, more than "
+                f"the limit of {MAX_GRID_PIXELS:,}; use fewer rows/cols or a smaller cell_size"
+            )
+        return self
 
 
 class RerankConfig(_Strict):
@@ -309,8 +328,8 @@ class CacheConfig(_Strict):
 
 
 SECRET_KEYS = frozenset({"api_key"})
-"""Keys whose values never leave the process: redacted in every dump we write (run.json, ``recipes --json``)."""
-REDACTED = "<redacted>"
+"""Kept for callers that import it; what is redacted is decided by ``agent_cir.redact.is_secret_key`` (any key
+whose name says key / token / secret / password / authorization / credential) and by value shape."""
 
 
 class PublishedResult(_Strict):
@@ -428,15 +447,10 @@ class Recipe(_Strict):
 
 
 def redact_secrets(data: Any) -> Any:
-    """A copy of ``data`` (nested dicts/lists) with every non-empty secret value replaced by ``<redacted>``."""
-    if isinstance(data, dict):
-        return {
-            key: (REDACTED if key in SECRET_KEYS and value not in (None, "") else redact_secrets(value))
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [redact_secrets(item) for item in data]
-    return data
+    """A copy of ``data`` (nested dicts/lists) with every secret replaced by ``<redacted>``: by key name (any key
+    naming a key, token, secret, password, authorization or credential) and by shape (URL passwords, secret
+    query parameters, Bearer credentials). The one redactor: :func:`agent_cir.redact.redact_secrets`."""
+    return _redact_secrets(data)
 
 
 def redacted_recipe_dump(recipe: Recipe) -> dict[str, Any]:
@@ -497,6 +511,67 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+MAX_RECIPE_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+"""Nodes a recipe may have once its aliases are expanded: a real recipe has a few hundred; an alias tree
+(a "billion laughs") that expands to billions would stall every later dump and hash of the recipe."""
+
+
+def _expanded_nodes(root: yaml.Node, source: str) -> int:
+    """How many nodes ``root`` stands for with every alias expanded (shared nodes counted once per use)."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    # Iterative post-order walk: a deep document must not exhaust Python's recursion limit here.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        ident = id(node)
+        if ident in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if not children_done:
+            if ident in visiting:
+                raise ConfigError(f"recipe {source}: an alias refers to a node that contains it (a recursive alias)")
+            visiting.add(ident)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in visiting:
+                    raise ConfigError(
+                        f"recipe {source}: an alias refers to a node that contains it (a recursive alias)"
+                    )
+                if id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        visiting.discard(ident)
+        total = 1 + sum(sizes[id(child)] for child in children)
+        if total > MAX_YAML_NODES:
+            mark = node.start_mark
+            raise ConfigError(
+                f"recipe {source} line {mark.line + 1}: with its aliases (*name) expanded this part has more than "
+                f"{MAX_YAML_NODES:,} values; a recipe needs a few hundred. Write the values out, or share fewer"
+            )
+        sizes[ident] = total
+    return sizes[id(root)]
+
+
+def load_yaml_bounded(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``, refusing alias trees that expand past :data:`MAX_YAML_NODES` before building
+    any Python object from them."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _expanded_nodes(root, source)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load a recipe by packaged name (``cirevl``) or YAML path; ``overrides`` are deep-merged on top."""
     raw = str(name_or_path)
@@ -511,7 +586,17 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
                 f"(packaged: {', '.join(packaged) or 'none'}; list them with `agent-cir recipes`)"
             )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(
+                f"recipe {path} is {size:,} bytes, more than the {MAX_RECIPE_BYTES:,} a recipe may have; "
+                "is it the right file?"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"recipe {path} cannot be read ({err}); check the file") from None
+    try:
+        data = load_yaml_bounded(text, str(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -9,11 +9,14 @@ off and the theme uses system fonts, so the page makes no request beyond the mac
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import ipaddress
 import itertools
 import os
 import queue
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -263,6 +266,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_HOST_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_host_names(host: str) -> frozenset[str]:
+    """Host names the demo answers: the loopback names, plus ``--host`` when it names something else.
+    Any other ``Host:`` header (a DNS-rebinding page that resolved its own name to 127.0.0.1) gets 421."""
+    names = set(LOOPBACK_HOST_NAMES)
+    given = host.strip().lower().strip("[]")
+    if given and given not in ("0.0.0.0", "::"):  # a wildcard bind is not a name a browser sends
+        names.add(given)
+    return frozenset(names)
+
+
+def _host_name(header: str) -> str:
+    """``Host:`` header value -> its name without port: ``[::1]:7860`` -> ``::1``, ``a.b:80`` -> ``a.b``."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostAllowList:
+    """ASGI middleware: requests whose ``Host:`` is not an allowed name are answered 421 Misdirected Request."""
+
+    def __init__(self, app: Any, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            name = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if name not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = b"421 Misdirected Request: this demo answers only its own host names\n"
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def network_warning(host: str) -> str | None:
     """The warning printed when the demo binds an interface other machines can reach."""
     if is_loopback(host):
@@ -405,6 +451,8 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
     Gradio may serve only the demo's own folder of images it wrote (see ``agent_cir.report.served``);
     ``auth`` (``"user:password"``) puts Gradio's login page in front; a non-loopback ``host`` prints a warning.
     """
+    from starlette.middleware import Middleware
+
     credentials = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
     warning = network_warning(host)
     if warning:
@@ -414,7 +462,23 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
         server_name=host, server_port=port, share=False, inbrowser=False, quiet=not block,
         prevent_thread_lock=not block, allowed_paths=allowed, blocked_paths=blocked or None, ssr_mode=False,
         mcp_server=False, theme=demo_theme(), css=DEMO_CSS, footer_links=[], show_error=True, auth=credentials,
+        app_kwargs={"middleware": [Middleware(HostAllowList, allowed=allowed_host_names(host))]},
     )
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end the process like Ctrl-C (KeyboardInterrupt: Gradio's server loop stops, then the
+    atexit handlers remove the demo's temporary folders). By default SIGTERM kills without running them.
+    Only from the main thread, and only when no one else has set a SIGTERM handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", port: int | None = None,
@@ -425,7 +489,13 @@ def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", 
     parse_auth(auth)  # a malformed --auth fails before any model loads
     from agent_cir.pipeline import Pipeline
 
-    artifacts = Path(artifacts_dir) if artifacts_dir else Path(tempfile.mkdtemp(prefix="agent_cir_demo_"))
+    if artifacts_dir:
+        artifacts = Path(artifacts_dir)
+    else:  # our own temporary folder (grids): removed when the process ends, Ctrl-C and SIGTERM included
+        artifacts = Path(tempfile.mkdtemp(prefix="agent_cir_demo_"))
+        atexit.register(shutil.rmtree, str(artifacts), True)
+    if block:
+        exit_cleanly_on_sigterm()
     pipeline = Pipeline.from_config(config, index=index, models=models, artifacts_dir=artifacts)
     app = build_demo(pipeline, title=f"agent_cir demo · {pipeline.recipe.name}")
     launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block, auth=auth)

@@ -17,11 +17,16 @@ their text, so an edited template gets its new text and hash in a long-lived pro
 from __future__ import annotations
 
 import functools
+import operator
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from agent_cir.errors import AgentCirError
@@ -61,13 +66,108 @@ def split_roles(source: str) -> list[tuple[str, str]]:
     return [(role, "\n".join(lines)) for role, lines in parts]
 
 
+RENDER_SECONDS = 2.0
+"""Wall-clock budget of one prompt part's rendering; a prompt is a few KB and renders in milliseconds."""
+RENDER_MAX_CHARS = 1_000_000
+"""Longest text one prompt part may render to (far beyond any model's context window)."""
+_MAX_REPEAT_ITEMS = 1_000_000
+"""Largest ``"x" * n`` / ``[..] * n`` result and ``a ** b`` exponent a template may compute."""
+
+
+class RenderBudgetError(PromptError):
+    """A template ran past its rendering budget (time or output size)."""
+
+
+class _Budget(threading.local):
+    deadline: float | None = None
+    source: str = ""
+
+
+_BUDGET = _Budget()
+
+
+def _check_budget() -> None:
+    deadline = _BUDGET.deadline
+    if deadline is not None and time.monotonic() > deadline:
+        raise RenderBudgetError(
+            f"prompt {_BUDGET.source} ran for more than {RENDER_SECONDS:g} s while rendering (nested loops?); "
+            "a prompt template should only format the variables it is given"
+        )
+
+
+def _budgeted_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Every ``{% for %}`` loop of a template iterates through here: the time budget is checked each item,
+    so nested loops that produce no output still stop."""
+    for item in iterable:
+        _check_budget()
+        yield item
+
+
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with the budget checked at every call, attribute, item and repetition."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        _check_budget()
+        if operator_name == "**":
+            if isinstance(right, int) and abs(right) > 10_000 and not (isinstance(left, (int, float)) and abs(left) <= 1):
+                raise RenderBudgetError(f"prompt {_BUDGET.source}: exponent {right} is too large for a template")
+            return operator.pow(left, right)
+        for count, other in ((right, left), (left, right)):
+            if isinstance(count, int) and isinstance(other, (str, list, tuple)) and count * max(len(other), 1) > _MAX_REPEAT_ITEMS:
+                raise RenderBudgetError(
+                    f"prompt {_BUDGET.source}: repeating a value {count} times would make more than "
+                    f"{_MAX_REPEAT_ITEMS:,} items"
+                )
+        return operator.mul(left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_budget()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_budget()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_budget()
+        return super().getitem(obj, argument)
+
+
 # One sandbox for every template: StrictUndefined so that a missing variable is an error, not "".
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+_ENV = _BudgetedSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+_ENV.globals["_agent_cir_budgeted_iter"] = _budgeted_iter
 
 
 @functools.lru_cache(maxsize=256)
 def _compile(part_source: str) -> jinja2.Template:
-    return _ENV.from_string(part_source)
+    tree = _ENV.parse(part_source)
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(nodes.Name("_agent_cir_budgeted_iter", "load"), [loop.iter], [], None, None,
+                               lineno=loop.lineno)
+    return _ENV.from_string(tree)
+
+
+def _render_bounded(template: jinja2.Template, source: str, variables: dict[str, Any]) -> str:
+    """``template.render(**variables)`` within :data:`RENDER_SECONDS` and :data:`RENDER_MAX_CHARS`."""
+    previous = (_BUDGET.deadline, _BUDGET.source)
+    _BUDGET.deadline, _BUDGET.source = time.monotonic() + RENDER_SECONDS, source
+    try:
+        pieces: list[str] = []
+        length = 0
+        for piece in template.generate(**variables):
+            length += len(piece)
+            if length > RENDER_MAX_CHARS:
+                raise RenderBudgetError(
+                    f"prompt {source} rendered more than {RENDER_MAX_CHARS:,} characters; a prompt template "
+                    "should only format the variables it is given (check its loops)"
+                )
+            _check_budget()
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        _BUDGET.deadline, _BUDGET.source = previous
 
 
 @dataclass(frozen=True)
@@ -94,7 +194,9 @@ class PromptTemplate:
         rendered: list[tuple[str, str]] = []
         for role, part in self._parts:
             try:
-                body = _compile(part).render(**variables)
+                body = _render_bounded(_compile(part), str(self.path), variables)
+            except RenderBudgetError:
+                raise
             except jinja2.UndefinedError as err:
                 raise PromptError(f"prompt {self.path}: {err}; pass it when rendering") from err
             except SecurityError as err:

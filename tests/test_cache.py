@@ -133,3 +133,79 @@ def test_invoke_recomputes_a_damaged_answer_and_notes_it(tmp_path: Path, make_fa
     assert "damaged" in second.params["cache_note"] and cache.damaged == 1
     third = invoke(handle, [("user", "q")], prompt=prompt, cache=cache)
     assert third.cache == "hit" and "cache_note" not in third.params
+
+
+# --- bounded waits: another process holding the write lock (issue 18, case 13) ---------------------------
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute(sys.argv[2])
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold_write_lock(path, journal_mode="DELETE"):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path), f"PRAGMA journal_mode={journal_mode}"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_opening_a_cache_another_process_keeps_locked_fails_within_the_wait_naming_the_file(tmp_path):
+    import time
+
+    from agent_cir.cache import CacheBusyError
+
+    path = tmp_path / "held.sqlite"
+    holder = _hold_write_lock(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CacheBusyError) as err:
+            ModelCache(path, wait_seconds=1.0)
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited < 4.0  # was 20 retries x 60 s busy timeout
+    message = str(err.value)
+    assert str(path) in message and "another process" in message and "enabled: false" in message
+
+
+def test_a_put_while_another_process_holds_the_lock_warns_and_keeps_going(tmp_path):
+    import time
+
+    from agent_cir.cache import CacheBusyWarning
+
+    path = tmp_path / "shared.sqlite"
+    cache = ModelCache(path, wait_seconds=1.0)
+    cache.put("before", {"raw": "a"})
+    holder = _hold_write_lock(path, journal_mode="WAL")
+    try:
+        started = time.monotonic()
+        with pytest.warns(CacheBusyWarning, match="not cached"):
+            cache.put("during", {"raw": "b"})
+        waited = time.monotonic() - started
+        assert cache.get("before") == {"raw": "a"}  # reads still work under WAL
+    finally:
+        holder.kill()
+        holder.wait()
+    assert 0.5 < waited < 4.0
+    cache.put("after", {"raw": "c"})  # the lock is gone: writes work again
+    assert cache.get("after") == {"raw": "c"} and cache.get("during") is None
+
+
+def test_the_cache_wait_comes_from_the_environment(tmp_path, monkeypatch):
+    from agent_cir.cache import DEFAULT_WAIT_S
+
+    assert ModelCache(tmp_path / "a.sqlite").wait_seconds == DEFAULT_WAIT_S <= 15
+    monkeypatch.setenv("AGENT_CIR_CACHE_WAIT", "2.5")
+    assert ModelCache.from_config(CacheConfig(path=str(tmp_path / "c.sqlite"))).wait_seconds == 2.5
+    monkeypatch.setenv("AGENT_CIR_CACHE_WAIT", "soon")
+    with pytest.raises(CacheError, match="AGENT_CIR_CACHE_WAIT"):
+        ModelCache(tmp_path / "d.sqlite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,79 @@ def test_demo_command_reports_a_missing_index_without_traceback(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--config", "no-such-recipe", "--index", str(tmp_path / "nope")])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_the_demo_refuses_foreign_host_headers(served_demo):
+    """DNS rebinding (issue 18, case 11): a page on evil.example whose name resolves to 127.0.0.1 gets 421."""
+    import httpx
+
+    start, _, _, _ = served_demo
+    app, base = start()
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for host in ("evil.example", "evil.example:7860", "127.0.0.1.evil.example", ""):
+            assert client.get("/", headers={"Host": host}).status_code == 421, host
+        port = base.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert client.get("/", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_host_names_add_the_given_host():
+    from agent_cir.demo import _host_name, allowed_host_names
+
+    assert allowed_host_names("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert "demo.lan" in allowed_host_names("demo.lan") and "0.0.0.0" not in allowed_host_names("0.0.0.0")
+    assert _host_name("[::1]:7860") == "::1" and _host_name("Demo.LAN:80") == "demo.lan"
+
+
+_DEMO_UNTIL_SIGNALLED = """
+import sys, time
+from pathlib import Path
+import agent_cir.demo as demo
+import agent_cir.pipeline as pipeline_module
+
+class _Pipeline:
+    gallery = None
+    class recipe:
+        name = "stub"
+
+pipeline_module.Pipeline.from_config = classmethod(lambda cls, *a, **k: _Pipeline())
+demo._import_gradio = lambda: None
+
+class _App:
+    def __init__(self, pipeline):
+        self.agent_cir_session = demo.DemoSession(pipeline)
+
+demo.build_demo = lambda pipeline, title="": _App(pipeline)
+
+def _serve(app, pipeline, artifacts_dir=None, **options):
+    (artifacts_dir / "grid.png").write_bytes(b"grid")
+    app.agent_cir_session.served.placeholder("ref")
+    try:  # what Gradio's block_thread does: sleep until KeyboardInterrupt, then return
+        print(artifacts_dir, app.agent_cir_session.served.folder, flush=True)
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        return
+
+demo.launch_app = _serve
+demo.launch_demo("recipe.yaml", "index", block=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_the_demo_removes_its_temporary_folders_when_stopped(tmp_path, how):
+    """Issue 18, case 23: the served copies and grids do not outlive a demo stopped by SIGTERM or Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", _DEMO_UNTIL_SIGNALLED], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    line = process.stdout.readline().split()
+    assert len(line) == 2, process.stderr.read()
+    artifacts, served = map(Path, line)
+    assert artifacts.is_dir() and any(served.iterdir())
+    process.send_signal(getattr(signal, how))
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    assert not artifacts.exists() and not served.exists()

@@ -183,3 +183,65 @@ def test_api_keys_never_reach_cache_keys_params_or_error_messages(flaky_server, 
     stored = sqlite3.connect(cache.path).execute("SELECT key, value FROM model_cache").fetchall()
     assert stored and all(SECRET not in key + value for key, value in stored)
     assert redact_url("https://user:pw123456@host/v1?key=abc&x=1") == "https://user:***@host/v1?key=%2A%2A%2A&x=1"
+
+
+# --- wall-clock deadline per call (issue 18, case 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "plain"])
+def test_a_trickling_server_fails_the_call_at_its_deadline_naming_the_endpoint_and_timeout(
+    flaky_server, structured  # noqa: F811
+) -> None:
+    import time
+
+    from tests.fixtures.flaky_server import Trickle
+
+    flaky_server.default = Trickle(interval=0.2, seconds=30.0)
+    handle = _handle(flaky_server, max_retries=0, timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(ModelCallError) as err:
+        invoke(handle, [("user", "q")], prompt=PROMPT, schema=TargetDescriptionAnswer if structured else None)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + 2.5, elapsed  # was ~30 s: the per-read timeout never fires on a trickle
+    message = str(err.value)
+    assert flaky_server.base_url in message and "1.5 s" in message
+    assert len(flaky_server.requests) == 1
+
+
+def test_the_deadline_counts_every_attempt_and_a_normal_answer_is_untouched(flaky_server) -> None:  # noqa: F811
+    from agent_cir.backends.invoke import call_deadline
+
+    handle = _handle(flaky_server, max_retries=2, timeout=5.0)
+    assert 15.0 < call_deadline(handle) < 20.0
+    flaky_server.default = Reply(ANSWER)
+    assert json.loads(_ask(handle).raw)["target_description"] == "a red car"
+    fake = create_chat_model(ModelConfig(spec="fake:x", timeout=0.001, extra={"responses": ["ok"]}))
+    assert call_deadline(fake) is None  # in-process models are not cut off
+
+
+# --- a huge answer is capped at the call site (issue 18, case 17) -------------------------------------------
+
+
+def test_a_megabytes_long_answer_is_capped_with_the_cut_recorded(tmp_path) -> None:
+    from agent_cir.backends.invoke import MAX_RAW_ANSWER_CHARS
+
+    huge = "1 > 2 > 3 " * 300_000  # 3 MB
+    handle = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": [huge]}))
+    cache = ModelCache(tmp_path / "c.sqlite")
+    miss = invoke(handle, [("user", "rank")], prompt=PROMPT, cache=cache)
+    assert len(miss.raw) == MAX_RAW_ANSWER_CHARS and huge.startswith(miss.raw)
+    assert miss.params["raw_truncated"] == {"original_chars": len(huge), "kept_chars": MAX_RAW_ANSWER_CHARS}
+    hit = invoke(handle, [("user", "rank")], prompt=PROMPT, cache=cache)
+    assert hit.cache == "hit" and hit.raw == miss.raw
+    small = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": ["1 > 2"]}))
+    call = invoke(small, [("user", "rank")], prompt=PROMPT)
+    assert call.raw == "1 > 2" and "raw_truncated" not in call.params
+
+
+def test_header_secrets_from_extra_never_reach_an_error_message(flaky_server) -> None:  # noqa: F811
+    secret = "hdr-SECRET-0123456789"
+    flaky_server.default = Status(401, f"bad credentials: Bearer {secret} / {secret}")
+    handle = _handle(flaky_server, max_retries=0, extra={"default_headers": {"Authorization": f"Bearer {secret}"}})
+    with pytest.raises(ModelCallError) as err:
+        _ask(handle)
+    assert secret not in str(err.value)

@@ -565,3 +565,54 @@ def test_trace_text_is_escaped_everywhere(tmp_path, payload):
             assert payload in html, "template syntax in data is shown as text, never evaluated"
     escaped = payload.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
     assert escaped in (out / "index.html").read_text(), "the modification text is shown, escaped"
+
+
+# --- issue 18, case 21: stale partial files, file modes, undecodable lines ------------------------------------
+
+
+def test_a_killed_reports_partial_files_are_removed_by_the_next_report(synthetic_run, tmp_path):
+    out = tmp_path / "report"
+    build_report(synthetic_run.run_dir, out)
+    # What a report killed mid-write leaves: temporary names of its own files (old and current naming).
+    stale = [out / ".index.html.12345-0a1b2c3d.part", out / ".index.html.k3j_x9az.part",
+             out / ".agent_cir_report.q8w7e6r5.part"]
+    page = next((out / "queries").glob("*.html"))
+    stale.append(page.parent / f".{page.name}.777-deadbeef.part")
+    for path in stale:
+        path.write_text("half")
+    users = [out / "notes.part", out / ".mine.12345-0a1b2c3d.part"]  # not a temporary of a report file
+    for path in users:
+        path.write_text("mine")
+    build_report(synthetic_run.run_dir, out)
+    assert not any(path.exists() for path in stale)
+    assert all(path.read_text() == "mine" for path in users)
+
+
+def test_report_files_get_the_umasks_mode_not_0600(synthetic_run, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "report"
+        build_report(synthetic_run.run_dir, out)
+    finally:
+        os.umask(previous)
+    for name in ("index.html", "summary.json", ".agent_cir_report"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    assert next((out / "queries").glob("*.html")).stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("bad_line", [b'{"query_id": "bad", "x": "\xff\xfe"}\n', b'{"query_id": "torn", "t": "\xe2\x82'],
+                         ids=["invalid-utf8-middle", "torn-multibyte-last-line"])
+def test_an_undecodable_line_is_skipped_with_its_line_number_not_fatal(tmp_path, bad_line):
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(make_trace("one", None, None, ground_truth=[1], retrieve_order=[0, 1, 2], rerank_order=None))
+    with open(traces, "ab") as handle:
+        handle.write(bad_line)
+        if bad_line.endswith(b"\n"):
+            handle.write(json.dumps(make_trace("two", None, None, ground_truth=[1], retrieve_order=[0, 1, 2],
+                                               rerank_order=None)).encode() + b"\n")
+    out = tmp_path / "report"
+    build_report(traces, out)
+    ids = [q["id"] for q in summary(out)["queries"]]
+    assert ids == (["one", "two"] if bad_line.endswith(b"\n") else ["one"])
+    assert "not valid UTF-8 and were skipped (line 2)" in (out / "index.html").read_text()

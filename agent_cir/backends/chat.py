@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -202,6 +203,35 @@ def _rate_limiter(config: ModelConfig) -> Any:
     )
 
 
+def _deadline_http_client(seconds: float) -> Any:
+    """An httpx client whose every request (headers and body) must finish within ``seconds`` of wall-clock
+    time. httpx's own timeout is per read, so a server that trickles a byte now and then never trips it;
+    ``invoke`` enforces the same deadline from outside, and this stops the abandoned request too."""
+    import httpx
+
+    class _DeadlineStream(httpx.SyncByteStream):
+        def __init__(self, inner: Any, deadline: float, url: str) -> None:
+            self._inner, self._deadline, self._url = inner, deadline, url
+
+        def __iter__(self) -> Any:
+            for chunk in self._inner:
+                if time.monotonic() > self._deadline:
+                    raise httpx.ReadTimeout(f"{self._url}: no complete answer within {seconds:g} s")
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
+
+    class _DeadlineTransport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            deadline = time.monotonic() + seconds
+            response = super().handle_request(request)
+            response.stream = _DeadlineStream(response.stream, deadline, str(request.url.copy_with(query=None)))
+            return response
+
+    return httpx.Client(transport=_DeadlineTransport(), timeout=seconds)
+
+
 def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
     from langchain_openai import ChatOpenAI
 
@@ -248,6 +278,8 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
             attempts=max(config.max_retries + 1, len(endpoints)),
         )
     else:
+        if "http_client" not in kwargs:
+            kwargs["http_client"] = _deadline_http_client(config.timeout)
         chat = ChatOpenAI(**kwargs)
     return ChatModelHandle(
         chat=chat,

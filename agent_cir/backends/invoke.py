@@ -146,6 +146,20 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _secret_values(data: Any, secret: bool = False) -> list[str]:
+    """Every string under a secret-named key of ``data`` (nested), and the credential of ``Bearer X`` values."""
+    from agent_cir.redact import is_secret_key
+
+    if isinstance(data, dict):
+        return [v for key, value in data.items() for v in _secret_values(value, secret or is_secret_key(key))]
+    if isinstance(data, (list, tuple)):
+        return [v for item in data for v in _secret_values(item, secret)]
+    if secret and isinstance(data, str):
+        scheme, _, credential = data.partition(" ")
+        return [data, credential] if scheme.lower() in ("bearer", "basic", "token") and credential else [data]
+    return []
+
+
 def handle_secrets(handle: ChatModelHandle) -> list[str]:
     """Every credential the handle's model may send: the configured key, the key from the environment and
     the client's own key attribute (placeholders and very short strings excluded)."""
@@ -164,6 +178,7 @@ def handle_secrets(handle: ChatModelHandle) -> list[str]:
         if isinstance(url, str) and "@" in url:
             userinfo = url.split("//", 1)[-1].rpartition("@")[0]
             found.append(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+    found.extend(_secret_values(config.extra))  # default_headers.Authorization, X-Api-Key, openai_api_key ...
     secrets = {s for s in found if isinstance(s, str) and len(s) >= 6 and s != LOCAL_KEY_PLACEHOLDER}
     return sorted(secrets, key=len, reverse=True)
 
@@ -305,11 +320,54 @@ def _call_with_policy(call: Callable[[], Any], handle: ChatModelHandle) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_SERVER_BACKENDS = ("openai", "ollama")
+
+
+def call_deadline(handle: ChatModelHandle) -> float | None:
+    """Wall-clock seconds one model call may take, retries included: ``timeout`` per attempt plus the retry
+    backoff; None for in-process backends (hf:, fake:), whose ``timeout`` does not apply."""
+    if handle.backend not in _SERVER_BACKENDS:
+        return None
+    attempts = handle.config.max_retries + 1
+    backoff = sum(min(8.0, 0.5 * 2**attempt) for attempt in range(attempts - 1))
+    return handle.config.timeout * attempts + backoff + 1.0  # 1 s: connection set-up and parsing
+
+
+class CallDeadlineError(TimeoutError):
+    """A model call ran past its wall-clock deadline (the client's timeout is per read: a trickling server
+    never trips it)."""
+
+
+def _within_deadline(call: Callable[[], Any], handle: ChatModelHandle) -> Any:
+    """``call()``, or CallDeadlineError once :func:`call_deadline` has passed. The call runs in a worker
+    thread that is abandoned at the deadline (its socket closes when the server or its read timeout ends)."""
+    deadline = call_deadline(handle)
+    if deadline is None:
+        return call()
+    import concurrent.futures
+
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-cir-call")
+    try:
+        future = worker.submit(call)
+        try:
+            return future.result(timeout=deadline)
+        except concurrent.futures.TimeoutError:
+            raise CallDeadlineError(
+                f"no complete answer within {deadline:g} s (timeout {handle.config.timeout:g} s per attempt, "
+                f"max_retries {handle.config.max_retries}); the server is too slow or trickles its answer"
+            ) from None
+    finally:
+        worker.shutdown(wait=False)
+
+
 def _call_failed(handle: ChatModelHandle, err: Exception, attempt: str = "") -> ModelCallError:
     base_url = redact_url(handle.config.base_url)
     where = f" at {base_url}" if base_url else ""
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     detail = redact(detail, handle)[:500]
+    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+        if not isinstance(err, CallDeadlineError):
+            detail += f" (no complete answer within timeout {handle.config.timeout:g} s per attempt)"
     if handle.backend in ("hf", "hf-vlm"):
         advice = "the local model could not generate; check its files, dtype and device_map"
     elif handle.backend == "fake":
@@ -329,6 +387,19 @@ def _call_failed(handle: ChatModelHandle, err: Exception, attempt: str = "") -> 
 # One cached, traced call: shared by chat answers (``invoke``) and backend-side scoring (logit_scoring).
 
 
+MAX_RAW_ANSWER_CHARS = 65_536
+"""Longest model answer kept (the trace, the parsers and the report see at most this). Real answers are a
+few KB; a server that streams megabytes of garbage must not turn into a trace line of that size."""
+
+
+def cap_raw_answer(raw: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``raw`` cut to :data:`MAX_RAW_ANSWER_CHARS`, with ``params.raw_truncated`` recording the cut."""
+    if not isinstance(raw, str) or len(raw) <= MAX_RAW_ANSWER_CHARS:
+        return raw, params
+    note = {"original_chars": len(raw), "kept_chars": MAX_RAW_ANSWER_CHARS}
+    return raw[:MAX_RAW_ANSWER_CHARS], {**params, "raw_truncated": note}
+
+
 @dataclass
 class PreparedCall:
     """What a call needs before it reaches the model: encoded images, their hashes, the cache key."""
@@ -346,6 +417,7 @@ class PreparedCall:
         return to_langchain_messages(self.messages, [data_url(data, mime) for data, mime in self.encoded])
 
     def record(self, raw: str, cache: str, usage: dict[str, Any] | None, params: dict[str, Any]) -> ModelCall:
+        raw, params = cap_raw_answer(raw, params)
         return ModelCall(
             backend=self.handle.backend,
             model=self.handle.model,
@@ -450,7 +522,8 @@ def invoke(
             try:
                 runnable = chat.with_structured_output(schema, method=handle.config.structured_method,
                                                        include_raw=True)
-                result = _call_with_policy(lambda: _with_retry(runnable, handle).invoke(lc_messages), handle)
+                result = _within_deadline(
+                    lambda: _call_with_policy(lambda: _with_retry(runnable, handle).invoke(lc_messages), handle), handle)
             except AgentCirError:
                 raise
             except Exception as err:  # noqa: BLE001 - sorted below: unsupported, answer off-schema, or failed
@@ -477,7 +550,8 @@ def invoke(
                                              handle)[:300]
         if raw_text is None:
             try:
-                message = _call_with_policy(lambda: _with_retry(chat, handle).invoke(lc_messages), handle)
+                message = _within_deadline(
+                    lambda: _call_with_policy(lambda: _with_retry(chat, handle).invoke(lc_messages), handle), handle)
             except AgentCirError:
                 raise
             except Exception as err:  # noqa: BLE001 - reported with the model and endpoint
@@ -489,6 +563,7 @@ def invoke(
         call_params["structured_note"] = structured_note
     if cache_note:
         call_params["cache_note"] = cache_note
+    raw_text, call_params = cap_raw_answer(raw_text, call_params)  # cached as kept: a hit matches the miss
     if cache is not None and prepared.key is not None:
         cache.put(prepared.key, {"raw": raw_text, "structured": structured_used, "usage": usage})
     return prepared.record(raw_text, "miss" if cache is not None else "off", usage, call_params)

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from agent_cir.config import Recipe
+from agent_cir.config import Recipe, redact_secrets
 from agent_cir.hashing import text_hash
 
 PACKAGES = (
@@ -73,7 +73,7 @@ def models_used(recipe: Recipe) -> dict[str, dict[str, Any]]:
         if config.enabled:
             model = recipe.models[config.model]
             used[config.model] = {
-                "spec": model.spec, "base_url": model.base_url, "gguf_file": model.gguf_file,
+                "spec": model.spec, "base_url": redact_secrets(model.base_url), "gguf_file": model.gguf_file,
                 "quantization": model.quantization, "temperature": model.temperature, "seed": model.seed,
             }
     return used

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent_cir.errors import AgentCirError
+from agent_cir.redact import redact_secrets
 from agent_cir.report.analyse import FILTERS, STATUSES, analyse, random_encoder_traces, split_metrics, stage_summary
 from agent_cir.report.folder import ReportFolder
 from agent_cir.report.images import ReportImages
@@ -101,7 +102,8 @@ def build_report(
                 title=run.label,
                 source=str(run.run_dir or run.traces_path),
                 source_name=(run.run_dir or run.traces_path).name,
-                run_info={k: v for k, v in (run.run_info or {}).items() if not isinstance(v, (dict, list))},
+                run_info=redact_secrets({k: v for k, v in (run.run_info or {}).items()
+                                         if not isinstance(v, (dict, list))}),
                 metrics=metrics,
                 stages=stage_summary(traces),
                 total_queries=len(all_views),

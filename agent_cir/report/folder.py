@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from agent_cir import __version__
+from agent_cir.atomic import partial_target, write_bytes_atomic
 from agent_cir.report.load import ReportError
 
 MARKER_NAME = ".agent_cir_report"
@@ -34,6 +35,8 @@ JOURNAL_NAME = ".agent_cir_report.pending"
 """Names claimed by a report still being written, one per line: a report killed half-way leaves its files
 listed here, so the next report knows they are its own."""
 _OURS = {MARKER_NAME, LOCK_NAME, JOURNAL_NAME}
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.part$")
+"""Temporary names written by earlier versions (``tempfile.mkstemp``), cleared the same way."""
 
 
 def _safe_relative(name: object) -> str | None:
@@ -81,6 +84,7 @@ class ReportFolder:
         self.removed: list[str] = []
         self._lock: FileLock | None = None
         self._journal: Any = None
+        self.removed_partials: list[str] = []
 
     # -- claiming the folder
     def _check(self) -> None:
@@ -121,7 +125,40 @@ class ReportFolder:
         except BaseException:
             self._lock.release()
             raise
+        self.removed_partials = self._remove_stale_partials()
         return self
+
+    def _remove_stale_partials(self) -> list[str]:
+        """Delete the hidden ``.part`` files a killed report left (under the lock no report is mid-write).
+        Only our own temporary names for files this folder's reports own are touched, never a user's file."""
+        owned = self.previous | {MARKER_NAME}
+        folders = {PurePosixPath(name).parent.as_posix() for name in owned}
+        removed = []
+        for folder in sorted(folders):
+            directory = self.path if folder == "." else self.path / folder
+            if not self._inside(directory / "x", f"{folder}/x" if folder != "." else "x"):
+                continue
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                legacy = _LEGACY_PARTIAL.match(entry.name)
+                target = partial_target(entry.name) or (legacy["target"] if legacy else None)
+                if target is None:
+                    continue
+                if target == MARKER_NAME[1:]:  # the old marker writer's prefix had no extra dot
+                    target = MARKER_NAME
+                relative = target if folder == "." else f"{folder}/{target}"
+                if relative not in owned:
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                        removed.append(relative + " (partial)")
+                except OSError:
+                    continue
+        return removed
 
     def __exit__(self, *exc: object) -> None:
         if self._journal is not None:
@@ -164,14 +201,7 @@ class ReportFolder:
     def write_bytes(self, relative: str, data: bytes) -> Path:
         target = self.claim(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-            os.replace(partial, target)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, data)  # mode 0666 minus the umask, like any file the user creates
         return target
 
     def write_text(self, relative: str, text: str) -> Path:
@@ -187,11 +217,7 @@ class ReportFolder:
                 self.current.add(name)
         marker = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "agent_cir": __version__,
                   "written": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": sorted(self.current)}
-        text = json.dumps(marker, indent=1)
-        handle, partial = tempfile.mkstemp(prefix=f"{MARKER_NAME}.", suffix=".part", dir=self.path)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(partial, self.path / MARKER_NAME)
+        write_bytes_atomic(self.path / MARKER_NAME, json.dumps(marker, indent=1).encode("utf-8"))
         if self._journal is not None:
             self._journal.close()
             self._journal = None

@@ -16,7 +16,6 @@ from typing import Any
 
 from agent_cir.errors import AgentCirError
 from agent_cir import trace_model as tm
-from agent_cir.trace import read_traces
 
 
 class ReportError(AgentCirError, ValueError):
@@ -358,6 +357,34 @@ def resolve_source(source: str | Path) -> RunSource:
     raise ReportError(f"{path}: no such file or folder; give a traces.jsonl file or an eval run folder")
 
 
+def _read_records_tolerantly(path: Path, notes: list[str]) -> list[Any]:
+    """Every JSON line of ``path``; a line that is not UTF-8 (a torn multi-byte character, a stray byte) or
+    not JSON (a torn last line) is skipped with a note naming its line number, instead of refusing the file."""
+    records: list[Any] = []
+    undecodable: list[int] = []
+    broken: list[int] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                undecodable.append(number)
+                continue
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, RecursionError):
+                broken.append(number)
+    if undecodable:
+        notes.append(f"{len(undecodable)} line(s) of {path.name} are not valid UTF-8 and were skipped (line "
+                     + ", ".join(map(str, undecodable[:10])) + ("..." if len(undecodable) > 10 else "") + ")")
+    if broken:
+        notes.append(f"{len(broken)} line(s) of {path.name} are not complete JSON and were skipped (line "
+                     + ", ".join(map(str, broken[:10])) + ("..." if len(broken) > 10 else "") + ")")
+    return records
+
+
 def load_traces(path: Path) -> tuple[list[TraceData], list[str]]:
     """Records in file order; a query id seen twice (a resumed run) keeps its last record. Returns notes too."""
     by_id: dict[str, dict[str, Any]] = {}
@@ -366,8 +393,8 @@ def load_traces(path: Path) -> tuple[list[TraceData], list[str]]:
     repeated: list[str] = []
     unreadable: list[str] = []
     try:
-        records = list(read_traces(path))
-    except (OSError, UnicodeDecodeError) as err:
+        records = _read_records_tolerantly(path, notes)
+    except OSError as err:
         raise ReportError(f"{path}: cannot be read ({err}); give a readable traces.jsonl") from err
     for record in records:
         if not isinstance(record, dict) or "query_id" not in record:

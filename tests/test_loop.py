@@ -358,3 +358,46 @@ def test_the_demo_stage_log_shows_the_rounds(bow_encoder):
     assert "the animal is not a dog" in final and "by the verifier score" in final
     # partial views during the run already carry the rounds finished so far
     assert any("**round 0**" in v.log and "**round 1**" not in v.log for v in views[:-1])
+
+
+def test_the_wiser_recipe_runs_end_to_end_offline_with_image_verification(tmp_path, tiny_open_clip_encoder):
+    """The packaged recipe as shipped, its models swapped for scripted ones: the verifier is shown the reference
+    and each candidate image (two images per call), the loop runs, every round is in the trace."""
+    from PIL import Image
+
+    from agent_cir.config import load_recipe
+    from agent_cir.hashing import content_hash
+    from tests.fixtures.report import make_gallery_images
+
+    paths = make_gallery_images(tmp_path / "gallery", count=6)
+    embeddings = tiny_open_clip_encoder.encode_images([Image.open(p).convert("RGB") for p in paths])
+    gallery = RetrievalGallery(ids=[p.name for p in paths], paths=[str(p) for p in paths],
+                               hashes=[content_hash(p) for p in paths], image_embeddings=embeddings)
+    recipe = load_recipe("wiser", {"verify": {"k": 3}, "cache": {"enabled": False}})
+    verifier = fake_model(["no\nwrong colour", "no", "no", "yes", "no", "no"])
+    models = {"vlm": fake_model(["a photo of a square"]),
+              "llm": fake_model(respond=lambda m: json.dumps({"reasoning": "r", "target_description": "a red square"})),
+              "verifier": verifier}
+    pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=tiny_open_clip_encoder, models=models,
+                                use_index_encoder=True)
+    result = pipe.run(Query(id="w", text="make it red", image=str(paths[0])))
+    trace = result.typed_trace()
+    assert [r.decision for r in trace.rounds] == ["refine", "accept"]
+    assert [s.stage for s in trace.stages] == ["caption", "rewrite", "retrieve", "verify", "refine", "retrieve", "verify"]
+    calls = verifier.chat.received
+    assert len(calls) == 6 and all(len([b for b in m[-1].content if isinstance(b, dict) and b.get("type") == "image_url"]) == 2
+                                    for m in calls)
+    assert result.ordered_by == "verifier" and trace.stage("verify").output.items[0].source == "answer"
+
+
+def test_the_surrogate_loop_recipe_runs_offline_with_scripted_models(bow_encoder):
+    from agent_cir.config import load_recipe
+
+    recipe = load_recipe("surrogate_loop", {"cache": {"enabled": False}, "verify": {"k": 2}})
+    gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
+    models = {"llm": fake_model(respond=lambda m: refiner(m) if "checker" in _text(m) else rewriter(m)),
+              "verifier": fake_model(respond=verifier)}
+    pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, models=models)
+    result = pipe.run(Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa"))
+    assert [r.decision for r in result.typed_trace().rounds] == ["refine", "accept"]
+    assert result.candidates[0].id == "dog_grass"

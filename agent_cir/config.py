@@ -25,6 +25,19 @@ class ConfigError(AgentCirError, ValueError):
     """A recipe file is missing, unreadable or invalid. The message names the file and the bad key."""
 
 
+class NormalizeConstants(_Strict):
+    """Explicit per-channel (R, G, B) normalisation constants: pixel = (pixel - mean) / std."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> "NormalizeConstants":
+        if any(not value > 0 for value in self.std):
+            raise ValueError(f"normalize.std values must be > 0 (they divide the pixels), got {list(self.std)}")
+        return self
+
+
 class EncoderConfig(_Strict):
     """Image-text (or text-only) encoder. Consumed by ``agent_cir.encoders.create_encoder``."""
 
@@ -42,6 +55,10 @@ class EncoderConfig(_Strict):
     searched only with the preprocessing it was built with."""
     target_ratio: float = Field(1.25, ge=1.0)
     """targetpad only: the aspect ratio (long side / short side) images are padded to."""
+    normalize: Literal["model", "openai"] | NormalizeConstants = "model"
+    """Image normalisation constants. model: the model's own (open_clip's per-tag values / the processor's).
+    openai: OpenAI CLIP's mean and std whatever the weights, as CIReVL and WeiMoCIR hard-code them. Or
+    explicit ``{mean: [r, g, b], std: [r, g, b]}``. Recorded in the index; part of the encoder identity."""
 
 
 class ModelConfig(_Strict):

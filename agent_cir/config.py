@@ -125,6 +125,10 @@ class RewriteConfig(_Strict):
     per_caption: bool = True
     """With several captions (caption.num_captions > 1): one rewrite call per caption, every description kept
     (an ensemble). False: one call that sees all captions (template variable ``captions``)."""
+    fallback: Literal["modification", "reference_caption"] = "modification"
+    """What becomes the query when no answer can be read. modification: the modification text alone (CIReVL
+    src/utils.py:183-196, OSrCIR). reference_caption: the reference image's (first) caption, as ImageScope
+    (imagescope.py:290-304); the modification text when there is no caption."""
 
 
 class OneStageConfig(_Strict):

@@ -94,6 +94,10 @@ class ModelConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)
     """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
     often several times faster than oversubscribed threads."""
+    num_beams: int | None = Field(None, ge=1)
+    """Local backends (hf:, hf-vlm:): beam search with this many beams (None or 1: greedy at temperature 0).
+    CIReVL's BLIP-2 captioner decodes with LAVIS's defaults, 5 beams and 30 new tokens (max_tokens: 30).
+    Servers ignore it."""
     batch_size: int = Field(8, ge=1)
     """Local backends (hf:, hf-vlm:): conversations per padded generate call when a stage sends a list of
     prompts (LangChain ``batch``). Servers ignore it: they take up to max_concurrency requests at once."""

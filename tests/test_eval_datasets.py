@@ -141,3 +141,24 @@ def test_no_image_root_is_a_clear_error(benchmarks_dir):
     [val] = load_benchmark("genecis", "val", benchmarks_dir, categories=["focus_object"])
     with pytest.raises(MissingImagesError, match="pass --images ROOT, where ROOT must contain val2017"):
         val.check_images()
+
+
+def test_genecis_focus_attribute_reference_average_follows_cirevl() -> None:
+    """Vision_by_Language src/main.py:212-215 (text query unit, src/utils.py:369): q = norm((q + norm(r)) / 2)."""
+    import numpy as np
+
+    from agent_cir.eval.datasets.genecis import CIREVL_REFERENCE_AVERAGED_TASKS, reference_averaged_query
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(4, 8))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    reference = rng.normal(size=(4, 8)) * 7.0  # raw image features, not unit
+    expected = []
+    for t, r in zip(text, reference):  # independent, row by row
+        r_unit = r / np.sqrt((r ** 2).sum())
+        mix = (t + r_unit) / 2
+        expected.append(mix / np.sqrt((mix ** 2).sum()))
+    np.testing.assert_allclose(reference_averaged_query(text, reference), np.array(expected), atol=1e-6)
+    # a query exactly opposite to its reference has no direction left: zero, not NaN
+    assert np.isfinite(reference_averaged_query(text[:1], -text[:1])).all()
+    assert CIREVL_REFERENCE_AVERAGED_TASKS == ("focus_attribute",)

@@ -306,6 +306,31 @@ class PublishedResult(_Strict):
     notes: str = ""
 
 
+class CircoOptions(_Strict):
+    """CIRCO protocol options a recipe chooses (recorded with the recipe in run.json and the run identity)."""
+
+    query_text: str = "{relative_caption}"
+    """The query text built from each annotation: a template with ``{relative_caption}`` and optionally
+    ``{shared_concept}``. Default: the relative caption alone, as CIReVL and ImageScope query. Methods such
+    as MagicLens put the shared concept in, e.g. ``"find {shared_concept} but {relative_caption}"``."""
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> "CircoOptions":
+        import string
+
+        try:
+            names = {field for _, field, _, _ in string.Formatter().parse(self.query_text) if field is not None}
+        except ValueError as err:
+            raise ValueError(f"circo.query_text {self.query_text!r} is not a valid template: {err}") from err
+        unknown = names - {"relative_caption", "shared_concept"}
+        if unknown or "relative_caption" not in names:
+            raise ValueError(
+                f"circo.query_text {self.query_text!r} must contain {{relative_caption}} and may contain "
+                f"{{shared_concept}}; unknown placeholders: {sorted(unknown) or 'none'}"
+            )
+        return self
+
+
 class Recipe(_Strict):
     """A complete pipeline configuration."""
 
@@ -324,6 +349,8 @@ class Recipe(_Strict):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
+    circo: CircoOptions = Field(default_factory=CircoOptions)
+    """CIRCO protocol options (``agent-cir eval`` on CIRCO): the query text convention."""
     published: list[PublishedResult] = Field(default_factory=list)
     """The paper's own numbers for this recipe's setting (``agent-cir compare RUN --published``)."""
     by_dataset: dict[Literal["circo", "cirr", "fashioniq", "genecis"], dict[str, Any]] = Field(default_factory=dict)

@@ -162,3 +162,38 @@ def test_genecis_focus_attribute_reference_average_follows_cirevl() -> None:
     # a query exactly opposite to its reference has no direction left: zero, not NaN
     assert np.isfinite(reference_averaged_query(text[:1], -text[:1])).all()
     assert CIREVL_REFERENCE_AVERAGED_TASKS == ("focus_attribute",)
+
+
+def test_circo_query_text_option_puts_the_shared_concept_in_and_is_off_by_default(tmp_path) -> None:
+    import json as _json
+
+    from pydantic import ValidationError
+
+    from agent_cir.config import CircoOptions, Recipe, load_recipe
+    from agent_cir.eval.benchmarks import get_benchmark
+    from agent_cir.eval.datasets.circo import load_circo
+
+    (tmp_path / "annotations").mkdir()
+    records = [
+        {"id": 7, "reference_img_id": 11, "relative_caption": "is red ", "shared_concept": " a car", "target_img_id": 12,
+         "gt_img_ids": [12], "semantic_aspects": ["addition"]},
+        {"id": 8, "reference_img_id": 13, "relative_caption": "has two", "shared_concept": "", "target_img_id": 14,
+         "gt_img_ids": [14]},
+    ]
+    (tmp_path / "annotations" / "val.json").write_text(_json.dumps(records))
+    benchmark = get_benchmark("circo")
+    for name in ("cirevl", "imagescope", "weimocir", "osrcir"):  # none of these papers uses the shared concept
+        assert load_recipe(name).circo.query_text == "{relative_caption}"
+    split = load_circo(tmp_path, "val")
+    assert benchmark.apply_query_options(Recipe(), [split]) == []
+    assert [q.text for q in split.queries] == ["is red ", "has two"]  # as loaded
+    recipe = Recipe(circo=CircoOptions(query_text="find {shared_concept} but {relative_caption}"))
+    notes = benchmark.apply_query_options(recipe, [split])
+    assert [q.text for q in split.queries] == ["find a car but is red", "find but has two"]
+    assert any("circo.query_text" in n for n in notes) and any("1 CIRCO queries have no shared_concept" in n for n in notes)
+    # applying twice does not stack the concept
+    benchmark.apply_query_options(recipe, [split])
+    assert split.queries[0].text == "find a car but is red"
+    for bad in ("{shared_concept}", "{relative_caption} {target}", "{relative_caption"):
+        with pytest.raises(ValidationError, match="query_text"):
+            CircoOptions(query_text=bad)

@@ -299,6 +299,9 @@ class PublishedResult(_Strict):
     value: float
     backbone: str
     """The retrieval model of that table row (e.g. ``ViT-L/14``); compared with the run's encoder."""
+    pretrained: str | None = None
+    """The weights of that row as an open_clip pretrained tag (``laion2b_s32b_b82k``, ``openai``) when the
+    source or the official code names them; compared with the run's encoder by ``compare --published``."""
     source: str
     """Where the number is printed: paper, table, row."""
     llm: str | None = None

@@ -312,7 +312,7 @@ def test_check_compatible_refuses_an_index_with_other_normalisation(tiny_open_cl
                      openai.info)
     with pytest.raises(EncoderMismatchError, match="differ in normalize") as caught:
         check_compatible(EncoderConfig(model=model, pretrained="none", normalize="openai"), own.info)
-    assert "encoder.normalize: openai" in str(caught.value)
+    assert "--normalize openai`" in str(caught.value)
     with pytest.raises(EncoderMismatchError, match="differ in normalize"):
         check_compatible(openai.info, own.info)
 
@@ -342,3 +342,21 @@ def test_cirevl_and_weimocir_recipes_normalise_like_the_official_code(name: str)
     recipe = load_recipe(name)
     assert recipe.encoder.normalize == "openai"
     assert normalize_constants(recipe.encoder.normalize) == (OFFICIAL_OPENAI_MEAN, OFFICIAL_OPENAI_STD)
+
+
+def test_index_command_builds_an_openai_normalised_index(image_folder: Path, tmp_path: Path, tiny_open_clip_config: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent_cir.cli import _register, app
+    from agent_cir.index import GalleryIndex, encoder_config_from_meta
+
+    _register()
+    out = tmp_path / "index"
+    result = CliRunner().invoke(app, ["index", str(image_folder), "--out", str(out), "--model", str(tiny_open_clip_config),
+                                      "--pretrained", "none", "--normalize", "openai", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = GalleryIndex.load(out).meta
+    assert tuple(meta["encoder"]["preprocess"]["mean"]) == OFFICIAL_OPENAI_MEAN
+    assert encoder_config_from_meta(meta).normalize == "openai"
+    bad = CliRunner().invoke(app, ["index", str(image_folder), "--out", str(tmp_path / "x"), "--normalize", "imagenet"])
+    assert bad.exit_code != 0 and "--normalize must be model or openai" in bad.output

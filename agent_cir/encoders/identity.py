@@ -102,9 +102,11 @@ def _index_command(fields: dict[str, Any]) -> str:
         parts.append(f"--preprocess {fields['preprocess']}")
     if fields["target_ratio"] is not None:
         parts.append(f"--target-ratio {fields['target_ratio']:g}")
+    if fields["normalize"] == "openai":
+        parts.append("--normalize openai")
     command = " ".join(parts)
-    if fields["normalize"] not in (None, "model"):
-        # the index command has no flag for it: the encoder settings come from a recipe or EncoderConfig
+    if fields["normalize"] not in (None, "model", "openai"):
+        # explicit constants have no flag: they come from a recipe or an EncoderConfig
         command += f"` with `encoder.normalize: {_normalize_text(fields['normalize'])}"
     return command
 

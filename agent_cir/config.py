@@ -31,6 +31,19 @@ class ConfigError(AgentCirError, ValueError):
     """A recipe file is missing, unreadable or invalid. The message names the file and the bad key."""
 
 
+class NormalizeConstants(_Strict):
+    """Explicit per-channel (R, G, B) normalisation constants: pixel = (pixel - mean) / std."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> "NormalizeConstants":
+        if any(not value > 0 for value in self.std):
+            raise ValueError(f"normalize.std values must be > 0 (they divide the pixels), got {list(self.std)}")
+        return self
+
+
 class EncoderConfig(_Strict):
     """Image-text (or text-only) encoder. Consumed by ``agent_cir.encoders.create_encoder``."""
 
@@ -48,6 +61,10 @@ class EncoderConfig(_Strict):
     searched only with the preprocessing it was built with."""
     target_ratio: float = Field(1.25, ge=1.0)
     """targetpad only: the aspect ratio (long side / short side) images are padded to."""
+    normalize: Literal["model", "openai"] | NormalizeConstants = "model"
+    """Image normalisation constants. model: the model's own (open_clip's per-tag values / the processor's).
+    openai: OpenAI CLIP's mean and std whatever the weights, as CIReVL and WeiMoCIR hard-code them. Or
+    explicit ``{mean: [r, g, b], std: [r, g, b]}``. Recorded in the index; part of the encoder identity."""
 
 
 class ModelConfig(_Strict):
@@ -83,6 +100,10 @@ class ModelConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)
     """Local backends: torch CPU threads while generating (None: torch's default). On a busy shared CPU, 1 is
     often several times faster than oversubscribed threads."""
+    num_beams: int | None = Field(None, ge=1)
+    """Local backends (hf:, hf-vlm:): beam search with this many beams (None or 1: greedy at temperature 0).
+    CIReVL's BLIP-2 captioner decodes with LAVIS's defaults, 5 beams and 30 new tokens (max_tokens: 30).
+    Servers ignore it."""
     batch_size: int = Field(8, ge=1)
     """Local backends (hf:, hf-vlm:): conversations per padded generate call when a stage sends a list of
     prompts (LangChain ``batch``). Servers ignore it: they take up to max_concurrency requests at once."""
@@ -114,6 +135,10 @@ class RewriteConfig(_Strict):
     per_caption: bool = True
     """With several captions (caption.num_captions > 1): one rewrite call per caption, every description kept
     (an ensemble). False: one call that sees all captions (template variable ``captions``)."""
+    fallback: Literal["modification", "reference_caption"] = "modification"
+    """What becomes the query when no answer can be read. modification: the modification text alone (CIReVL
+    src/utils.py:183-196, OSrCIR). reference_caption: the reference image's (first) caption, as ImageScope
+    (imagescope.py:290-304); the modification text when there is no caption."""
 
 
 class OneStageConfig(_Strict):
@@ -343,11 +368,39 @@ class PublishedResult(_Strict):
     value: float
     backbone: str
     """The retrieval model of that table row (e.g. ``ViT-L/14``); compared with the run's encoder."""
+    pretrained: str | None = None
+    """The weights of that row as an open_clip pretrained tag (``laion2b_s32b_b82k``, ``openai``) when the
+    source or the official code names them; compared with the run's encoder by ``compare --published``."""
     source: str
     """Where the number is printed: paper, table, row."""
     llm: str | None = None
     """The paper's LLM / MLLM for that row, when the row names one."""
     notes: str = ""
+
+
+class CircoOptions(_Strict):
+    """CIRCO protocol options a recipe chooses (recorded with the recipe in run.json and the run identity)."""
+
+    query_text: str = "{relative_caption}"
+    """The query text built from each annotation: a template with ``{relative_caption}`` and optionally
+    ``{shared_concept}``. Default: the relative caption alone, as CIReVL and ImageScope query. Methods such
+    as MagicLens put the shared concept in, e.g. ``"find {shared_concept} but {relative_caption}"``."""
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> "CircoOptions":
+        import string
+
+        try:
+            names = {field for _, field, _, _ in string.Formatter().parse(self.query_text) if field is not None}
+        except ValueError as err:
+            raise ValueError(f"circo.query_text {self.query_text!r} is not a valid template: {err}") from err
+        unknown = names - {"relative_caption", "shared_concept"}
+        if unknown or "relative_caption" not in names:
+            raise ValueError(
+                f"circo.query_text {self.query_text!r} must contain {{relative_caption}} and may contain "
+                f"{{shared_concept}}; unknown placeholders: {sorted(unknown) or 'none'}"
+            )
+        return self
 
 
 class Recipe(_Strict):
@@ -370,6 +423,8 @@ class Recipe(_Strict):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
+    circo: CircoOptions = Field(default_factory=CircoOptions)
+    """CIRCO protocol options (``agent-cir eval`` on CIRCO): the query text convention."""
     published: list[PublishedResult] = Field(default_factory=list)
     """The paper's own numbers for this recipe's setting (``agent-cir compare RUN --published``)."""
     by_dataset: dict[Literal["circo", "cirr", "fashioniq", "genecis"], dict[str, Any]] = Field(default_factory=dict)

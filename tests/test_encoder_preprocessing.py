@@ -221,3 +221,142 @@ def test_index_records_targetpad_and_rebuilds_the_same_encoder(image_folder: Pat
     np.testing.assert_allclose(rebuilt.encode_images([tall]), targetpad.encode_images([tall]), atol=1e-6)
     with pytest.raises(EncoderMismatchError, match="--preprocess center_crop"):
         check_compatible(config.model_copy(update={"preprocess": "center_crop"}), loaded.encoder_info)
+
+
+# ------------------------------------------------------------------------------------ normalisation constants
+
+# The constants the official code hard-codes (CIReVL src/data_utils.py:65, WeiMoCIR's CLIPImageProcessor),
+# written out here rather than read from the model or from agent_cir.
+OFFICIAL_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OFFICIAL_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _official_pipeline(side: int, mean, std):
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([Resize(side, interpolation=InterpolationMode.BICUBIC), CenterCrop(side), ToTensor(),
+                    Normalize(mean, std)])
+
+
+def test_openai_normalize_replaces_the_laion_tags_own_constants_in_open_clips_transform() -> None:
+    """open_clip's ViT-L-14 laion2b_s32b_b82k transform normalises with 0.5 / 0.5; CIReVL's with OpenAI's."""
+    import open_clip
+
+    from agent_cir.encoders.preprocessing import with_normalize, with_pad
+
+    tag_cfg = open_clip.get_pretrained_cfg("ViT-L-14", "laion2b_s32b_b82k")
+    assert tag_cfg["mean"] == (0.5, 0.5, 0.5) and tag_cfg["std"] == (0.5, 0.5, 0.5)  # why the option exists
+    model_own = open_clip.image_transform(32, is_train=False, mean=tag_cfg["mean"], std=tag_cfg["std"])
+    ours = with_pad(with_normalize(model_own, "openai"), "targetpad", 1.25)
+    pixels = _pattern(40, 16, seed=5)
+    expected = _official_pipeline(32, OFFICIAL_OPENAI_MEAN, OFFICIAL_OPENAI_STD)(Image.fromarray(_hand_pad(pixels, 0, 8)))
+    torch.testing.assert_close(ours(Image.fromarray(pixels)), expected)
+    # and the model's own constants really give other pixels (the difference the option removes)
+    own = with_pad(model_own, "targetpad", 1.25)(Image.fromarray(pixels))
+    assert (own - expected).abs().max() > 0.5
+
+
+def test_open_clip_encoder_applies_and_records_the_normalize_option(tiny_open_clip_config: Path) -> None:
+    model = str(tiny_open_clip_config)
+    explicit = create_encoder(EncoderConfig(model=model, pretrained="none", normalize={"mean": [0.5] * 3, "std": [0.25] * 3}))
+    openai = create_encoder(EncoderConfig(model=model, pretrained="none", normalize="openai"))
+    own = create_encoder(EncoderConfig(model=model, pretrained="none"))
+    side = own.info["preprocess"]["size"][0]
+    image = Image.fromarray(_pattern(30, 30, seed=2))
+    torch.testing.assert_close(explicit.preprocess(image), _official_pipeline(side, (0.5,) * 3, (0.25,) * 3)(image))
+    torch.testing.assert_close(openai.preprocess(image), _official_pipeline(side, OFFICIAL_OPENAI_MEAN, OFFICIAL_OPENAI_STD)(image))
+    assert explicit.info["preprocess"]["normalize"] == "explicit"
+    assert explicit.info["preprocess"]["mean"] == [0.5] * 3 and explicit.info["preprocess"]["std"] == [0.25] * 3
+    assert openai.info["preprocess"]["normalize"] == "openai"
+    assert tuple(openai.info["preprocess"]["mean"]) == OFFICIAL_OPENAI_MEAN
+    assert tuple(openai.info["preprocess"]["std"]) == OFFICIAL_OPENAI_STD
+    assert own.info["preprocess"]["normalize"] == "model"
+    assert encoder_identity(explicit.info) != encoder_identity(own.info)
+    # an index written before the option existed normalised with the model's own constants
+    legacy = {**own.info, "preprocess": {k: v for k, v in own.info["preprocess"].items() if k != "normalize"}}
+    assert encoder_identity(legacy) == encoder_identity(own.info)
+
+
+def test_hf_encoder_openai_normalize_overrides_the_processors_constants(tiny_hf_clip_dir: Path) -> None:
+    from transformers import CLIPImageProcessor
+
+    encoder = create_encoder(EncoderConfig(backend="hf", model=str(tiny_hf_clip_dir),
+                                           normalize={"mean": [0.5] * 3, "std": [0.5] * 3}))
+    image = Image.fromarray(_pattern(40, 40, seed=4))
+    independent = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    expected = independent(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(encoder.preprocess(image), expected)
+    assert encoder.info["preprocess"]["image_mean"] == [0.5] * 3 and encoder.info["preprocess"]["normalize"] == "explicit"
+    default = create_encoder(EncoderConfig(backend="hf", model=str(tiny_hf_clip_dir)))
+    assert default.info["preprocess"]["image_mean"] != [0.5] * 3  # the loaded processor was not changed
+
+
+@pytest.mark.parametrize("bad", [{"mean": [0.5, 0.5], "std": [0.5] * 3}, {"mean": [0.5] * 3, "std": [0.5, 0.0, 0.5]},
+                                 "imagenet", {"mean": [0.5] * 3}])
+def test_normalize_rejects_malformed_values_with_a_config_error(bad) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="normalize"):
+        EncoderConfig(normalize=bad)
+
+
+def test_check_compatible_refuses_an_index_with_other_normalisation(tiny_open_clip_config: Path) -> None:
+    model = str(tiny_open_clip_config)
+    own = create_encoder(EncoderConfig(model=model, pretrained="none"))
+    openai = create_encoder(EncoderConfig(model=model, pretrained="none", normalize="openai"))
+    check_compatible(EncoderConfig(model=model, pretrained="none", normalize="openai"), openai.info)
+    # explicit values equal to OpenAI's are the openai option
+    check_compatible(EncoderConfig(model=model, pretrained="none",
+                                   normalize={"mean": list(OFFICIAL_OPENAI_MEAN), "std": list(OFFICIAL_OPENAI_STD)}),
+                     openai.info)
+    with pytest.raises(EncoderMismatchError, match="differ in normalize") as caught:
+        check_compatible(EncoderConfig(model=model, pretrained="none", normalize="openai"), own.info)
+    assert "--normalize openai`" in str(caught.value)
+    with pytest.raises(EncoderMismatchError, match="differ in normalize"):
+        check_compatible(openai.info, own.info)
+
+
+def test_recipe_with_openai_normalize_is_refused_on_a_model_normalised_index(tiny_open_clip_config: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent_cir.config import Recipe
+    from agent_cir.index import encoder_config_from_meta
+    from agent_cir.pipeline import check_recipe_encoder
+
+    model = str(tiny_open_clip_config)
+    own = create_encoder(EncoderConfig(model=model, pretrained="none"))
+    openai = create_encoder(EncoderConfig(model=model, pretrained="none", normalize="openai"))
+    assert encoder_config_from_meta({"encoder": openai.info}).normalize == "openai"
+    recipe = Recipe.model_validate({"name": "r", "encoder": {"model": model, "pretrained": "none", "normalize": "openai"}})
+    check_recipe_encoder(recipe, SimpleNamespace(meta={"encoder": openai.info}, directory="idx"))
+    with pytest.raises(AgentCirError, match=r"differs in: normalize"):  # pipeline's own EncoderMismatchError
+        check_recipe_encoder(recipe, SimpleNamespace(meta={"encoder": own.info}, directory="idx"))
+
+
+@pytest.mark.parametrize("name", ["cirevl", "weimocir"])
+def test_cirevl_and_weimocir_recipes_normalise_like_the_official_code(name: str) -> None:
+    from agent_cir.config import load_recipe
+    from agent_cir.encoders.preprocessing import normalize_constants
+
+    recipe = load_recipe(name)
+    assert recipe.encoder.normalize == "openai"
+    assert normalize_constants(recipe.encoder.normalize) == (OFFICIAL_OPENAI_MEAN, OFFICIAL_OPENAI_STD)
+
+
+def test_index_command_builds_an_openai_normalised_index(image_folder: Path, tmp_path: Path, tiny_open_clip_config: Path) -> None:
+    from typer.testing import CliRunner
+
+    from agent_cir.cli import _register, app
+    from agent_cir.index import GalleryIndex, encoder_config_from_meta
+
+    _register()
+    out = tmp_path / "index"
+    result = CliRunner().invoke(app, ["index", str(image_folder), "--out", str(out), "--model", str(tiny_open_clip_config),
+                                      "--pretrained", "none", "--normalize", "openai", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = GalleryIndex.load(out).meta
+    assert tuple(meta["encoder"]["preprocess"]["mean"]) == OFFICIAL_OPENAI_MEAN
+    assert encoder_config_from_meta(meta).normalize == "openai"
+    bad = CliRunner().invoke(app, ["index", str(image_folder), "--out", str(tmp_path / "x"), "--normalize", "imagenet"])
+    assert bad.exit_code != 0 and "--normalize must be model or openai" in bad.output

@@ -141,3 +141,59 @@ def test_no_image_root_is_a_clear_error(benchmarks_dir):
     [val] = load_benchmark("genecis", "val", benchmarks_dir, categories=["focus_object"])
     with pytest.raises(MissingImagesError, match="pass --images ROOT, where ROOT must contain val2017"):
         val.check_images()
+
+
+def test_genecis_focus_attribute_reference_average_follows_cirevl() -> None:
+    """Vision_by_Language src/main.py:212-215 (text query unit, src/utils.py:369): q = norm((q + norm(r)) / 2)."""
+    import numpy as np
+
+    from agent_cir.eval.datasets.genecis import CIREVL_REFERENCE_AVERAGED_TASKS, reference_averaged_query
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(4, 8))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    reference = rng.normal(size=(4, 8)) * 7.0  # raw image features, not unit
+    expected = []
+    for t, r in zip(text, reference):  # independent, row by row
+        r_unit = r / np.sqrt((r ** 2).sum())
+        mix = (t + r_unit) / 2
+        expected.append(mix / np.sqrt((mix ** 2).sum()))
+    np.testing.assert_allclose(reference_averaged_query(text, reference), np.array(expected), atol=1e-6)
+    # a query exactly opposite to its reference has no direction left: zero, not NaN
+    assert np.isfinite(reference_averaged_query(text[:1], -text[:1])).all()
+    assert CIREVL_REFERENCE_AVERAGED_TASKS == ("focus_attribute",)
+
+
+def test_circo_query_text_option_puts_the_shared_concept_in_and_is_off_by_default(tmp_path) -> None:
+    import json as _json
+
+    from pydantic import ValidationError
+
+    from agent_cir.config import CircoOptions, Recipe, load_recipe
+    from agent_cir.eval.benchmarks import get_benchmark
+    from agent_cir.eval.datasets.circo import load_circo
+
+    (tmp_path / "annotations").mkdir()
+    records = [
+        {"id": 7, "reference_img_id": 11, "relative_caption": "is red ", "shared_concept": " a car", "target_img_id": 12,
+         "gt_img_ids": [12], "semantic_aspects": ["addition"]},
+        {"id": 8, "reference_img_id": 13, "relative_caption": "has two", "shared_concept": "", "target_img_id": 14,
+         "gt_img_ids": [14]},
+    ]
+    (tmp_path / "annotations" / "val.json").write_text(_json.dumps(records))
+    benchmark = get_benchmark("circo")
+    for name in ("cirevl", "imagescope", "weimocir", "osrcir"):  # none of these papers uses the shared concept
+        assert load_recipe(name).circo.query_text == "{relative_caption}"
+    split = load_circo(tmp_path, "val")
+    assert benchmark.apply_query_options(Recipe(), [split]) == []
+    assert [q.text for q in split.queries] == ["is red ", "has two"]  # as loaded
+    recipe = Recipe(circo=CircoOptions(query_text="find {shared_concept} but {relative_caption}"))
+    notes = benchmark.apply_query_options(recipe, [split])
+    assert [q.text for q in split.queries] == ["find a car but is red", "find but has two"]
+    assert any("circo.query_text" in n for n in notes) and any("1 CIRCO queries have no shared_concept" in n for n in notes)
+    # applying twice does not stack the concept
+    benchmark.apply_query_options(recipe, [split])
+    assert split.queries[0].text == "find a car but is red"
+    for bad in ("{shared_concept}", "{relative_caption} {target}", "{relative_caption"):
+        with pytest.raises(ValidationError, match="query_text"):
+            CircoOptions(query_text=bad)

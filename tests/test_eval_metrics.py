@@ -146,3 +146,50 @@ def test_cirr_submissions_carry_version_and_metric_and_drop_the_reference():
     assert subset["version"] == "rc2" and subset["metric"] == "recall_subset"
     assert len(recall["12063"]) == 50 and "ref" not in recall["12063"] and recall["12063"][0] == "m3"
     assert subset["12063"] == ["m3", "m1", "tgt"]
+
+
+# ---------- CIRCO per-semantic-aspect mAP@10 ----------
+def _official_style_semantic_map10(rankings, ground_truth, aspects):
+    """Written from the official evaluator's definition (CIRCO src/evaluation.py:54-58, 66-68, 78-80):
+    precision at each hit, AP@10 = sum of the first 10 / min(#GT, 10), appended once per annotated aspect."""
+    import numpy as np
+
+    collected = {}
+    for query_id, predictions in rankings.items():
+        labels = np.isin(np.array(predictions, dtype=object), np.array(ground_truth[query_id], dtype=object))
+        precisions = np.cumsum(labels) * labels / np.arange(1, len(labels) + 1)
+        ap10 = float(np.sum(precisions[:10]) / min(len(ground_truth[query_id]), 10))
+        for aspect in aspects[query_id]:
+            collected.setdefault(aspect, []).append(ap10)
+    return {aspect: 100 * float(np.mean(values)) for aspect, values in collected.items()}
+
+
+def test_circo_semantic_map10_matches_the_official_definition_on_the_example_submission(benchmarks_dir):
+    circo = benchmarks_dir / "circo"
+    annotations = json.loads((circo / "annotations" / "val.json").read_text())
+    submission = json.loads((circo / "submission_examples" / "submission_val.json").read_text())
+    ground_truth = {str(a["id"]): [str(i) for i in a["gt_img_ids"]] for a in annotations}
+    aspects = {str(a["id"]): list(a.get("semantic_aspects") or []) for a in annotations}
+    rankings = {q: [str(i) for i in ids] for q, ids in submission.items()}
+    got = M.circo_semantic_map10(rankings, ground_truth, aspects)
+    expected = _official_style_semantic_map10(rankings, ground_truth, aspects)
+    assert expected and set(got) == {f"semantic_mAP@10/{a}" for a in expected}
+    for aspect, value in expected.items():
+        assert got[f"semantic_mAP@10/{aspect}"] == pytest.approx(value, abs=1e-9), aspect
+    assert set(expected) <= set(M.CIRCO_SEMANTIC_ASPECTS)
+
+
+def test_circo_semantic_map10_by_hand():
+    gt = {"q1": ["a", "b"], "q2": ["c"], "q3": ["d"]}
+    rankings = {"q1": ["a", "x", "b"], "q2": ["x"] * 0 + ["y", "c"], "q3": ["d"]}
+    aspects = {"q1": ["cardinality", "addition"], "q2": ["cardinality"], "q3": []}
+    got = M.circo_semantic_map10(rankings, gt, aspects)
+    # q1: (1 + 2/3) / 2; q2: (1/2) / 1; q3 carries no aspect
+    assert got["semantic_mAP@10/cardinality"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 0.5) / 2)
+    assert got["semantic_mAP@10/addition"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert set(got) == {"semantic_mAP@10/cardinality", "semantic_mAP@10/addition"}
+    # hits past rank 10 do not count
+    late = M.circo_semantic_map10({"q": [str(i) for i in range(10)] + ["t"]}, {"q": ["t"]}, {"q": ["negation"]})
+    assert late == {"semantic_mAP@10/negation": 0.0}
+    with pytest.raises(M.MetricError):
+        M.circo_semantic_map10({"q": ["a", "a"]}, {"q": ["a"]}, {"q": ["negation"]})

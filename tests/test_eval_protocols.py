@@ -353,3 +353,35 @@ def test_paper_recipes_carry_published_numbers_with_sources():
     assert load_recipe("weimocir").encoder.pretrained == "laion2b_s32b_b82k"
     assert load_recipe("weimocir").retrieve.gallery_captions.weight == 0.1
     assert load_recipe("imagescope").retrieve.gallery_captions.weight == 0.15
+
+
+def _fake_run(folder, encoder, published, dataset="cirr", metrics=None):
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"recipe": {"published": published}, "encoder": encoder, "models": {}}))
+    (folder / "metrics.json").write_text(json.dumps({"dataset": dataset, "split": "test",
+                                                      "metrics": metrics or {"recall@1": 20.0}}))
+    return folder
+
+
+def test_compare_published_checks_the_pretrained_tag_not_only_the_architecture(tmp_path):
+    entry = {"dataset": "cirr", "split": "test", "metric": "recall@1", "value": 24.55, "backbone": "ViT-L/14",
+             "pretrained": "laion2b_s32b_b82k", "source": "paper"}
+    openai_run = _fake_run(tmp_path / "a", {"model": "ViT-L-14", "pretrained": "openai"}, [entry])
+    differences = compare_published(openai_run)["differences"]
+    assert any("backbone: paper ViT-L/14 / laion2b_s32b_b82k, ours ViT-L-14 (openai)" in d for d in differences)
+    laion_run = _fake_run(tmp_path / "b", {"model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k"}, [entry])
+    assert not any("backbone" in d for d in compare_published(laion_run)["differences"])
+    # a row that names no weights: said so, not silently "same"
+    bare = {k: v for k, v in entry.items() if k != "pretrained"}
+    bare_run = _fake_run(tmp_path / "c", {"model": "ViT-L-14", "pretrained": "openai"}, [bare])
+    assert any("names no pretrained weights" in d for d in compare_published(bare_run)["differences"])
+
+
+def test_paper_recipes_published_rows_name_their_weights_and_osrcir_has_numbers():
+    for name in ("cirevl", "imagescope", "weimocir"):
+        recipe = load_recipe(name)
+        assert {p.pretrained for p in recipe.published} == {recipe.encoder.pretrained} == {"laion2b_s32b_b82k"}
+    osrcir = load_recipe("osrcir").published
+    assert {(p.dataset, p.split, p.metric, p.value) for p in osrcir} == {("circo", "test", "mAP@5", 23.87),
+                                                                         ("cirr", "test", "recall@1", 29.45)}
+    assert all("not checked against the OSrCIR paper" in p.source for p in osrcir)

@@ -340,6 +340,7 @@ def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
         temperature=config.temperature,
         top_p=config.top_p,
         max_tokens=config.max_tokens,
+        num_beams=config.num_beams,
         seed=config.seed,
         timeout=config.timeout,
         device_map=config.device_map,
@@ -357,7 +358,8 @@ def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
         model=model_path,
         config=config,
         supports_structured_output=False,
-        fingerprint={"gguf_file": gguf_file, "dtype": config.dtype, "quantization": config.quantization},
+        fingerprint={"gguf_file": gguf_file, "dtype": config.dtype, "quantization": config.quantization,
+                     **({"num_beams": config.num_beams} if (config.num_beams or 1) > 1 else {})},
     )
 
 

@@ -238,6 +238,8 @@ class _LocalTransformersChat(BaseChatModel):
     temperature: float = 0.0
     top_p: float | None = None
     max_tokens: int = 512
+    num_beams: int | None = None
+    """Beam search width (None or 1: no beam search). LAVIS blip2_t5 generate defaults to 5 beams."""
     seed: int | None = 0
     timeout: float | None = None
     """Passed to generate as max_time (seconds)."""
@@ -273,7 +275,8 @@ class _LocalTransformersChat(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "gguf_file": self.gguf_file, "temperature": self.temperature}
+        return {"model_path": self.model_path, "gguf_file": self.gguf_file, "temperature": self.temperature,
+                "num_beams": self.num_beams}
 
     def _tokenizer(self) -> Any:
         processor = self.weights.processor
@@ -305,7 +308,9 @@ class _LocalTransformersChat(BaseChatModel):
             if self.top_p is not None:
                 generate_kwargs["top_p"] = self.top_p
         else:
-            generate_kwargs["do_sample"] = False  # greedy: deterministic at temperature 0
+            generate_kwargs["do_sample"] = False  # greedy (or beam search): deterministic at temperature 0
+        if self.num_beams and self.num_beams > 1:
+            generate_kwargs["num_beams"] = int(self.num_beams)
         if self.timeout:
             generate_kwargs["max_time"] = float(self.timeout)
         if stop:

@@ -58,6 +58,7 @@ def run_index(
     wait: bool = False,
     preprocess: str = "center_crop",
     target_ratio: float = 1.25,
+    normalize: str = "model",
     files: Optional[list[str]] = None,
     engine: str = "local",
     engine_options: Optional[dict] = None,
@@ -78,6 +79,7 @@ def run_index(
         batch_size=batch_size,
         preprocess=preprocess,  # type: ignore[arg-type]
         target_ratio=target_ratio,
+        normalize=normalize,  # type: ignore[arg-type]
     )
     encoder = create_encoder(config)
     return GalleryIndex.build(
@@ -154,6 +156,9 @@ def index_command(
         "center_crop", "--preprocess", help="center_crop (the model's own) or targetpad (CIReVL / SEARLE)."
     ),
     target_ratio: float = typer.Option(1.25, "--target-ratio", min=1.0, help="targetpad: long / short side ratio."),
+    normalize: str = typer.Option(
+        "model", "--normalize", help="model (the weights' own mean/std) or openai (OpenAI CLIP's, as CIReVL / WeiMoCIR)."
+    ),
     json_output: bool = json_option("Print the summary as one JSON object (errors too: {\"error\": ...})."),
     quiet: bool = quiet_option(),
     follow_symlinks: bool = typer.Option(
@@ -187,6 +192,8 @@ def index_command(
             raise AgentCirError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
         if preprocess not in ("center_crop", "targetpad"):
             raise AgentCirError(f"--preprocess must be center_crop or targetpad, got {preprocess!r}")
+        if normalize not in ("model", "openai"):
+            raise AgentCirError(f"--normalize must be model or openai, got {normalize!r}")
         if engine not in ("local", "ray"):
             raise AgentCirError(f"--engine must be local or ray, got {engine!r}")
         ray_given = address is not None or concurrency != 1 or num_cpus_per_actor != 1.0 or num_gpus_per_actor != 0.0
@@ -214,6 +221,7 @@ def index_command(
             wait=wait,
             preprocess=preprocess,
             target_ratio=target_ratio,
+            normalize=normalize,
             files=files,
             engine=engine,
             engine_options=ray_options(address, concurrency, num_cpus_per_actor, num_gpus_per_actor) if engine == "ray" else None,

@@ -35,6 +35,7 @@ def _open_clip(config: EncoderConfig) -> Encoder:
         batch_size=config.batch_size,
         preprocess=config.preprocess,
         target_ratio=config.target_ratio,
+        normalize=config.normalize,
     )
 
 
@@ -48,6 +49,7 @@ def _hf(config: EncoderConfig) -> Encoder:
         batch_size=config.batch_size,
         preprocess=config.preprocess,
         target_ratio=config.target_ratio,
+        normalize=config.normalize,
     )
 
 

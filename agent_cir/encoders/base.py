@@ -43,12 +43,14 @@ DESCRIPTIVE_INFO_KEYS = frozenset({"architecture", "random_weights"})
 def encoder_identity(info: dict[str, Any]) -> dict[str, Any]:
     """The part of ``Encoder.info`` that decides whether two encoders produce comparable embeddings.
 
-    Infos written before the preprocessing option existed (no ``preprocess.method``) centre-cropped.
+    Infos written before the preprocessing options existed (no ``preprocess.method`` / ``normalize``)
+    centre-cropped with the model's own normalisation.
     """
     identity = {key: value for key, value in info.items() if key not in RUNTIME_INFO_KEYS | DESCRIPTIVE_INFO_KEYS}
     preprocess = identity.get("preprocess")
-    if isinstance(preprocess, dict) and "method" not in preprocess:
-        identity["preprocess"] = {**preprocess, "method": "center_crop"}
+    if isinstance(preprocess, dict):
+        # infos written before an option existed used its default
+        identity["preprocess"] = {"method": "center_crop", "normalize": "model", **preprocess}
     return identity
 
 
@@ -60,6 +62,11 @@ def describe_encoder(info: dict[str, Any]) -> str:
     preprocess = info.get("preprocess")
     if isinstance(preprocess, dict) and preprocess.get("method") == "targetpad":
         label += f", targetpad {preprocess.get('target_ratio')}"
+    if isinstance(preprocess, dict) and preprocess.get("normalize", "model") != "model":
+        label += f", normalize {preprocess.get('normalize')}"
+    elif isinstance(info.get("normalize"), (str, dict)) and info.get("normalize") != "model":  # an EncoderConfig dump
+        normalize = info["normalize"]
+        label += f", normalize {normalize if isinstance(normalize, str) else 'explicit'}"
     return label
 
 

@@ -18,6 +18,7 @@ from agent_cir.encoders.base import (
     require_download,
 )
 from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, PREPROCESS_METHODS, TargetPad
+from agent_cir.encoders.preprocessing import normalize_constants, normalize_info
 from agent_cir.encoders.preprocessing import preprocess_info as preprocess_option_info
 from agent_cir.errors import AgentCirError
 
@@ -103,7 +104,10 @@ class HFEncoder:
         batch_size: int = 64,
         preprocess: str = "center_crop",
         target_ratio: float = DEFAULT_TARGET_RATIO,
+        normalize: Any = "model",
     ) -> None:
+        import copy
+
         import torch
         from transformers import AutoModel, AutoProcessor
 
@@ -111,6 +115,10 @@ class HFEncoder:
             raise AgentCirError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
         if preprocess not in PREPROCESS_METHODS:
             raise AgentCirError(f"preprocess must be one of {', '.join(PREPROCESS_METHODS)}, got {preprocess!r}")
+        try:
+            constants = normalize_constants(normalize)
+        except ValueError as err:
+            raise AgentCirError(str(err)) from err
         source, weights = resolve_hf_source(model, "transformers model")
         try:
             self.model = AutoModel.from_pretrained(source, dtype=getattr(torch, _DTYPES[precision]))
@@ -132,6 +140,9 @@ class HFEncoder:
         self._dtype = getattr(torch, _DTYPES[precision])
         self.tokenizer = self.processor.tokenizer
         self.image_processor = self.processor.image_processor
+        if constants is not None:  # a copy: the processor object may be shared through transformers' caches
+            self.image_processor = copy.deepcopy(self.image_processor)
+            self.image_processor.image_mean, self.image_processor.image_std = list(constants[0]), list(constants[1])
         # the processor's own resize / crop / normalisation, after the pad step for targetpad
         self.preprocess = HFImagePreprocess(
             self.image_processor, TargetPad(target_ratio) if preprocess == "targetpad" else None
@@ -153,7 +164,11 @@ class HFEncoder:
             "model_type": model_type,
             "random_weights": False,  # loaded from files; whatever they hold, we did not initialise them
             "dim": self.dim,
-            "preprocess": {**json_ready(preprocess_info), **preprocess_option_info(preprocess, target_ratio)},
+            "preprocess": {
+                **json_ready(preprocess_info),
+                **preprocess_option_info(preprocess, target_ratio),
+                **normalize_info(normalize),
+            },
             "precision": precision,
             "device": device,
         }

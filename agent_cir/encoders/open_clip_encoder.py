@@ -22,7 +22,15 @@ from agent_cir.encoders.base import (
     looks_like_path,
     require_download,
 )
-from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, PREPROCESS_METHODS, preprocess_info, with_pad
+from agent_cir.encoders.preprocessing import (
+    DEFAULT_TARGET_RATIO,
+    PREPROCESS_METHODS,
+    normalize_constants,
+    normalize_info,
+    preprocess_info,
+    with_normalize,
+    with_pad,
+)
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import bytes_hash
 
@@ -202,6 +210,7 @@ class OpenClipEncoder:
         seed: int = 0,
         preprocess: str = "center_crop",
         target_ratio: float = DEFAULT_TARGET_RATIO,
+        normalize: Any = "model",
     ) -> None:
         import open_clip
         import torch
@@ -210,6 +219,10 @@ class OpenClipEncoder:
             raise AgentCirError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
         if preprocess not in PREPROCESS_METHODS:
             raise AgentCirError(f"preprocess must be one of {', '.join(PREPROCESS_METHODS)}, got {preprocess!r}")
+        try:
+            normalize_constants(normalize)
+        except ValueError as err:
+            raise AgentCirError(str(err)) from err
         source = _resolve(model, pretrained, seed)
         try:
             # Random init is seeded so that 'none' always means the same weights (incremental indexing).
@@ -233,7 +246,8 @@ class OpenClipEncoder:
             raise
         self.model.eval()
         # open_clip's own evaluation transform for this model, with the pad step in front for targetpad
-        self.preprocess = with_pad(model_preprocess, preprocess, target_ratio)
+        # (normalisation constants replaced first when the recipe overrides them, e.g. CIReVL's OpenAI values)
+        self.preprocess = with_pad(with_normalize(model_preprocess, normalize), preprocess, target_ratio)
         self.device = torch.device(device)
         self.batch_size = batch_size
         from open_clip.model import get_input_dtype
@@ -249,7 +263,7 @@ class OpenClipEncoder:
             "weights": source.weights,
             "random_weights": source.pretrained is None and source.weights.startswith("random-init"),
             "dim": self.dim,
-            "preprocess": {**preprocess_cfg, **preprocess_info(preprocess, target_ratio)},
+            "preprocess": {**preprocess_cfg, **preprocess_info(preprocess, target_ratio), **normalize_info(normalize)},
             "context_length": int(getattr(self.tokenizer, "context_length", 0) or 0),
             "open_clip_version": open_clip.__version__,
             **source.extra_info,

@@ -67,6 +67,10 @@ class Benchmark:
     def min_k(self, splits: Sequence[BenchmarkSplit]) -> int:
         return 0
 
+    def apply_query_options(self, recipe: Recipe, splits: Sequence[BenchmarkSplit]) -> list[str]:
+        """Adjust the loaded queries to the recipe's protocol options (CIRCO's query text); returns notes."""
+        return []
+
     def protocol_record(self) -> dict[str, Any]:
         return {
             "benchmark": self.name, "version": self.version, "gallery": self.gallery,
@@ -128,6 +132,7 @@ class CIRCO(Benchmark):
     sources = (
         "miccunifi/CIRCO src/dataset.py:41-47 (gallery = image_info_unlabeled2017.json)",
         "miccunifi/CIRCO src/evaluation.py:53-64 (mAP@K, Recall@K on the prediction list as given)",
+        "miccunifi/CIRCO src/evaluation.py:66-68, 78-80 (mAP@10 per semantic aspect)",
         "miccunifi/SEARLE src/validate.py:327-329 and src/generate_test_submission.py:229-234 (top-50 over the full gallery, no reference mask)",
         "ExplainableML/Vision_by_Language src/compute_results.py:150-158, 174-179 (same, CIReVL)",
     )
@@ -135,9 +140,17 @@ class CIRCO(Benchmark):
     def prepare(self, split: BenchmarkSplit, work_dir: Path) -> None:
         circo_data.scan_gallery(split)
 
+    def apply_query_options(self, recipe: Recipe, splits: Sequence[BenchmarkSplit]) -> list[str]:
+        """The recipe's query text convention (``circo.query_text``, shared_concept or not)."""
+        return [note for split in splits for note in circo_data.apply_query_text(split, recipe.circo.query_text)]
+
     def split_metrics(self, split, queries, rankings):
-        return M.circo_metrics(rankings, {q.id: q.meta["ground_truth"] for q in queries},
-                               {q.id: q.meta["target"] for q in queries})
+        ground_truth = {q.id: q.meta["ground_truth"] for q in queries}
+        metrics = M.circo_metrics(rankings, ground_truth, {q.id: q.meta["target"] for q in queries})
+        # per-semantic-aspect mAP@10, as the official evaluator reports it (src/evaluation.py:66-80)
+        metrics.update(M.circo_semantic_map10(rankings, ground_truth,
+                                              {q.id: q.meta.get("semantic_aspects") or [] for q in queries}))
+        return metrics
 
     def write_submission(self, out, split, queries, rankings):
         payload = S.circo_submission(rankings, query_ids=[q.id for q in split.queries])

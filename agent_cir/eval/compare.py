@@ -118,12 +118,22 @@ def _norm(text: str | None) -> str:
     return "".join(ch for ch in (text or "").lower().replace("/", "-") if ch.isalnum() or ch == "-")
 
 
-def _backbone_matches(published: str, encoder: dict[str, Any]) -> bool:
-    """``ViT-L/14`` matches open_clip ``ViT-L-14``; a pretrained tag in the published text must match too."""
-    model, _, rest = published.partition("(")
+def _published_tag(entry: dict[str, Any]) -> str:
+    """The weights a published row names: its ``pretrained`` field, else a tag in parentheses in ``backbone``."""
+    tag = entry.get("pretrained")
+    if tag:
+        return str(tag)
+    _, _, rest = str(entry.get("backbone", "")).partition("(")
+    return rest.rstrip(") ").strip()
+
+
+def _backbone_matches(entry: dict[str, Any], encoder: dict[str, Any]) -> bool:
+    """``ViT-L/14`` matches open_clip ``ViT-L-14``; the row's pretrained tag, when known, must match too
+    (ViT-L-14 openai and ViT-L-14 laion2b_s32b_b82k are different models)."""
+    model = str(entry.get("backbone", "")).partition("(")[0]
     if _norm(model) != _norm(encoder.get("model")):
         return False
-    tag = rest.rstrip(") ").strip()
+    tag = _published_tag(entry)
     return not tag or _norm(tag) == _norm(encoder.get("pretrained"))
 
 
@@ -156,10 +166,13 @@ def compare_published(run: str | Path, published: list[dict[str, Any]] | None = 
         rows.append({"metric": entry["metric"], "ours": value, "paper": float(entry["value"]),
                      "delta": value - float(entry["value"]), "backbone": entry.get("backbone"),
                      "source": entry.get("source")})
-        if not _backbone_matches(str(entry.get("backbone", "")), encoder):
-            differences.append(
-                f"backbone: paper {entry.get('backbone')}, ours {encoder.get('model')} ({encoder.get('pretrained')})"
-            )
+        if not _backbone_matches(entry, encoder):
+            tag = _published_tag(entry)
+            paper = f"{entry.get('backbone')}" + (f" / {tag}" if tag and tag not in str(entry.get("backbone")) else "")
+            differences.append(f"backbone: paper {paper}, ours {encoder.get('model')} ({encoder.get('pretrained')})")
+        elif not _published_tag(entry):
+            differences.append(f"backbone weights: the paper's row ({entry.get('backbone')}) names no pretrained "
+                               "weights; only the architecture was compared")
         llm = entry.get("llm")
         if llm and not any(_norm(llm) in _norm(spec) for spec in our_models):
             differences.append(f"LLM: paper {llm}, ours {', '.join(our_models) or 'none'}")

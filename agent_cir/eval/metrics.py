@@ -96,6 +96,41 @@ def circo_metrics(
     return metrics
 
 
+CIRCO_SEMANTIC_ASPECTS = (
+    "cardinality", "addition", "negation", "direct_addressing", "compare_change", "comparative_statement",
+    "statement_with_conjunction", "spatial_relations_background", "viewpoint",
+)
+"""The nine semantic aspects the official evaluator reports (CIRCO src/evaluation.py:30-32)."""
+
+
+def circo_semantic_map10(
+    rankings: Mapping[str, Ranking],
+    ground_truth: Mapping[str, Sequence[str]],
+    aspects: Mapping[str, Sequence[str]],
+) -> dict[str, float]:
+    """mAP@10 per semantic aspect, as the official evaluator computes it (CIRCO src/evaluation.py:66-68,
+    78-80): a query's AP@10 counts once for each aspect it is annotated with, and each aspect averages
+    over its queries. Keys ``semantic_mAP@10/<aspect>``, percent. An aspect none of the ranked queries
+    carries is left out (the official code reports NaN for it)."""
+    per_aspect: dict[str, list[float]] = {}
+    for query_id, ranking in rankings.items():
+        if query_id not in ground_truth:
+            raise MetricError(f"query {query_id}: no ground truth for it in the annotations")
+        predictions = _ids(ranking, query_id)[:10]
+        gt = {str(g) for g in ground_truth[query_id]}
+        hits = 0
+        precision_sum = 0.0
+        for position, image_id in enumerate(predictions, start=1):
+            if image_id in gt:
+                hits += 1
+                precision_sum += hits / position
+        ap10 = precision_sum / min(len(gt), 10)
+        for aspect in dict.fromkeys(str(a) for a in aspects.get(query_id, ())):
+            per_aspect.setdefault(aspect, []).append(ap10)
+    ordered = [a for a in CIRCO_SEMANTIC_ASPECTS if a in per_aspect] + sorted(set(per_aspect) - set(CIRCO_SEMANTIC_ASPECTS))
+    return {f"semantic_mAP@10/{aspect}": _percent(per_aspect[aspect]) for aspect in ordered}
+
+
 # ---------- CIRR ----------
 def cirr_metrics(
     rankings: Mapping[str, Ranking],

@@ -243,6 +243,7 @@ def run_eval(
 
     # 2. the effective recipe and the run's identity
     effective, by_dataset, protocol, protocol_notes = effective_recipe(benchmark, recipe, overrides, splits)
+    protocol_notes += benchmark.apply_query_options(effective, splits)  # CIRCO: circo.query_text
     prompts = prompt_hashes(effective)
     dataset_files = {str(p): content_hash(p) for part in splits for p in part.annotation_files}
     captions_hash = content_hash(gallery_captions) if gallery_captions is not None and Path(gallery_captions).is_file() else None

@@ -243,7 +243,7 @@ def reference_hash(image: str | Path) -> str:
 def encoder_config_from_meta(meta: dict[str, Any], device: str | None = None) -> EncoderConfig:
     """The EncoderConfig that rebuilds the encoder an index was made with (``meta`` = meta.json contents)."""
     from agent_cir.config import EncoderConfig
-    from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, preprocessing_of
+    from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, normalize_of, preprocessing_of
 
     info = meta.get("encoder", meta)
     try:
@@ -259,4 +259,5 @@ def encoder_config_from_meta(meta: dict[str, Any], device: str | None = None) ->
         device=device or info.get("device", "cpu"),
         preprocess=method or "center_crop",  # type: ignore[arg-type]
         target_ratio=ratio or DEFAULT_TARGET_RATIO,
+        normalize=normalize_of(info) or "model",
     )

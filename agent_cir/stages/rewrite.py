@@ -82,12 +82,15 @@ class RewriteStage:
             else:
                 record.parse_status = "repaired" if "repaired" in statuses else "ok"
         else:
-            # As CIReVL and OSrCIR do: an unreadable rewrite leaves the modification text as the query.
-            modification = state.query.text.strip()
-            state.target_descriptions = [modification] if modification else []
+            # As CIReVL and OSrCIR do: an unreadable rewrite leaves the modification text as the query
+            # (ImageScope: the reference caption, config.fallback).
+            use_caption = self.config.fallback == "reference_caption" and bool(captions and captions[0].strip())
+            fallback_text = captions[0].strip() if use_caption else state.query.text.strip()
+            state.target_descriptions = [fallback_text] if fallback_text else []
             state.description_source = "fallback"
             record.parse_status = "fallback"
-            record.notes.append("fell back to the modification text alone as the target description")
+            what = "the reference caption" if use_caption else "the modification text alone"
+            record.notes.append(f"fell back to {what} as the target description")
         state.reasoning = "\n\n".join(reasonings) if reasonings else None
         record.output = {
             "target_descriptions": list(state.target_descriptions),

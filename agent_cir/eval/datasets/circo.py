@@ -57,7 +57,7 @@ def load_circo(annotations_dir: Path, split: str, images_root: Path | None = Non
         require_keys(record, required, path, position)
         reference = integer_id(record["reference_img_id"], path, position, "reference_img_id")
         image_files[reference] = image_file(reference)
-        meta: dict = {"shared_concept": record.get("shared_concept")}
+        meta: dict = {"shared_concept": record.get("shared_concept"), "relative_caption": record["relative_caption"]}
         if has_ground_truth:
             ground_truth = id_list(record["gt_img_ids"], path, position, "gt_img_ids", integer_id)
             target = integer_id(record["target_img_id"], path, position, "target_img_id")
@@ -114,3 +114,26 @@ def scan_gallery(split: BenchmarkSplit) -> None:
             f"CIRCO gallery has {len(ids)} images under {folder}, the official one {OFFICIAL_GALLERY_SIZE}: "
             "metrics are not comparable with published ones"
         )
+
+
+DEFAULT_QUERY_TEXT = "{relative_caption}"
+
+
+def apply_query_text(split: BenchmarkSplit, template: str) -> list[str]:
+    """Rebuild every query's text from ``template`` (``Recipe.circo.query_text``: ``{relative_caption}``,
+    ``{shared_concept}``); returns notes for run.json. The default template leaves the texts as loaded."""
+    if template == DEFAULT_QUERY_TEXT:
+        return []
+    missing = []
+    for query in split.queries:
+        concept = query.meta.get("shared_concept")
+        if "{shared_concept}" in template and not (isinstance(concept, str) and concept.strip()):
+            missing.append(query.id)
+            concept = ""
+        caption = str(query.meta.get("relative_caption", query.text)).strip()
+        query.text = " ".join(template.format(relative_caption=caption, shared_concept=str(concept or "").strip()).split())
+    notes = [f"CIRCO query text built with {template!r} (recipe circo.query_text), not the relative caption alone"]
+    if missing:
+        notes.append(f"{len(missing)} CIRCO queries have no shared_concept; it was left empty for them "
+                     f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''})")
+    return notes

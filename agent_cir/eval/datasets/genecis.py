@@ -225,3 +225,21 @@ def materialise_crops(split: BenchmarkSplit, crops_dir: Path) -> None:
         f"{split.category}: {len(boxes)} instance crops (dilation {DILATION}, padded square, as the official "
         f"vaw_dataset.py) written to {crops_dir}"
     )
+
+
+CIREVL_REFERENCE_AVERAGED_TASKS = ("focus_attribute",)
+"""Tasks whose query CIReVL averages with the reference (crop) image feature before scoring
+(Vision_by_Language src/main.py:212-215); the other three tasks score the text query alone."""
+
+
+def reference_averaged_query(query: Any, reference_image: Any) -> Any:
+    """CIReVL's GeneCIS focus_attribute query: normalise((q + normalise(r)) / 2), q the (unit) text query
+    feature and r the reference image feature (Vision_by_Language src/main.py:212-215). Rows are queries."""
+    import numpy as np
+
+    def unit(rows: Any) -> Any:
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows / np.maximum(norms, 1e-12)
+
+    return unit((unit(query) + unit(reference_image)) / 2.0).astype(np.float32)

@@ -204,6 +204,10 @@ class RetrieveConfig(_Strict):
     k: int = Field(50, ge=1)
     exclude_reference: bool = True
     """Leave the reference out of its results (see ``exclude_reference_by``)."""
+    reference_average_tasks: list[str] = Field(default_factory=list)
+    """Benchmark tasks (``Query.meta["task"]``) whose text query is averaged with the reference image feature:
+    q = normalise((q_text + normalise(q_image)) / 2). CIReVL does this for GeneCIS focus_attribute only
+    (Vision_by_Language src/main.py:212-215)."""
     exclude_reference_by: Literal["id+copies", "id"] = "id+copies"
     """id+copies: the reference's gallery id and every byte-identical copy (a user rarely wants the photo they
     gave back, under any name); id: its gallery id only, as the official CIRR evaluation does (SEARLE

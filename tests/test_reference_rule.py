@@ -38,3 +38,29 @@ def test_the_cirr_protocol_sets_the_id_rule_and_circo_keeps_the_reference():
     recipe = load_recipe("image_only")
     assert BENCHMARKS["cirr"].retrieve_overrides(recipe, [])["retrieve"]["exclude_reference_by"] == "id"
     assert "exclude_reference_by" not in BENCHMARKS["circo"].retrieve_overrides(recipe, []).get("retrieve", {})
+
+
+def test_genecis_focus_attribute_queries_are_averaged_with_the_reference_as_cirevl_does(bow_encoder):
+    from agent_cir.eval.datasets.genecis import reference_averaged_query
+
+    gallery = _gallery()
+    rng = np.random.default_rng(1)
+    encoder = type("E", (), {"encode_texts": staticmethod(lambda texts: rng.standard_normal((len(texts), 8)))})()
+    config = RetrieveConfig(mode="text", k=4, text_source="modification", exclude_reference=False,
+                            reference_average_tasks=["focus_attribute"])
+    stage = RetrieveStage(config, encoder=encoder, gallery=gallery)
+    plans = {}
+    for task in ("focus_attribute", "change_object"):
+        state = QueryState(query=Query(id=task, text="the colour", reference_id="x.png", meta={"task": task}))
+        plan = stage._plan(state)
+        text = {"the colour": np.asarray(rng.standard_normal(8), dtype=np.float32)}
+        vector, extra = stage._query_vector(plan, text, False)
+        plans[task] = (vector, extra, text["the colour"])
+    vector, extra, text = plans["focus_attribute"]
+    expected = reference_averaged_query(normalise(text), gallery.image_embeddings[2])[0]
+    np.testing.assert_allclose(vector, expected, atol=1e-6)
+    assert extra["reference_averaged"] is True
+    vector, extra, text = plans["change_object"]
+    np.testing.assert_allclose(vector, normalise(text), atol=1e-6)
+    assert "reference_averaged" not in extra
+    assert load_recipe("cirevl").for_dataset("genecis").retrieve.reference_average_tasks == ["focus_attribute"]

@@ -73,6 +73,8 @@ class _Plan:
     image_vector: np.ndarray | None = None
     raw_image: bool = False
     query: np.ndarray | None = None
+    average_reference: bool = False
+    """Average the text query with the reference image feature (``retrieve.reference_average_tasks``)."""
 
 
 class RetrieveStage:
@@ -224,7 +226,8 @@ class RetrieveStage:
                         "reference_caption"
                     )
                 plan.reference_texts = captions
-        if plan.mode in _IMAGE_MODES:
+        plan.average_reference = plan.mode == "text" and query.meta.get("task") in config.reference_average_tasks
+        if plan.mode in _IMAGE_MODES or plan.average_reference:
             if plan.reference_position is None or not self.gallery.has_images:
                 if not query.image:
                     raise QueryInputError(
@@ -286,7 +289,7 @@ class RetrieveStage:
         config = self.config
         extra: dict[str, Any] = {}
         image = plan.image_vector
-        if plan.mode in _IMAGE_MODES and image is None:
+        if (plan.mode in _IMAGE_MODES or plan.average_reference) and image is None:
             image = self._gallery_image(plan, raw=plan.mode == "weimocir")
         stack = (lambda strings: np.stack([text[s] for s in strings])) if text else None
         if plan.mode == "weimocir":
@@ -319,6 +322,10 @@ class RetrieveStage:
             query = normalise(image if image is not None else self._gallery_image(plan, raw=False))
         elif plan.mode == "text":
             query = self._text_query(stack(plan.texts))
+            if plan.average_reference:
+                # normalise((q + normalise(r)) / 2): the fusion formula with equal weights
+                query = weighted_fusion(image, query, 0.5)
+                extra["reference_averaged"] = True
         elif plan.mode == "fusion":
             query = weighted_fusion(image, mean_embedding(stack(plan.texts)), config.alpha)
             extra["alpha"] = config.alpha

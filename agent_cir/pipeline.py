@@ -166,6 +166,7 @@ class Pipeline:
         artifacts_dir: str | Path | None = None,
     ) -> None:
         self.recipe = recipe
+        self.recipe_hash = recipe.hash  # once: hashing the redacted recipe costs ~2 ms, per query it adds up
         self.gallery = gallery
         self.encoder = encoder
         self.encoder_info = encoder_record(encoder)
@@ -408,8 +409,11 @@ class Pipeline:
         state = job.state
         ranking = final_ranking(state)
         seconds = sum(record.seconds for record in state.records)
-        trace = build_trace(state, self.recipe.name, self.recipe.hash, seconds, encoder=self.encoder_info,
-                            ranking=ranking, head=max(self.head_size(), len(state.candidates)))
+        head = max(self.head_size(), len(state.candidates))
+        # The stages keep state.candidates = the head of state.ranking: reuse those objects for the results.
+        shown = state.candidates[:head] if ranking is state.ranking and len(state.candidates) >= min(head, len(ranking)) else None
+        trace = build_trace(state, self.recipe.name, self.recipe_hash, seconds, encoder=self.encoder_info,
+                            ranking=ranking, head=head, shown=shown)
         with self._lock:
             self._model_calls += trace["totals"]["model_calls"]
             self._cache_hits += trace["totals"]["cache_hits"]

@@ -57,15 +57,16 @@ from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
 
 def build_trace(
     state: QueryState, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None,
-    *, ranking: Any = None, head: int | None = None,
+    *, ranking: Any = None, head: int | None = None, shown: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The query's trace record. ``ranking`` (an ``agent_cir.retrieval.ranking.Ranking``): the final ranking, whose
-    first ``head`` entries become ``results`` (``results_total`` says how many it has); without one, the state's
-    candidates are the results."""
+    first ``head`` entries become ``results`` (``results_total`` says how many it has; ``shown``: those entries
+    already built as candidates); without one, the state's candidates are the results."""
     query = state.query
     stages = [record_to_dict(record) for record in state.records]
     if ranking is not None:
-        shown = ranking.head(head) if head is not None and head < len(ranking) else ranking.head()
+        if shown is None:
+            shown = ranking.head(head) if head is not None and head < len(ranking) else ranking.head()
         results, total, ordered_by = [c.to_dict() for c in shown], len(ranking), ranking.ordered_by
     else:
         results = [candidate.to_dict() for candidate in state.candidates]

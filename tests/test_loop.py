@@ -401,3 +401,24 @@ def test_the_surrogate_loop_recipe_runs_offline_with_scripted_models(bow_encoder
     result = pipe.run(Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa"))
     assert [r.decision for r in result.typed_trace().rounds] == ["refine", "accept"]
     assert result.candidates[0].id == "dog_grass"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=400))
+def test_any_verifier_answer_gives_a_bounded_confidence_or_none_and_never_raises(answer):
+    handle = fake_model([answer if answer else " "])
+    prompt = load_prompt("verify_caption")
+    messages = prompt.render_messages(modification="m", reference_caption=None, candidate_captions=["c"])
+    verdict = ask_yes_no(handle, messages, prompt=prompt)
+    assert verdict.confidence is None or 0.0 <= verdict.confidence <= 1.0
+    assert verdict.source in ("answer", "unparsed")
+    assert verdict.reason is None or len(verdict.reason) <= 300
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                    max_leaves=20))
+def test_hostile_logprob_payloads_never_raise_and_stay_probabilities(payload):
+    found = _token_probabilities({"logprobs": payload})
+    assert found is None or all(0.0 <= value for value in found)

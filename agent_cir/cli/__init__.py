@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import sys
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +18,39 @@ class _OrderedGroup(TyperGroup):
         ranked = [name for name in COMMAND_ORDER if name in self.commands]
         return ranked + [name for name in names if name not in ranked]
 
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,  # type: ignore[override]
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """The CLI's one error boundary: a usage error (``--k 0``, an unknown option), an OSError, bad UTF-8 or
+        JSON, wherever raised, is one ``error: ...`` line on stderr (one JSON object on stdout with --json)
+        and exit code 2, never a traceback or a Rich box."""
+        from agent_cir.cli._common import EXIT_USER_ERROR, classify_error, print_error
+
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+        try:
+            code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except KeyboardInterrupt:
+            print_error("interrupted", "interrupted; finished work was kept", as_json)
+            code = 130
+        except Exception as err:  # noqa: BLE001 - classified; anything unknown (a bug) keeps its traceback
+            if type(err).__name__ == "NoArgsIsHelpError":  # `agent-cir` alone: the help, as click shows it
+                err.show()  # type: ignore[attr-defined]
+                code = err.exit_code  # type: ignore[attr-defined]
+            elif type(err).__name__ == "Abort":
+                print_error("aborted", "aborted", as_json)
+                code = 1
+            else:
+                known = classify_error(err)
+                if known is None:
+                    raise
+                print_error(*known, as_json)
+                code = EXIT_USER_ERROR
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="agent-cir",
@@ -25,6 +59,7 @@ app = typer.Typer(
     "New here? Run `agent-cir quickstart`.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 

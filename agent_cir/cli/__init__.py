@@ -6,10 +6,21 @@ import sys
 from typing import Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 COMMAND_ORDER = ("quickstart", "index", "search", "eval", "compare", "report", "demo", "recipes")
 """``--help`` lists commands in the order a new user needs them; unlisted commands follow, as registered."""
+
+
+def _flag_aware_display_type(self: TyperOption, ctx: Any) -> Optional[str]:
+    """A flag takes no value: typer 0.2x prints ``<bool>`` after ``--json`` as if it did; show nothing."""
+    if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+        return None
+    return _typer_display_type(self, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_aware_display_type  # type: ignore[method-assign]
 
 
 class _OrderedGroup(TyperGroup):

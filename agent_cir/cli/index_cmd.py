@@ -251,7 +251,7 @@ def index_command(
     root: Optional[Path] = typer.Option(
         None, "--root", help="list/parquet: the folder gallery ids are relative to (default: the list file's folder)."
     ),
-    engine: str = typer.Option("local", "--engine", help="local (this process + decode workers) or ray (Ray Data; extra [ray])."),
+    engine: str = typer.Option("local", "--engine", help="local (this process + decode workers) or ray (Ray Data; extra \\[ray])."),
     address: Optional[str] = typer.Option(
         None, "--address", help="ray: join this cluster (auto, HOST:PORT, ray://HOST:10001); default: start a local one."
     ),

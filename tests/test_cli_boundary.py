@@ -1,0 +1,108 @@
+"""The CLI's one error boundary (cli.__init__ + cli/_common.classify_error): every error typer/click or the OS
+raises is one ``error: ...`` line on stderr, or under ``--json`` one JSON object on stdout; never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent_cir.cli import _register, app
+
+_register()
+runner = CliRunner()
+
+
+def _one_json_error(result) -> dict:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "╭" not in result.output
+    objects = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert len(objects) == 1, result.stdout
+    assert set(objects[0]) == {"error", "kind"} and objects[0]["error"]
+    return objects[0]
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "╭" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--k", "0", "--text", "x"],
+    ["search", "--alpha", "2", "--text", "x"],
+    ["search", "--no-such-option"],
+    ["index", "imgs", "--batch-size", "0", "-o", "x"],
+    ["index", "imgs"],  # a missing required option
+])
+def test_usage_errors_are_one_line_or_one_json_object(args):
+    line = _one_error_line(runner.invoke(app, args))
+    assert "--help" in line  # what to do next
+    error = _one_json_error(runner.invoke(app, args + ["--json"]))
+    assert error["kind"] == "usage"
+
+
+@pytest.mark.parametrize("raised, kind, words", [
+    (OSError(errno.ENOSPC, "No space left on device", "/out/index.faiss"), "os", ["disk is full", "/out/index.faiss"]),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/out"), "os", ["/ro/out", "permission"]),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/x/traces.jsonl"), "os", ["folder where a file"]),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "encoding", ["UTF-8"]),
+    (json.JSONDecodeError("Expecting value", "{x", 1), "json", ["invalid JSON", "line 1"]),
+])
+def test_os_encoding_and_json_errors_inside_a_command_are_one_line(monkeypatch, tmp_path, raised, kind, words):
+    import agent_cir.report as report
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(report, "build_report", failing)
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    args = ["report", str(tmp_path / "t.jsonl"), "-o", str(tmp_path / "r")]
+    line = _one_error_line(runner.invoke(app, args))
+    for word in words:
+        assert word in line
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_an_os_error_under_json_is_one_json_object(monkeypatch, tmp_path):
+    import agent_cir.cli.index_cmd as index_cmd
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "idx" / "embeddings.npy"))
+
+    monkeypatch.setattr(index_cmd, "run_index", full_disk)
+    (tmp_path / "imgs").mkdir()
+    result = runner.invoke(app, ["index", str(tmp_path / "imgs"), "-o", str(tmp_path / "idx"), "--json"])
+    error = _one_json_error(result)
+    assert error["kind"] == "os" and "embeddings.npy" in error["error"]
+
+
+def test_index_out_is_an_existing_file_fails_before_any_model_loads(monkeypatch, tmp_path):
+    import agent_cir.encoders as encoders
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the encoder was loaded")
+
+    monkeypatch.setattr(encoders, "create_encoder", no_loading)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "out.txt").write_text("mine")
+    result = runner.invoke(app, ["index", str(tmp_path / "imgs"), "-o", str(tmp_path / "out.txt"), "--json"])
+    assert "is a file, expected a folder" in _one_json_error(result)["error"]
+    assert (tmp_path / "out.txt").read_text() == "mine"
+    listed = runner.invoke(app, ["index", str(tmp_path / "out.txt"), "-o", str(tmp_path / "idx")])
+    assert "is a file, expected a folder" in _one_error_line(listed)
+
+
+def test_help_short_flag_and_no_bool_metavar():
+    for args in (["-h"], ["search", "-h"], ["index", "-h"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.stdout, result.output
+    for command in ("search", "index", "eval", "report", "demo", "quickstart"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=200).stdout
+        assert "<bool>" not in text.lower() and "BOOLEAN" not in text, command
+    assert "[ray]" in runner.invoke(app, ["index", "--help"], terminal_width=200).stdout

@@ -106,3 +106,20 @@ def test_help_short_flag_and_no_bool_metavar():
         text = runner.invoke(app, [command, "--help"], terminal_width=200).stdout
         assert "<bool>" not in text.lower() and "BOOLEAN" not in text, command
     assert "[ray]" in runner.invoke(app, ["index", "--help"], terminal_width=200).stdout
+
+
+@pytest.mark.parametrize("command", [["search", "--text", "x", "-i", "."], ["eval", "--dataset", "circo", "-o", "o"],
+                                     ["demo", "-i", "."]])
+def test_a_recipe_typo_suggests_the_closest_name(command, tmp_path):
+    result = runner.invoke(app, [*command, "--config", "locla"] if command[0] != "demo" else [*command, "-c", "locla"])
+    line = _one_error_line(result)
+    assert "did you mean 'local'" in line
+    assert "cirevl" not in line  # not the whole list of recipes
+
+
+def test_recipes_text_output_says_what_each_needs():
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0, result.output
+    assert "needs API keys: OPENAI_API_KEY" in result.stdout
+    assert "needs servers: ollama" in result.stdout
+    assert result.stdout.count("needs weights:") >= 5

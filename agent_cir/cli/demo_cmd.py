@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import user_errors
+from agent_cir.cli._common import check_recipe_name, user_errors
 
 
 @app.command("demo")
@@ -30,4 +30,5 @@ def demo(
     from agent_cir.demo import launch_demo
 
     with user_errors():
+        check_recipe_name(config)
         launch_demo(config, index, host=host, port=port, artifacts_dir=artifacts, auth=auth)

@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, user_errors
+from agent_cir.cli._common import check_recipe_name, echo, echo_json, json_option, out_option, quiet_option, user_errors
 from agent_cir.errors import AgentCirError
 
 
@@ -90,6 +90,7 @@ def eval_command(
 ) -> None:
     """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
     with user_errors(as_json):
+        check_recipe_name(config)
         from agent_cir.eval.runner import read_query_ids, run_eval
 
         outcome = run_eval(
@@ -132,7 +133,7 @@ def compare_command(
 ) -> None:
     """Two runs side by side (metrics and the queries whose target rank changed most), and/or one run against the
     numbers its paper published."""
-    with user_errors():
+    with user_errors(as_json):
         from agent_cir.eval.compare import compare_published, compare_runs, format_comparison, format_published
 
         if run_b is None and not (published or published_from):
@@ -156,10 +157,17 @@ def compare_command(
             typer.echo(format_published(payload["published"]))
 
 
+def format_needs(needs: dict[str, Any]) -> list[str]:
+    """What a recipe needs, as text: ``needs: servers ...; keys ...; weights ...`` (nothing else: 'needs: nothing')."""
+    labels = {"servers": "servers", "keys": "API keys", "weights": "weights", "data": "data"}
+    parts = [f"{labels[key]}: {', '.join(map(str, needs[key]))}" for key in labels if needs.get(key)]
+    return [f"needs {part}" for part in parts] or ["needs: nothing beyond the package"]
+
+
 @app.command("recipes")
 def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the packaged recipes: what each does, the paper it follows, its published numbers and what it needs."""
-    with user_errors():
+    with user_errors(as_json):
         from agent_cir.config import available_recipes, load_recipe, recipe_needs, redact_secrets
 
         rows = []
@@ -180,3 +188,5 @@ def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as
                 typer.echo(f"{'':<{width}}mirrors: {row['mirrors']}")
             if row["published"]:
                 typer.echo(f"{'':<{width}}published: {len(row['published'])} numbers (agent-cir compare RUN --published)")
+            for line in format_needs(row["needs"]):
+                echo(f"{'':<{width}}{line}")

@@ -16,6 +16,7 @@ import typer
 
 from agent_cir.cli import app
 from agent_cir.cli._common import (
+    check_recipe_name,
     echo,
     echo_json,
     json_option,
@@ -239,6 +240,7 @@ def search(
 
     Results go to stdout; warnings and progress to stderr."""
     with user_errors(as_json):
+        check_recipe_name(config)
         validate_search_inputs(index, image, text, target_text, mode, config, gallery_captions)
         with contextlib.ExitStack() as stack:
             stack.enter_context(quiet_library_logs(quiet or as_json or paths_only))

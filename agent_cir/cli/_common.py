@@ -112,6 +112,12 @@ def echo(text: object = "", err: bool = False, **style: Any) -> None:
         typer.echo(line, err=err)
 
 
+def echo_block(text: object) -> None:
+    """A multi-line block (a table a formatter built): each line made safe on its own."""
+    for line in str(text).splitlines():
+        echo(line)
+
+
 def warn(text: object) -> None:
     """A warning: on stderr (stdout carries results only, so that pipes get results only)."""
     echo(text, err=True, fg=typer.colors.YELLOW)

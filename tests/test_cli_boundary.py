@@ -123,3 +123,56 @@ def test_recipes_text_output_says_what_each_needs():
     assert "needs API keys: OPENAI_API_KEY" in result.stdout
     assert "needs servers: ollama" in result.stdout
     assert result.stdout.count("needs weights:") >= 5
+
+
+def test_offline_is_settled_once_up_front_for_every_model(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    import agent_cir.cli._common as common
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    probes = []
+    monkeypatch.setattr(common, "HUB_PROBE", lambda: probes.append(1) or "cannot reach huggingface.co:443 (timed out)")
+    reason = common.settle_offline_mode(quiet=True)
+    assert "not reachable" in reason and probes == [1]
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert hub_constants.HF_HUB_OFFLINE is True  # loaders imported before the check see it too
+    # decided: a second call (another model) does not probe again
+    assert common.settle_offline_mode(quiet=True) and probes == [1]
+
+
+def test_offline_env_means_no_probe_at_all(monkeypatch):
+    import agent_cir.cli._common as common
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(common, "HUB_PROBE", lambda: pytest.fail("probed although HF_HUB_OFFLINE is set"))
+    assert "HF_HUB_OFFLINE" in common.settle_offline_mode(quiet=True)
+
+
+def test_search_with_a_recipe_settles_offline_before_any_model_loads(monkeypatch, tmp_path):
+    import agent_cir.cli._common as common
+    import agent_cir.pipeline as pipeline_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(common, "HUB_PROBE", lambda: "cannot reach huggingface.co:443 (no route)")
+    seen = {}
+
+    def from_config(cls, *args, **kwargs):
+        import os
+
+        seen["offline"] = os.environ.get("HF_HUB_OFFLINE")
+        raise common.AgentCirError("stop here")
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "from_config", classmethod(from_config))
+    index = tmp_path / "idx"
+    index.mkdir()
+    (index / "meta.json").write_text("{}")
+    result = runner.invoke(app, ["search", "-c", "local", "-i", str(index), "--text", "x"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == "error: stop here" and seen == {"offline": "1"}
+    assert "not reachable" in result.stderr

@@ -273,3 +273,39 @@ def check_recipe_name(config: str | None) -> None:
     hint = f"did you mean {' or '.join(repr(name) for name in close)}? " if close else ""
     raise AgentCirError(f"recipe {config!r} not found: no such file and no packaged recipe of that name; "
                         f"{hint}(`agent-cir recipes` lists them)")
+
+
+def _hub_probe() -> str | None:
+    from agent_cir.encoders.base import hub_unreachable_reason
+
+    return hub_unreachable_reason(timeout=3.0)
+
+
+HUB_PROBE = _hub_probe
+"""The one connectivity check (a 3 s TCP connect to the Hub); tests replace it, so they never touch the network."""
+
+
+def settle_offline_mode(quiet: bool = False) -> str | None:
+    """Decide once, before any model of a recipe loads, whether the Hub can be used; returns why not, or None.
+
+    HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set: offline, nothing probed. Else one short probe; when the Hub does
+    not answer, offline mode is switched on for every loader of this process (the environment and
+    huggingface_hub's constant, read at import), so that each model fails at once with an error naming its
+    weights instead of minutes of retries per model."""
+    import os
+
+    from agent_cir.encoders.base import hub_offline
+
+    if hub_offline():
+        return "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"
+    unreachable = HUB_PROBE()
+    if not unreachable:
+        return None
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None and hasattr(hub_constants, "HF_HUB_OFFLINE"):
+        hub_constants.HF_HUB_OFFLINE = True
+    status(f"the Hugging Face Hub is not reachable ({unreachable}): offline mode for every model; only weights "
+           "already on this machine load", quiet)
+    return f"the Hugging Face Hub is not reachable: {unreachable}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import check_recipe_name, user_errors
+from agent_cir.cli._common import check_recipe_name, settle_offline_mode, user_errors
 
 
 @app.command("demo")
@@ -31,4 +31,5 @@ def demo(
 
     with user_errors():
         check_recipe_name(config)
+        settle_offline_mode()
         launch_demo(config, index, host=host, port=port, artifacts_dir=artifacts, auth=auth)

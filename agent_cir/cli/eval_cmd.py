@@ -9,7 +9,17 @@ import typer
 import yaml
 
 from agent_cir.cli import app
-from agent_cir.cli._common import check_recipe_name, echo, echo_block, echo_json, json_option, out_option, quiet_option, user_errors
+from agent_cir.cli._common import (
+    check_recipe_name,
+    echo,
+    echo_block,
+    echo_json,
+    json_option,
+    out_option,
+    quiet_option,
+    settle_offline_mode,
+    user_errors,
+)
 from agent_cir.errors import AgentCirError
 
 
@@ -91,6 +101,7 @@ def eval_command(
     """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
     with user_errors(as_json):
         check_recipe_name(config)
+        settle_offline_mode(quiet or as_json)
         from agent_cir.eval.runner import read_query_ids, run_eval
 
         outcome = run_eval(

@@ -22,6 +22,7 @@ from agent_cir.cli._common import (
     json_option,
     quiet_library_logs,
     quiet_option,
+    settle_offline_mode,
     status,
     user_errors,
     warn,
@@ -271,6 +272,8 @@ def _search(
     recipe: Any = config if config is not None else {"name": "clip-only"}
     if artifacts is None and trace is not None:
         artifacts = trace.parent / f"{trace.stem}_artifacts"
+    if config is not None:  # a recipe's models: one Hub check for all of them, not retries per model
+        settle_offline_mode(quiet)
     status(f"loading models ({'recipe ' + config if config else 'CLIP only'}) ...", quiet)
     started = time.perf_counter()
     pipeline = Pipeline.from_config(

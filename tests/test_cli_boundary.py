@@ -176,3 +176,33 @@ def test_search_with_a_recipe_settles_offline_before_any_model_loads(monkeypatch
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines()[-1] == "error: stop here" and seen == {"offline": "1"}
     assert "not reachable" in result.stderr
+
+
+def test_library_noise_is_dropped_and_quiet_hides_library_warnings():
+    import logging
+
+    from agent_cir.cli._common import quiet_library_logs
+
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    before = (root.level, logging.getLogger("huggingface_hub").level)
+    try:
+        with quiet_library_logs(quiet=False):
+            logging.warning("No pretrained weights loaded for model 'ViT-B-32'. Model initialized randomly.")
+            logging.warning("kept: not a duplicate")
+        assert seen == ["kept: not a duplicate"]  # open_clip's duplicate of the CLI's own warning is gone
+        seen.clear()
+        with quiet_library_logs(quiet=True):
+            logging.getLogger("huggingface_hub.file_download").warning("Retrying in 1s [Retry 1/5]")
+            logging.getLogger("huggingface_hub.file_download").error("kept: an error still shows")
+        assert seen == ["kept: an error still shows"]
+        assert (root.level, logging.getLogger("huggingface_hub").level) == before  # put back afterwards
+    finally:
+        root.removeHandler(handler)

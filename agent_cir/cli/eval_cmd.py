@@ -16,6 +16,7 @@ from agent_cir.cli._common import (
     echo_json,
     json_option,
     out_option,
+    quiet_library_logs,
     quiet_option,
     settle_offline_mode,
     user_errors,
@@ -104,22 +105,23 @@ def eval_command(
         settle_offline_mode(quiet or as_json)
         from agent_cir.eval.runner import read_query_ids, run_eval
 
-        outcome = run_eval(
-            dataset=dataset,
-            split=split,
-            images_root=images,
-            recipe=config,
-            out_dir=out,
-            limit=limit,
-            query_ids=read_query_ids(queries) if queries else None,
-            gallery_captions=gallery_captions,
-            annotations=annotations,
-            categories=category or None,
-            index_dir=index_dir,
-            overrides=parse_assignments(assignments or []),
-            max_concurrency=max_concurrency,
-            progress=not quiet,
-        )
+        with quiet_library_logs(quiet or as_json):
+            outcome = run_eval(
+                dataset=dataset,
+                split=split,
+                images_root=images,
+                recipe=config,
+                out_dir=out,
+                limit=limit,
+                query_ids=read_query_ids(queries) if queries else None,
+                gallery_captions=gallery_captions,
+                annotations=annotations,
+                categories=category or None,
+                index_dir=index_dir,
+                overrides=parse_assignments(assignments or []),
+                max_concurrency=max_concurrency,
+                progress=not quiet,
+            )
         if as_json:
             echo_json(outcome.metrics)
         else:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo, echo_json, json_option, out_option, quiet_option, status, user_errors
+from agent_cir.cli._common import echo, echo_json, quiet_library_logs, json_option, out_option, quiet_option, status, user_errors
 from agent_cir.cli._ranking import format_ranking, ranking_rows
 
 SHOWN = 10
@@ -45,10 +45,11 @@ def quickstart(
     with user_errors(as_json):
         from agent_cir.quickstart import run_quickstart
 
-        outcome = run_quickstart(
-            out, offline=offline, query_id=query, progress=not (quiet or as_json),
-            status=lambda line: status(line, quiet or as_json), on_mode=announce,
-        )
+        with quiet_library_logs(quiet or as_json):
+            outcome = run_quickstart(
+                out, offline=offline, query_id=query, progress=not (quiet or as_json),
+                status=lambda line: status(line, quiet or as_json), on_mode=announce,
+            )
         result = outcome.result
         typed = result.typed_trace()
         final_rank, retrieve_rank = outcome.target_rank(), outcome.target_rank("retrieve")

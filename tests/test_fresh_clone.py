@@ -55,6 +55,10 @@ def _check_quickstart_output(run: subprocess.CompletedProcess, clone: Path) -> N
     assert any(line.strip().startswith("1 ") for line in lines), "a ranking is printed"
     report = Path(next(line for line in lines if line.startswith("report: ")).split(": ", 1)[1])
     assert report.is_file() and report.is_relative_to(clone)
+    # the first report shows pictures: every image of its pages is a thumbnail, none "outside the gallery"
+    html = "\n".join(page.read_text(encoding="utf-8") for page in report.parent.rglob("*.html"))
+    thumbs = list((report.parent / "thumbs").glob("*"))
+    assert "outside the gallery" not in html and thumbs and all(f"thumbs/{t.name}" in html for t in thumbs)
 
 
 @pytest.mark.slow

@@ -206,3 +206,14 @@ def test_library_noise_is_dropped_and_quiet_hides_library_warnings():
         assert (root.level, logging.getLogger("huggingface_hub").level) == before  # put back afterwards
     finally:
         root.removeHandler(handler)
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch):
+    import agent_cir.cli.eval_cmd as eval_cmd
+
+    def reader_left(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(eval_cmd, "echo", reader_left)
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 1 and result.stderr == "" and "Traceback" not in result.output

@@ -45,6 +45,15 @@ class _OrderedGroup(TyperGroup):
         except KeyboardInterrupt:
             print_error("interrupted", "interrupted; finished work was kept", as_json)
             code = 130
+        except BrokenPipeError:
+            # the reader of a pipe left (`... -f | head -1`): nothing to say; keep Python's exit flush quiet
+            import os
+
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # not a real file (a test runner's capture)
+                pass
+            code = 1
         except Exception as err:  # noqa: BLE001 - classified; anything unknown (a bug) keeps its traceback
             if type(err).__name__ == "NoArgsIsHelpError":  # `agent-cir` alone: the help, as click shows it
                 err.show()  # type: ignore[attr-defined]

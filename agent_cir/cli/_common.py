@@ -193,6 +193,8 @@ def user_errors(as_json: bool = False) -> Iterator[None]:
     except KeyboardInterrupt as err:
         echo("interrupted; finished work was kept", err=True)
         raise typer.Exit(code=130) from err
+    except BrokenPipeError:
+        raise  # `search -f | head -1`: the reader left; the app's boundary ends quietly
     except Exception as err:  # noqa: BLE001 - classified below; anything unknown is re-raised untouched
         known = classify_error(err)
         if known is None:

@@ -86,9 +86,14 @@ def recorded_index_meta(out: Path) -> dict | None:
     """meta.json of the index in ``out`` (its current generation), or None when ``out`` holds no index."""
     from agent_cir.index.generation import has_index, open_generation
 
+    from agent_cir.errors import AgentCirError
+
     if not out.is_dir() or not has_index(out):
         return None
-    meta = open_generation(out).meta
+    try:
+        meta = open_generation(out).meta
+    except AgentCirError:
+        return None  # a damaged index: the build itself says what is wrong (and a rerun repairs it)
     return meta if isinstance(meta, dict) and isinstance(meta.get("encoder"), dict) else None
 
 

@@ -271,7 +271,7 @@ def check_recipe_name(config: str | None) -> None:
     if Path(config).suffix.lower() in (".yaml", ".yml") or "/" in config:
         raise AgentCirError(f"recipe file {config} does not exist; give a recipe YAML file or a packaged name "
                             "(`agent-cir recipes` lists them)")
-    close = difflib.get_close_matches(config, packaged, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(config, packaged, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(repr(name) for name in close)}? " if close else ""
     raise AgentCirError(f"recipe {config!r} not found: no such file and no packaged recipe of that name; "
                         f"{hint}(`agent-cir recipes` lists them)")

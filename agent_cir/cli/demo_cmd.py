@@ -78,10 +78,11 @@ def demo(
     ),
 ) -> None:
     """Run the interactive demo (needs the `demo` extra: pip install 'agent-cir\\[demo]')."""
-    from agent_cir.demo import launch_demo
+    from agent_cir.demo import launch_demo, parse_auth
     from agent_cir.errors import AgentCirError
 
     with user_errors():
+        parse_auth(auth)  # the cheapest checks first: a malformed --auth, then a recipe typo
         check_recipe_name(config)
         settle_offline_mode()
         try:

@@ -261,6 +261,8 @@ def run_quickstart(
         "encoder": f"{provenance['architecture']} / {provenance['pretrained']}",
         "random_weights": provenance["random_weights"],
         "query": f"{query.reference} + {query.text!r} -> {query.target}",
+        # the report shows these images (thumbnails); without the entry they read "outside the gallery"
+        "images_dir": str(gallery),
     }
     write_text_atomic(run_dir / "run.json", json.dumps(run_info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(run_dir / "metrics.json", json.dumps({"notes": [offline_note] if offline_note else []}) + "\n")

@@ -37,6 +37,8 @@ if [ "$VARIANT" = "auto" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VARIANT=cuda; else VARIANT=cpu; fi
 fi
 TORCH_PAIR=(torch torchvision)
+if [ "$VARIANT" = cuda ]; then SIZE="about 6 GB with the nvidia packages"; else SIZE="about 1 GB"; fi
+echo "installing torch + torchvision ($VARIANT build, $SIZE; this takes a few minutes) ..."
 case "$VARIANT" in
   cpu)
     CPU_INDEX=${AGENT_CIR_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
@@ -49,6 +51,9 @@ case "$VARIANT" in
   *) echo "install.sh: AGENT_CIR_TORCH must be auto, cpu or cuda (got $VARIANT)" >&2; exit 2 ;;
 esac
 echo "torch: $(.venv/bin/python -c 'import torch, torchvision; print(torch.__version__, "+ torchvision", torchvision.__version__, "| CUDA", torch.version.cuda or "none")')"
+# pip falls back to the default index without failing: check the build it really installed, loudly.
+.venv/bin/python scripts/check_torch_build.py "$VARIANT" || true
+echo "installing agent_cir and its dependencies (transformers, open_clip, gradio, ...; a few minutes) ..."
 
 if [ "$DEV" = 1 ]; then
   "${PIP[@]}" -e ".[all]"

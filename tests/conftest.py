@@ -72,7 +72,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"optional dev data (real sample photos and benchmark files, kept beside the clone at "
+                    f"{SHARED_DATA}) not found; only these tests need it, the rest of the suite does not")
     return SHARED_DATA
 
 

@@ -79,7 +79,7 @@ def test_search_options_become_recipe_overrides():
     from agent_cir.cli.search_cmd import build_search_overrides
 
     no_recipe = build_search_overrides(None, None, None, with_recipe=False, has_image=True)["retrieve"]
-    assert no_recipe == {"mode": "fusion", "k": 50, "text_source": "modification"}
+    assert no_recipe == {"mode": "fusion", "k": 10, "text_source": "modification"}  # rclip shows 10
     assert build_search_overrides(None, None, None, with_recipe=False, has_image=False)["retrieve"]["mode"] == "text"
     # with a recipe, only what the user typed overrides it; the recipe's text source is kept
     assert build_search_overrides("pdv", 0.3, 7, with_recipe=True) == {"retrieve": {"mode": "pdv", "alpha": 0.3, "k": 7}}

@@ -10,6 +10,7 @@ runs in the copy, then the README's command line as written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,11 @@ def _check_quickstart_output(run: subprocess.CompletedProcess, clone: Path) -> N
     assert any(line.strip().startswith("1 ") for line in lines), "a ranking is printed"
     report = Path(next(line for line in lines if line.startswith("report: ")).split(": ", 1)[1])
     assert report.is_file() and report.is_relative_to(clone)
+    # the first report shows pictures: every image of its pages is a thumbnail, none "outside the gallery"
+    html = "\n".join(page.read_text(encoding="utf-8") for page in report.parent.rglob("*.html"))
+    shown = set(re.findall(r"""thumbs/[\w.-]+\.(?:jpg|png|webp)""", html))
+    assert "outside the gallery" not in html and len(shown) >= 10
+    assert all((report.parent / name).is_file() for name in shown)
 
 
 @pytest.mark.slow

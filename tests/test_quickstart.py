@@ -193,3 +193,33 @@ def test_unloadable_weights_fall_back_to_the_offline_path(offline_run, monkeypat
     assert modes[0] is None and "could not be loaded" in modes[1]
     assert outcome.offline and outcome.encoder["random_weights"] is True
     assert outcome.report.is_file()
+
+
+def test_the_quickstart_report_embeds_its_thumbnails(offline_run):
+    """The first report a new user opens shows the pictures, not "outside the gallery" (issue 20.1)."""
+    folder, result = offline_run
+    assert result.exit_code == 0, result.output
+    pages = sorted((folder / "report").rglob("*.html"))
+    html = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    assert "outside the gallery" not in html
+    shown = set(re.findall(r"""thumbs/[\w.-]+\.(?:jpg|png|webp)""", html))
+    assert len(shown) >= 10  # the reference and the ranked results, as thumbnails the report made
+    assert all((folder / "report" / name).is_file() for name in shown)
+
+
+def test_the_report_finds_the_gallery_of_a_generational_index(offline_run, tmp_path):
+    """`report --gallery <index folder>` stands for the index's images, whichever generation is current."""
+    from agent_cir.report.load import _index_images_dir
+
+    folder, _ = offline_run
+    [index] = [p for p in (folder / "index").iterdir() if p.is_dir()]
+    assert (index / "CURRENT").is_file() and not (index / "meta.json").exists()  # generational layout
+    assert _index_images_dir(index) == folder / "gallery"
+    # a traces file alone (no run.json) with --gallery <index folder>: thumbnails again
+    traces = tmp_path / "traces.jsonl"
+    traces.write_bytes((folder / "run" / "traces.jsonl").read_bytes())
+    result = CliRunner().invoke(app, ["report", str(traces), "-o", str(tmp_path / "r"), "--gallery", str(index),
+                                        "--gallery", str(folder / "run" / "artifacts")])
+    assert result.exit_code == 0, result.output
+    html = "\n".join(page.read_text(encoding="utf-8") for page in (tmp_path / "r").rglob("*.html"))
+    assert "outside the gallery" not in html and "thumbs/" in html

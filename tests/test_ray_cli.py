@@ -57,7 +57,7 @@ def test_engine_ray_starts_and_stops_its_own_cluster_and_matches_local(image_fol
 def test_engine_ray_without_ray_installed_is_one_line(image_folder, tmp_path, tiny_open_clip_config, tiny_open_clip_encoder, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     result = _index(image_folder, tmp_path / "x", tiny_open_clip_config, "--engine", "ray")
-    assert result.exit_code == 2 and json.loads(result.output) == {"error": RAY_MISSING}
+    assert result.exit_code == 2 and json.loads(result.output) == {"error": RAY_MISSING, "kind": "user"}
     plain = CliRunner().invoke(_cli(), ["index", str(image_folder), "-o", str(tmp_path / "x"), "--engine", "ray"])
     assert plain.exit_code == 2 and plain.output.strip() == f"error: {RAY_MISSING}"
     with pytest.raises(AgentCirError, match=r"install the ray extra: pip install 'agent-cir\[ray\]'"):

@@ -61,3 +61,13 @@ def test_readme_python_example_runs_as_written(tmp_path: Path):
     assert [int(row[0]) for row in ranked] == [1, 2, 3, 4, 5]
     assert "two_red_circles_on_blue.jpg" not in [row[1] for row in ranked], "the reference is excluded"
     assert (tmp_path / "idx" / "CURRENT").is_file()  # a published index generation
+
+
+def test_readme_offline_example_fits_the_shapes_gallery_and_writes_outside_the_clone():
+    readme = (ROOT / "README.md").read_text()
+    block = _fenced_after("**Every stage, offline, in seconds.**", readme)
+    assert "examples/offline_shapes.yaml" in block and "agent_cir/examples_data/gallery" in block
+    written = re.findall(r"(?:-o|--out|--trace|--artifacts)\s+(\S+)", block)
+    assert written and all(path.startswith("/tmp/") for path in written), written
+    for path in re.findall(r"(?:--config|--image)\s+(\S+)", block):
+        assert (ROOT / path).is_file(), path

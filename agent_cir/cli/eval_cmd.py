@@ -9,7 +9,18 @@ import typer
 import yaml
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, user_errors
+from agent_cir.cli._common import (
+    check_recipe_name,
+    echo,
+    echo_block,
+    echo_json,
+    json_option,
+    out_option,
+    quiet_library_logs,
+    quiet_option,
+    settle_offline_mode,
+    user_errors,
+)
 from agent_cir.errors import AgentCirError
 
 
@@ -35,21 +46,21 @@ def _print_metrics(payload: dict[str, Any]) -> None:
 
     flat = flatten_metrics(payload.get("metrics", {}))
     queries = payload.get("queries", {})
-    typer.echo(
+    echo(
         f"{payload.get('dataset')} {payload.get('split')}: {queries.get('evaluated')} of {queries.get('selected')} "
         f"queries evaluated; {payload.get('model_calls')} model calls; "
         f"{payload.get('wall_seconds_per_query')} s/query wall ({payload.get('seconds_per_query')} s latency each)"
     )
     for name, value in flat.items():
-        typer.echo(f"  {name:<28}{value:8.2f}")
+        echo(f"  {name:<28}{value:8.2f}")
     if payload.get("surrogate"):
-        typer.echo("  (text surrogate: not comparable with image-based results)")
+        echo("  (text surrogate: not comparable with image-based results)")
     for note in payload.get("notes", []):
-        typer.echo(f"  note: {note}")
+        echo(f"  note: {note}")
     for path in (payload.get("submission") or {}).get("files", []):
-        typer.echo(f"  submission: {path}")
+        echo(f"  submission: {path}")
     if (payload.get("submission") or {}).get("refused"):
-        typer.secho("  submission not written (see the note above)", fg=typer.colors.YELLOW)
+        echo("  submission not written (see the note above)", fg=typer.colors.YELLOW)
 
 
 @app.command("eval")
@@ -90,24 +101,27 @@ def eval_command(
 ) -> None:
     """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
     with user_errors(as_json):
+        check_recipe_name(config)
+        settle_offline_mode(quiet or as_json)
         from agent_cir.eval.runner import read_query_ids, run_eval
 
-        outcome = run_eval(
-            dataset=dataset,
-            split=split,
-            images_root=images,
-            recipe=config,
-            out_dir=out,
-            limit=limit,
-            query_ids=read_query_ids(queries) if queries else None,
-            gallery_captions=gallery_captions,
-            annotations=annotations,
-            categories=category or None,
-            index_dir=index_dir,
-            overrides=parse_assignments(assignments or []),
-            max_concurrency=max_concurrency,
-            progress=not quiet,
-        )
+        with quiet_library_logs(quiet or as_json):
+            outcome = run_eval(
+                dataset=dataset,
+                split=split,
+                images_root=images,
+                recipe=config,
+                out_dir=out,
+                limit=limit,
+                query_ids=read_query_ids(queries) if queries else None,
+                gallery_captions=gallery_captions,
+                annotations=annotations,
+                categories=category or None,
+                index_dir=index_dir,
+                overrides=parse_assignments(assignments or []),
+                max_concurrency=max_concurrency,
+                progress=not quiet,
+            )
         if as_json:
             echo_json(outcome.metrics)
         else:
@@ -115,8 +129,8 @@ def eval_command(
             if any(p.get("dataset") == dataset for p in outcome.run.get("recipe", {}).get("published") or []):
                 from agent_cir.eval.compare import compare_published, format_published
 
-                typer.echo(format_published(compare_published(outcome.out_dir)))
-            typer.echo(f"wrote {outcome.out_dir}/metrics.json, traces.jsonl, run.json")
+                echo_block(format_published(compare_published(outcome.out_dir)))
+            echo(f"wrote {outcome.out_dir}/metrics.json, traces.jsonl, run.json")
 
 
 @app.command("compare")
@@ -132,7 +146,7 @@ def compare_command(
 ) -> None:
     """Two runs side by side (metrics and the queries whose target rank changed most), and/or one run against the
     numbers its paper published."""
-    with user_errors():
+    with user_errors(as_json):
         from agent_cir.eval.compare import compare_published, compare_runs, format_comparison, format_published
 
         if run_b is None and not (published or published_from):
@@ -151,15 +165,22 @@ def compare_command(
             echo_json(payload)
             return
         if "runs" in payload:
-            typer.echo(format_comparison(payload["runs"]))
+            echo_block(format_comparison(payload["runs"]))
         if "published" in payload:
-            typer.echo(format_published(payload["published"]))
+            echo_block(format_published(payload["published"]))
+
+
+def format_needs(needs: dict[str, Any]) -> list[str]:
+    """What a recipe needs, as text: ``needs: servers ...; keys ...; weights ...`` (nothing else: 'needs: nothing')."""
+    labels = {"servers": "servers", "keys": "API keys", "weights": "weights", "data": "data"}
+    parts = [f"{labels[key]}: {', '.join(map(str, needs[key]))}" for key in labels if needs.get(key)]
+    return [f"needs {part}" for part in parts] or ["needs: nothing beyond the package"]
 
 
 @app.command("recipes")
 def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the packaged recipes: what each does, the paper it follows, its published numbers and what it needs."""
-    with user_errors():
+    with user_errors(as_json):
         from agent_cir.config import available_recipes, load_recipe, recipe_needs, redact_secrets
 
         rows = []
@@ -175,8 +196,10 @@ def recipes_command(as_json: bool = typer.Option(False, "--json", help="Print as
             return
         width = max((len(row["name"]) for row in rows), default=10) + 2
         for row in rows:
-            typer.echo(f"{row['name']:<{width}}{row['description']}")
+            echo(f"{row['name']:<{width}}{row['description']}")
             if row["mirrors"]:
-                typer.echo(f"{'':<{width}}mirrors: {row['mirrors']}")
+                echo(f"{'':<{width}}mirrors: {row['mirrors']}")
             if row["published"]:
-                typer.echo(f"{'':<{width}}published: {len(row['published'])} numbers (agent-cir compare RUN --published)")
+                echo(f"{'':<{width}}published: {len(row['published'])} numbers (agent-cir compare RUN --published)")
+            for line in format_needs(row["needs"]):
+                echo(f"{'':<{width}}{line}")

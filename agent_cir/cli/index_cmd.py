@@ -10,7 +10,18 @@ import typer
 from agent_cir.index.faiss_io import INDEX_TYPE_GUIDE, with_refine
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, status, user_errors
+from agent_cir.cli._common import (
+    echo,
+    echo_json,
+    json_option,
+    out_option,
+    quiet_library_logs,
+    quiet_option,
+    status,
+    terminal_safe,
+    user_errors,
+    warn,
+)
 
 _DEFAULTS = {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
 
@@ -21,7 +32,7 @@ def format_summary(summary_dict: dict, out: Path) -> str:
         ", ".join(f"{count} {reason}" for reason, count in skipped.items()) if skipped else "none"
     )
     lines = [
-        f"index: {out}",
+        f"index: {terminal_safe(out)}",
         f"  images in index: {summary_dict['total']}",
         f"  encoded now:     {summary_dict['indexed']} ({summary_dict['images_per_second']:.1f} images/s)",
         f"  reused:          {summary_dict['reused']}",
@@ -32,12 +43,77 @@ def format_summary(summary_dict: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+ENCODER_FLAGS = ("model", "pretrained", "backend", "precision", "preprocess", "target_ratio", "normalize")
+"""The options that choose the encoder: an update of an index reuses the recorded ones unless one is given."""
+
+
+class RecordedEncoder:
+    """The encoder an index recorded, loaded only when a file needs encoding: an update with nothing new or
+    changed never loads the model (rclip's rerun). Once loaded, its identity must match the record."""
+
+    def __init__(self, meta: dict, device: str, batch_size: int) -> None:
+        self.info = dict(meta["encoder"])
+        self.dim = int(meta.get("dim") or self.info.get("dim") or 0)
+        self.batch_size = batch_size
+        self._meta = meta
+        self._device = device
+        self._loaded = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image", "text")
+
+    def _load(self):
+        if self._loaded is None:
+            from agent_cir.encoders import create_encoder
+            from agent_cir.index.build import check_same_encoder
+            from agent_cir.index.gallery_index import encoder_config_from_meta
+
+            config = encoder_config_from_meta(self._meta, device=self._device)
+            config.batch_size = self.batch_size
+            encoder = create_encoder(config)
+            check_same_encoder(self.info, encoder.info, Path("."))
+            self._loaded = encoder
+        return self._loaded
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._load(), name)
+
+
+def recorded_index_meta(out: Path) -> dict | None:
+    """meta.json of the index in ``out`` (its current generation), or None when ``out`` holds no index."""
+    from agent_cir.index.generation import has_index, open_generation
+
+    from agent_cir.errors import AgentCirError
+
+    if not out.is_dir() or not has_index(out):
+        return None
+    try:
+        meta = open_generation(out).meta
+    except AgentCirError:
+        return None  # a damaged index: the build itself says what is wrong (and a rerun repairs it)
+    return meta if isinstance(meta, dict) and isinstance(meta.get("encoder"), dict) else None
+
+
+def check_out_path(out: Path) -> None:
+    """Fail before any model loads when --out cannot be an index folder."""
+    from agent_cir.errors import AgentCirError
+
+    if out.exists() and not out.is_dir():
+        raise AgentCirError(f"--out {out} is a file, expected a folder: give a new folder (or an index folder) for the index")
+
+
 def check_images_dir(images_dir: Path) -> None:
     """Fail before any model loads when the folder to index is not there."""
     from agent_cir.errors import AgentCirError
 
     if not images_dir.exists():
         raise AgentCirError(f"images folder {images_dir} does not exist; give the folder of images to index")
+    if images_dir.is_file():
+        raise AgentCirError(f"{images_dir} is a file, expected a folder of images (a list of files needs "
+                            "--input-format list)")
     if not images_dir.is_dir():
         raise AgentCirError(f"{images_dir} is a file, not a folder; give the folder of images to index")
 
@@ -62,10 +138,12 @@ def run_index(
     files: Optional[list[str]] = None,
     engine: str = "local",
     engine_options: Optional[dict] = None,
+    encoder=None,
 ):
     """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex.
 
-    ``files``: index only these (relative to ``images_dir``); ``engine``/``engine_options``: see index/encode.py."""
+    ``files``: index only these (relative to ``images_dir``); ``engine``/``engine_options``: see index/encode.py;
+    ``encoder``: an encoder object to use instead of the one the options describe."""
     from agent_cir.config import EncoderConfig
     from agent_cir.encoders import create_encoder
     from agent_cir.index import GalleryIndex
@@ -81,7 +159,8 @@ def run_index(
         target_ratio=target_ratio,
         normalize=normalize,  # type: ignore[arg-type]
     )
-    encoder = create_encoder(config)
+    if encoder is None:
+        encoder = create_encoder(config)
     return GalleryIndex.build(
         images_dir,
         out,
@@ -96,6 +175,15 @@ def run_index(
         engine=engine,
         engine_options=engine_options,
     )
+
+
+def click_default_source():
+    """click's ParameterSource.DEFAULT (newer typer vendors click: take it from typer's own copy)."""
+    try:
+        from typer._click.core import ParameterSource  # type: ignore[import-not-found]
+    except ImportError:
+        from click.core import ParameterSource
+    return ParameterSource.DEFAULT
 
 
 def ray_options(address: Optional[str], concurrency: int, num_cpus_per_actor: float, num_gpus_per_actor: float) -> dict:
@@ -126,6 +214,7 @@ def resolve_gallery(source: Path, input_format: str, root: Optional[Path]) -> tu
 
 @app.command("index")
 def index_command(
+    ctx: typer.Context,
     images_dir: Path = typer.Argument(
         ...,
         metavar="IMAGES",
@@ -172,7 +261,7 @@ def index_command(
     root: Optional[Path] = typer.Option(
         None, "--root", help="list/parquet: the folder gallery ids are relative to (default: the list file's folder)."
     ),
-    engine: str = typer.Option("local", "--engine", help="local (this process + decode workers) or ray (Ray Data; extra [ray])."),
+    engine: str = typer.Option("local", "--engine", help="local (this process + decode workers) or ray (Ray Data; extra \\[ray])."),
     address: Optional[str] = typer.Option(
         None, "--address", help="ray: join this cluster (auto, HOST:PORT, ray://HOST:10001); default: start a local one."
     ),
@@ -203,29 +292,42 @@ def index_command(
             from agent_cir.index.ray_engine import require_ray
 
             require_ray()
+        check_out_path(out)
         gallery, files = resolve_gallery(images_dir, input_format, root)
-        status(f"loading encoder {backend} {model} / {pretrained} ...", quiet or json_output)
-        index = run_index(
-            gallery,
-            out,
-            model=model,
-            pretrained=pretrained,
-            backend=backend,
-            batch_size=batch_size,
-            workers=workers,
-            index_type=with_refine(index_type) if refine else index_type,
-            device=device,
-            precision=precision,
-            progress=not quiet,
-            follow_symlinks=follow_symlinks,
-            wait=wait,
-            preprocess=preprocess,
-            target_ratio=target_ratio,
-            normalize=normalize,
-            files=files,
-            engine=engine,
-            engine_options=ray_options(address, concurrency, num_cpus_per_actor, num_gpus_per_actor) if engine == "ray" else None,
-        )
+        given = [name for name in ENCODER_FLAGS
+                 if ctx.get_parameter_source(name) not in (None, click_default_source())]
+        meta = recorded_index_meta(out)
+        recorded = None
+        if meta is not None and not given:
+            recorded = RecordedEncoder(meta, device, batch_size)
+            status(f"updating {out} with its recorded encoder ({recorded.info.get('backend')} "
+                   f"{recorded.info.get('model')} / {recorded.info.get('pretrained')}); it loads only if a file "
+                   "is new or changed ...", quiet or json_output)
+        else:
+            status(f"loading encoder {backend} {model} / {pretrained} ...", quiet or json_output)
+        with quiet_library_logs(quiet or json_output):
+            index = run_index(
+                gallery,
+                out,
+                model=model,
+                pretrained=pretrained,
+                backend=backend,
+                batch_size=batch_size,
+                workers=workers,
+                index_type=with_refine(index_type) if refine else index_type,
+                device=device,
+                precision=precision,
+                progress=not quiet,
+                follow_symlinks=follow_symlinks,
+                wait=wait,
+                preprocess=preprocess,
+                target_ratio=target_ratio,
+                normalize=normalize,
+                files=files,
+                engine=engine,
+                engine_options=ray_options(address, concurrency, num_cpus_per_actor, num_gpus_per_actor) if engine == "ray" else None,
+                encoder=recorded,
+            )
         from agent_cir.provenance import encoder_provenance, random_weights_warning
 
         summary = index.build_summary.to_dict()
@@ -235,5 +337,6 @@ def index_command(
         else:
             warning = random_weights_warning(encoder_info) if encoder_info else None
             if warning:
-                typer.secho(warning, fg=typer.colors.YELLOW)
-            typer.echo(format_summary(summary, out))
+                warn(warning)
+            for line in format_summary(summary, out).splitlines():
+                echo(line)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import echo_json, json_option, out_option, quiet_option, status, user_errors
+from agent_cir.cli._common import echo, echo_json, quiet_library_logs, json_option, out_option, quiet_option, status, user_errors
 from agent_cir.cli._ranking import format_ranking, ranking_rows
 
 SHOWN = 10
@@ -38,17 +38,18 @@ def quickstart(
         if as_json:
             return
         if reason is not None:
-            typer.secho(offline_line(reason), fg=typer.colors.YELLOW, bold=True)
+            echo(offline_line(reason), fg=typer.colors.YELLOW, bold=True)
         else:
-            typer.echo("real weights: recipe local (in-process models; the first run downloads about 1.9 GB)")
+            echo("real weights: recipe local (in-process models; the first run downloads about 1.9 GB)")
 
     with user_errors(as_json):
         from agent_cir.quickstart import run_quickstart
 
-        outcome = run_quickstart(
-            out, offline=offline, query_id=query, progress=not (quiet or as_json),
-            status=lambda line: status(line, quiet or as_json), on_mode=announce,
-        )
+        with quiet_library_logs(quiet or as_json):
+            outcome = run_quickstart(
+                out, offline=offline, query_id=query, progress=not (quiet or as_json),
+                status=lambda line: status(line, quiet or as_json), on_mode=announce,
+            )
         result = outcome.result
         typed = result.typed_trace()
         final_rank, retrieve_rank = outcome.target_rank(), outcome.target_rank("retrieve")
@@ -70,19 +71,19 @@ def quickstart(
                 "report": str(outcome.report),
             })
             return
-        typer.echo(f"query {q.id}: {q.reference} + {q.text!r}  (known target: {q.target})")
+        echo(f"query {q.id}: {q.reference} + {q.text!r}  (known target: {q.target})")
         for caption in typed.captions:
-            typer.echo(f"  caption:            {caption}")
+            echo(f"  caption:            {caption}")
         for description in typed.target_descriptions[:1]:
-            typer.echo(f"  target description: {description}")
+            echo(f"  target description: {description}")
         rows_shown = [dict(row, path=row["id"]) for row in rows[:SHOWN]]
         for line in format_ranking(ordered_by, rows_shown, mark=q.target):
-            typer.echo(line)
+            echo(line)
         if len(rows) > SHOWN:
-            typer.echo(f"      ... {len(rows) - SHOWN} more in the report")
-        typer.echo(f"target rank: {final_rank or 'not in the list'} after rerank "
+            echo(f"      ... {len(rows) - SHOWN} more in the report")
+        echo(f"target rank: {final_rank or 'not in the list'} after rerank "
                    f"(after retrieval: {retrieve_rank or 'not in the top-k'})")
-        typer.echo(f"report: {outcome.report}")
-        typer.echo(f"trace:  {outcome.trace_path}")
-        typer.echo("next: agent-cir index YOUR_IMAGES -o my_index && "
+        echo(f"report: {outcome.report}")
+        echo(f"trace:  {outcome.trace_path}")
+        echo("next: agent-cir index YOUR_IMAGES -o my_index && "
                    "agent-cir search -i my_index --image REF.jpg --text 'make it red' --config local")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from agent_cir.cli import app
-from agent_cir.cli._common import user_errors
+from agent_cir.cli._common import echo, user_errors
 
 
 @app.command("report")
@@ -37,4 +37,4 @@ def report(
 
     with user_errors():
         index = build_report(source, out, limit=limit, filter=filter_, page_size=page_size, gallery=gallery)
-        typer.echo(f"report written: {index}")
+        echo(f"report written: {index}")

@@ -426,13 +426,30 @@ def load_traces(path: Path) -> tuple[list[TraceData], list[str]]:
 
 
 def _index_images_dir(folder: Path) -> Path | None:
-    """An index folder's images folder (its meta.json ``images_dir``), or None when it is not an index."""
+    """An index folder's images folder (``images_dir`` of its meta.json), or None when it is not an index.
+
+    meta.json sits in the generation ``CURRENT`` names (``gen-<id>/meta.json``), or directly in the folder
+    for an index written before generations existed."""
+    candidates = []
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        pointer = json.loads((folder / "CURRENT").read_text(encoding="utf-8"))
+        generation = pointer.get("generation") if isinstance(pointer, dict) else None
+        # the name must be one plain folder name: a forged pointer cannot lead the report elsewhere
+        if isinstance(generation, str) and generation.startswith("gen-") and "/" not in generation \
+                and "\\" not in generation and ".." not in generation:
+            candidates.append(folder / generation / "meta.json")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    images_dir = meta.get("images_dir") if isinstance(meta, dict) else None
-    return Path(images_dir) if isinstance(images_dir, str) and images_dir else None
+        pass
+    candidates.append(folder / "meta.json")
+    for path in candidates:
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue
+        images_dir = meta.get("images_dir") if isinstance(meta, dict) else None
+        if isinstance(images_dir, str) and images_dir:
+            return Path(images_dir)
+    return None
 
 
 def gallery_roots(run: RunSource, extra: Iterable[str | Path] = ()) -> list[Path]:
@@ -457,6 +474,10 @@ def gallery_roots(run: RunSource, extra: Iterable[str | Path] = ()) -> list[Path
         index_root = run.run_dir / "index"
         if index_root.is_dir():
             index_dirs.extend(sorted(p for p in index_root.iterdir() if p.is_dir()))
+        if info.get("name") == "quickstart":  # the quickstart keeps run/ and index/ side by side
+            beside = run.run_dir.parent / "index"
+            if beside.is_dir():
+                index_dirs.extend(sorted(p for p in beside.iterdir() if p.is_dir()))
     roots.append(run.traces_path.parent / f"{run.traces_path.stem}_artifacts")
     for folder in extra:
         folder = Path(folder).expanduser()

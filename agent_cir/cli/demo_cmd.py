@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 import typer
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import check_recipe_name, settle_offline_mode, user_errors
 
 _SEARCH_ONLY_ADVICE = re.compile(r",? or search with the index's encoder \(`--use-index-encoder`[^)]*\)\)?")

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import typer
 import yaml
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import (
     check_recipe_name,
     echo,

@@ -9,7 +9,7 @@ import typer
 
 from agent_cir.index.faiss_io import INDEX_TYPE_GUIDE, with_refine
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import (
     echo,
     echo_json,

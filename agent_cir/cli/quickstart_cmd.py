@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import echo, echo_json, quiet_library_logs, json_option, out_option, quiet_option, status, user_errors
 from agent_cir.cli._ranking import format_ranking, ranking_rows
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import echo, user_errors
 
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from agent_cir.cli import app
+from agent_cir.cli._app import app
 from agent_cir.cli._common import (
     check_recipe_name,
     echo,

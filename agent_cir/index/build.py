@@ -38,6 +38,7 @@ from agent_cir.index.generation import (
     publish,
     write_generation,
 )
+from agent_cir.index.files import read_hash
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
@@ -209,14 +210,17 @@ def build_index(
                 if entry.status == "ok":
                     previous_rows.setdefault(entry.hash, int(entry.row))  # type: ignore[arg-type]
         plan = plan_build(
-            scan, root, previous.entries if previous else [], set(previous_rows), set(checkpoint.vectors), checkpoint.failures
+            scan, root, previous.entries if previous else [], set(previous_rows), set(checkpoint.vectors), checkpoint.failures,
+            hash_file=None if follow_symlinks else (lambda path: read_hash(path, root)),
         )
         summary.reused, summary.resumed, summary.removed = plan.reused, plan.resumed, plan.removed
 
         new_vectors: dict[str, np.ndarray] = {}
         encoded_paths: set[str] = set()
         pending = {e.path: e for e in plan.to_encode}
-        job = EncodeJob(root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}))
+        job = EncodeJob(
+            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks
+        )
         encode_started = time.perf_counter()
         try:
             for number, batch in enumerate(run_engine(job), start=1):

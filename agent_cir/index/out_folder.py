@@ -139,6 +139,7 @@ def ensure_marker(out: Path) -> None:
 
 def claim(out: Path, name: str) -> None:
     """Record that the index is about to create ``out/name`` (so garbage collection may remove it later)."""
+    out.mkdir(parents=True, exist_ok=True)
     ensure_marker(out)
     _append_marker(out, {"created": name})
 

@@ -130,3 +130,14 @@ def test_a_symlinked_checkpoint_journal_is_refused_and_its_target_kept(image_fol
     with pytest.raises(OutFolderError, match="symlink"):
         _build(image_folder, out, tiny_open_clip_encoder)
     assert target.read_text(encoding="utf-8") == "do not append"
+
+
+def test_a_folder_holding_only_a_users_lock_file_is_refused(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / ".lock").write_text("combination: 1234", encoding="utf-8")
+    with pytest.raises(OutFolderError, match="not an agent_cir index"):
+        _build(image_folder, out, tiny_open_clip_encoder)
+    assert (out / ".lock").read_text(encoding="utf-8") == "combination: 1234"
+    (out / ".lock").write_text("", encoding="utf-8")  # what a first build killed right after its lock leaves
+    assert len(_build(image_folder, out, tiny_open_clip_encoder)) > 0

@@ -56,6 +56,17 @@ def open_nofollow_file(path: Path, mode: str):  # type: ignore[no-untyped-def]
         raise
 
 
+def _is_our_lock(path: Path) -> bool:
+    """A lock file as lock.py leaves it: empty once released, or its holder's {"pid", "host", "since"}."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = path.read_bytes()[:4096]
+        return not data or set(json.loads(data)) == {"pid", "host", "since"}
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -115,7 +126,7 @@ def check_out_folder(out: str | Path, gallery: str | Path | None = None) -> None
     if is_index_folder(out):
         return
     entries = {entry.name for entry in out.iterdir()}
-    if entries <= NEW_FOLDER_ENTRIES and not (out / ".lock").is_symlink():
+    if entries <= NEW_FOLDER_ENTRIES and (".lock" not in entries or _is_our_lock(out / ".lock")):
         return
     shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
     raise OutFolderError(

@@ -38,7 +38,6 @@ from agent_cir.index.generation import (
     publish,
     write_generation,
 )
-from agent_cir.index.files import read_hash
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
@@ -211,7 +210,7 @@ def build_index(
                     previous_rows.setdefault(entry.hash, int(entry.row))  # type: ignore[arg-type]
         plan = plan_build(
             scan, root, previous.entries if previous else [], set(previous_rows), set(checkpoint.vectors), checkpoint.failures,
-            hash_file=None if follow_symlinks else (lambda path: read_hash(path, root)),
+            confined=not follow_symlinks,
         )
         summary.reused, summary.resumed, summary.removed = plan.reused, plan.resumed, plan.removed
 

@@ -348,3 +348,69 @@ def test_cli_surrogate_run_on_20_cirr_val_queries_with_minilm(benchmarks_dir, tm
     # a real text model on real queries: the caption+modification query finds most targets in a 130-image gallery
     assert metrics["metrics"]["recall@50"] >= 60.0
     assert 0.0 <= metrics["metrics"]["recall_subset@1"] <= metrics["metrics"]["recall_subset@3"] <= 100.0
+
+
+# ---------------------------------------------------------------- issue 18: the run folder is ours alone
+def test_a_folder_of_the_users_own_files_is_refused_untouched(mini_cirr, tmp_path, bow_encoder):
+    from agent_cir.eval.run_lock import RunFolderError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "run.json").write_text('{"my": "notes"}', encoding="utf-8")
+    (out / "metrics.json").write_text("my numbers", encoding="utf-8")
+    with pytest.raises(RunFolderError, match="not an agent_cir run"):
+        run_eval(out_dir=out, limit=2, **_surrogate_args(mini_cirr, bow_encoder))
+    assert (out / "run.json").read_text(encoding="utf-8") == '{"my": "notes"}'
+    assert (out / "metrics.json").read_text(encoding="utf-8") == "my numbers"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "run.json"]
+
+
+def test_a_second_eval_into_a_folder_being_written_is_refused(mini_cirr, tmp_path, bow_encoder):
+    from agent_cir.eval.run_lock import RunFolderError, RunFolderLock
+
+    out = tmp_path / "run"
+    run_eval(out_dir=out, limit=2, **_surrogate_args(mini_cirr, bow_encoder))
+    before = (out / "run.json").read_text(encoding="utf-8")
+    with RunFolderLock(out):  # another eval holding the folder
+        with pytest.raises(RunFolderError, match=f"{out}.*another `agent-cir eval`"):
+            run_eval(out_dir=out, limit=3, **_surrogate_args(mini_cirr, bow_encoder))
+    assert (out / "run.json").read_text(encoding="utf-8") == before
+    assert run_eval(out_dir=out, limit=3, **_surrogate_args(mini_cirr, bow_encoder)).metrics["queries"]["evaluated"] == 3
+
+
+def test_failures_that_a_resume_finishes_leave_failures_jsonl(mini_cirr, tmp_path, bow_encoder, monkeypatch):
+    from agent_cir.pipeline import Pipeline
+
+    real_run_batch = Pipeline.run_batch
+    failing = {"on": True}
+
+    def first_two_fail(self, queries, on_error=None, **kwargs):
+        queries = list(queries)
+        if failing["on"]:
+            for query in queries[:2]:
+                on_error(query, RuntimeError("server down"))
+            queries = queries[2:]
+        return real_run_batch(self, queries, on_error=on_error, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "run_batch", first_two_fail)
+    out = tmp_path / "run"
+    args = _surrogate_args(mini_cirr, bow_encoder)
+    first = run_eval(out_dir=out, limit=4, **args)
+    failed = [r["query_id"] for r in _lines(out / "failures.jsonl")]
+    assert len(failed) == 2 and first.metrics["queries"]["evaluated"] == 2
+    failing["on"] = False
+    resumed = run_eval(out_dir=out, limit=4, **args)
+    assert resumed.metrics["queries"]["evaluated"] == 4
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_an_encoder_config_edited_in_place_does_not_resume(mini_cirr, tmp_path, bow_encoder):
+    config = tmp_path / "my-encoder.json"
+    config.write_text('{"embed_dim": 32, "vision_cfg": {"layers": 2}}', encoding="utf-8")
+    out = tmp_path / "run"
+    args = _surrogate_args(mini_cirr, bow_encoder)
+    run_eval(out_dir=out, limit=2, overrides={"encoder": {"model": str(config)}}, **args)
+    run_eval(out_dir=out, limit=3, overrides={"encoder": {"model": str(config)}}, **args)  # unchanged: resumes
+    config.write_text('{"embed_dim": 32, "vision_cfg": {"layers": 12}}', encoding="utf-8")
+    with pytest.raises(RunMismatchError, match="encoder_files"):
+        run_eval(out_dir=out, limit=3, overrides={"encoder": {"model": str(config)}}, **args)

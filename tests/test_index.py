@@ -130,7 +130,7 @@ def test_incremental_reindex_encodes_only_new_and_changed(image_folder, tmp_path
     import agent_cir.index.plan as plan_module
 
     calls: list[str] = []
-    monkeypatch.setattr(plan_module, "read_hash", lambda path: calls.append(str(path)) or content_hash(path))
+    monkeypatch.setattr(plan_module, "read_hash", lambda path, root=None: calls.append(str(path)) or content_hash(path))
     again = _build(image_folder, out, tiny_open_clip_encoder)
     assert (again.build_summary.indexed, again.build_summary.reused, calls) == (0, 6, [])
 

@@ -147,7 +147,9 @@ def run_index(
     from agent_cir.config import EncoderConfig
     from agent_cir.encoders import create_encoder
     from agent_cir.index import GalleryIndex
+    from agent_cir.index.out_folder import check_out_folder
 
+    check_out_folder(out, images_dir)  # before the model loads: never write into a user's folder or the gallery
     config = EncoderConfig(
         backend=backend,  # type: ignore[arg-type]
         model=model,

@@ -4,7 +4,9 @@ Identity = everything that changes the numbers, nothing that does not. It holds 
 settings removed (:data:`RUNTIME_KEYS`: devices, batch and chunk sizes, concurrency, timeouts, retries, rate limits,
 thread counts, the cache file, secrets, and the descriptive fields), the hash of every prompt template the stages
 render, the dataset, split, surrogate flag, the annotation and gallery-caption file hashes, and the benchmark
-protocol. Changing ``encoder.device`` resumes; editing a prompt template does not.
+protocol. Changing ``encoder.device`` resumes; editing a prompt template does not. When the encoder names
+local files (an open_clip model JSON config, a checkpoint file or a model folder), their identity is part of
+it too (:func:`encoder_files_identity`): an encoder config edited in place does not resume into the old run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from agent_cir.config import Recipe, redacted_recipe_dump
 from agent_cir.errors import AgentCirError
-from agent_cir.hashing import stable_hash
+from agent_cir.atomic import write_text_atomic
+from agent_cir.hashing import content_hash, stable_hash
 from agent_cir.trace import read_traces
 
 RUNTIME_KEYS = frozenset({
@@ -48,10 +51,48 @@ def results_recipe(recipe: Recipe) -> dict[str, Any]:
     return _without_runtime(data)
 
 
+CONTENT_HASH_MAX_BYTES = 64 * 1024 * 1024
+"""Local encoder files up to this size are identified by their sha256; larger ones (weights) by size and
+modification time, so a resume does not re-read gigabytes."""
+FOLDER_FILES_MAX = 200
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    if stat.st_size <= CONTENT_HASH_MAX_BYTES:
+        return {"sha256": content_hash(path)}
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def encoder_files_identity(recipe: Recipe) -> dict[str, Any]:
+    """The identity of every local file or folder the encoder's ``model`` / ``pretrained`` names (empty when
+    it names only published architectures and tags, which the recipe text already pins)."""
+    found: dict[str, Any] = {}
+    encoder = recipe.encoder
+    for key in ("model", "pretrained"):
+        value = getattr(encoder, key, None)
+        if not isinstance(value, str) or not value or value.lower() == "none" or ":" in value.split("/")[0]:
+            continue
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                found[key] = {"path": value, **_file_identity(path)}
+            elif path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.is_file())[:FOLDER_FILES_MAX]
+                found[key] = {"path": value, "files": {p.name: _file_identity(p) for p in files}}
+        except OSError as err:
+            raise AgentCirError(f"encoder {key} {value} cannot be read ({err}); check the recipe's encoder") from err
+    return found
+
+
 def run_identity(recipe: Recipe, prompts: dict[str, Any], **parts: Any) -> dict[str, Any]:
-    """``{"recipe_hash", "prompts", **parts, "hash"}``; ``parts`` are the dataset, split, file hashes, protocol."""
+    """``{"recipe_hash", "prompts", **parts, "hash"}``; ``parts`` are the dataset, split, file hashes, protocol.
+    ``encoder_files`` is added when the encoder names local files (see :func:`encoder_files_identity`)."""
     identity: dict[str, Any] = {**parts, "recipe_hash": stable_hash(results_recipe(recipe)),
                                 "prompts": {stage: value["hash"] for stage, value in prompts.items()}}
+    encoder_files = encoder_files_identity(recipe)
+    if encoder_files:
+        identity["encoder_files"] = encoder_files
     identity["hash"] = stable_hash(identity)
     return identity
 
@@ -94,6 +135,29 @@ def check_resume(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | No
                 "mix results. Use another --out, or the same recipe, prompts and data"
             )
     return previous
+
+
+def write_failures(path: Path, failures: dict[str, str], finished: dict[str, Any]) -> None:
+    """Rewrite ``failures.jsonl`` (atomically) with the failures that remain: this session's, plus earlier
+    ones for queries not finished since and not retried now. Removed when none remain (it is our own file)."""
+    remaining: dict[str, str] = {}
+    if path.is_file() and not path.is_symlink():
+        try:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    remaining[str(record["query_id"])] = str(record["error"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn line of a killed run
+        except (OSError, UnicodeDecodeError):
+            remaining = {}
+    remaining = {query: error for query, error in remaining.items() if query not in finished}
+    remaining.update(failures)
+    if not remaining:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+        return
+    write_text_atomic(path, "".join(json.dumps({"query_id": q, "error": e}) + "\n" for q, e in remaining.items()))
 
 
 def repair_torn_tail(path: Path) -> bool:

@@ -33,7 +33,8 @@ from agent_cir.eval.datasets import BenchmarkSplit
 from agent_cir.eval.datasets import cirr as cirr_data
 from agent_cir.eval.provenance import environment, models_used, prompt_hashes
 from agent_cir.eval.submission import SubmissionError
-from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity
+from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity, write_failures
+from agent_cir.eval.run_lock import RunFolderLock
 from agent_cir.hashing import content_hash
 from agent_cir.trace import TraceWriter, read_typed_traces
 from agent_cir.types import Query, Result
@@ -177,7 +178,14 @@ def effective_recipe(
     return effective, by_dataset, protocol, notes
 
 
-def run_eval(
+def run_eval(dataset: str, split: str, images_root: str | Path | None, recipe: str | Path | Recipe,
+             out_dir: str | Path, **options: Any) -> EvalOutcome:
+    """``_run_eval`` (below) holding the run folder: refused unless new, empty or an agent_cir run; one eval at a time."""
+    with RunFolderLock(out_dir):
+        return _run_eval(dataset, split, images_root, recipe, out_dir, **options)
+
+
+def _run_eval(
     dataset: str,
     split: str,
     images_root: str | Path | None,
@@ -322,9 +330,7 @@ def run_eval(
 
     # 4. metrics and submissions over the selected queries
     metrics_payload = _metrics_payload(benchmark, splits, selected, finished, failures, effective, surrogate, manifest)
-    if failures:
-        lines = "".join(json.dumps({"query_id": q, "error": e}) + "\n" for q, e in failures.items())
-        (out / "failures.jsonl").write_text(lines, encoding="utf-8")
+    write_failures(out / "failures.jsonl", failures, finished)
     if splits[0].split == "test":
         part = splits[0]
         rankings = {q.id: finished[q.id]["eval"]["ranking"] for q in part.queries if q.id in finished}

@@ -41,6 +41,7 @@ from agent_cir.index.generation import (
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
+from agent_cir.index.out_folder import check_out_folder, ensure_marker
 from agent_cir.index.plan import plan_build
 from agent_cir.index.scan import scan_gallery
 
@@ -194,8 +195,11 @@ def build_index(
     if not scan.found and not scan.rejected:
         raise AgentCirError(f"no images found in {root} (looked recursively for .jpg .jpeg .png .webp .bmp .gif files)")
 
+    check_out_folder(out, root)
     summary = BuildSummary()
     with IndexLock(out, wait=wait):
+        check_out_folder(out, root)  # again under the lock: the folder may have changed while we waited
+        ensure_marker(out)
         previous, keep = _previous_generation(out, encoder, root, summary.notes)
         checkpoint = CheckpointStore.open(out, encoder.info, dim)
         fault_point("checkpoint-opened")
@@ -205,14 +209,17 @@ def build_index(
                 if entry.status == "ok":
                     previous_rows.setdefault(entry.hash, int(entry.row))  # type: ignore[arg-type]
         plan = plan_build(
-            scan, root, previous.entries if previous else [], set(previous_rows), set(checkpoint.vectors), checkpoint.failures
+            scan, root, previous.entries if previous else [], set(previous_rows), set(checkpoint.vectors), checkpoint.failures,
+            confined=not follow_symlinks,
         )
         summary.reused, summary.resumed, summary.removed = plan.reused, plan.resumed, plan.removed
 
         new_vectors: dict[str, np.ndarray] = {}
         encoded_paths: set[str] = set()
         pending = {e.path: e for e in plan.to_encode}
-        job = EncodeJob(root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}))
+        job = EncodeJob(
+            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks
+        )
         encode_started = time.perf_counter()
         try:
             for number, batch in enumerate(run_engine(job), start=1):

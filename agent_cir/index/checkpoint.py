@@ -26,11 +26,25 @@ from typing import Any
 import numpy as np
 
 from agent_cir.encoders.base import encoder_identity
+from agent_cir.index.out_folder import claim, open_nofollow_file, owned_names
 
 WORK_PREFIX = "work-"
 VECTORS_NAME = "vectors.f32"
 JOURNAL_NAME = "journal.jsonl"
 CHECKPOINT_FORMAT = 1
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    """A work folder written before the index marker existed: its journal starts with our header."""
+    journal = folder / JOURNAL_NAME
+    if journal.is_symlink() or not journal.is_file():
+        return False
+    try:
+        with open(journal, "rb") as handle:
+            header = json.loads(handle.readline(1 << 16))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("format") == CHECKPOINT_FORMAT and {"encoder", "dim"} <= set(header)
 
 
 @dataclass
@@ -43,7 +57,8 @@ class CheckpointStore:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     folders: list[Path] = field(default_factory=list)
-    """Work folders read (and this run's own, once created): removed by ``discard``."""
+    """Work folders of this index (recorded by out_folder.claim, or holding a checkpoint journal) and this
+    run's own, once created: removed by ``discard``. A user's look-alike ``work-*`` folder is never listed."""
     _own: Path | None = None
     _rows: int = 0
 
@@ -52,8 +67,9 @@ class CheckpointStore:
         header = {"format": CHECKPOINT_FORMAT, "encoder": encoder_identity(encoder_info), "dim": int(dim)}
         store = cls(out=out, dim=int(dim), header=json.loads(json.dumps(header, sort_keys=True, default=str)))
         if out.is_dir():
+            owned = owned_names(out)
             for folder in sorted(out.glob(f"{WORK_PREFIX}*")):
-                if folder.is_dir() and not folder.is_symlink():
+                if folder.is_dir() and not folder.is_symlink() and (folder.name in owned or _is_checkpoint(folder)):
                     store._read(folder)
                     store.folders.append(folder)
         return store
@@ -84,6 +100,7 @@ class CheckpointStore:
 
     def _start(self) -> Path:
         folder = self.out / f"{WORK_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        claim(self.out, folder.name)
         folder.mkdir(parents=True)
         self._write_line(folder / JOURNAL_NAME, self.header)
         self.folders.append(folder)
@@ -91,7 +108,7 @@ class CheckpointStore:
 
     @staticmethod
     def _write_line(path: Path, record: dict[str, Any]) -> None:
-        with open(path, "a", encoding="utf-8") as handle:
+        with open_nofollow_file(path, "a") as handle:
             handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -102,7 +119,7 @@ class CheckpointStore:
         if self._own is None:
             self._own = self._start()
         block = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), self.dim)
-        with open(self._own / VECTORS_NAME, "ab") as handle:
+        with open_nofollow_file(self._own / VECTORS_NAME, "ab") as handle:
             handle.write(block.tobytes())
             handle.flush()
             os.fsync(handle.fileno())

@@ -9,6 +9,12 @@ README's index section):
   larger JPEG is decoded at 1/2 scale by the JPEG decoder itself (PIL ``draft``), which costs a quarter of
   the memory and loses nothing an encoder at 224-448 px can see; other formats above it are refused.
 
+- ``MAX_ASPECT_RATIO`` (32:1) and ``MAX_LONG_SIDE`` (11585 px, the side of a ``MAX_IMAGE_PIXELS`` square):
+  what preprocessing makes of a picture is bounded too, not only its source pixels. Centre crop resizes the
+  short side to the model's size, so a 1 x 20000 strip would become a 224 x 4.5 M image (3 GB); targetpad pads
+  the short side up to the long side's scale, so its canvas is about the long side squared. Files outside
+  these bounds are refused (``REASON_ELONGATED``).
+
 Orientation: EXIF orientations 2-8 are applied (``ImageOps.exif_transpose``), so a photo looks the same to
 the encoder whether it is a gallery image or a reference. The first frame of an animation is used.
 Modes: everything becomes 8-bit RGB; 16-bit greyscale is scaled down (>> 8) rather than clipped to white.
@@ -27,6 +33,7 @@ from agent_cir.index.files import open_regular
 from agent_cir.index.reasons import (
     REASON_BOMB,
     REASON_CORRUPT,
+    REASON_ELONGATED,
     REASON_EMPTY,
     REASON_NOT_IMAGE,
     REASON_TRUNCATED,
@@ -51,12 +58,27 @@ __all__ = [
 
 MAX_DECODE_PIXELS = 8192 * 8192
 MAX_IMAGE_PIXELS = 2 * MAX_DECODE_PIXELS
+MAX_ASPECT_RATIO = 32
+MAX_LONG_SIDE = int(MAX_IMAGE_PIXELS**0.5)
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, MemoryError)
 
 
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP"
+
+
+def _check_shape(width: int, height: int) -> None:
+    """Bound what resizing and padding make of the picture (see the module docstring)."""
+    long, short = max(width, height), min(width, height)
+    if short < 1 or long > MAX_ASPECT_RATIO * short:
+        raise BadImageError(
+            REASON_ELONGATED, f"{width} x {height}: aspect ratio over {MAX_ASPECT_RATIO}:1 (resizing it would need gigabytes)"
+        )
+    if long > MAX_LONG_SIDE:
+        raise BadImageError(
+            REASON_ELONGATED, f"{width} x {height}: long side over {MAX_LONG_SIDE} px (padding it would need gigabytes)"
+        )
 
 
 def _fit_decode_budget(image: Image.Image) -> None:
@@ -67,17 +89,15 @@ def _fit_decode_budget(image: Image.Image) -> None:
         raise BadImageError(
             REASON_BOMB, f"{width} x {height} = {_megapixels(pixels)}, over the {_megapixels(MAX_IMAGE_PIXELS)} limit"
         )
-    if pixels <= MAX_DECODE_PIXELS:
-        return
-    if image.format == "JPEG":
+    if pixels > MAX_DECODE_PIXELS and image.format == "JPEG":
         image.draft(image.mode, (width // 2, height // 2))
-        if image.size[0] * image.size[1] <= MAX_DECODE_PIXELS:
-            return
-    raise BadImageError(
-        REASON_BOMB,
-        f"{width} x {height} = {_megapixels(pixels)} {image.format or ''} image, over the "
-        f"{_megapixels(MAX_DECODE_PIXELS)} full-size decode limit (only JPEGs are decoded at reduced scale)",
-    )
+    if image.size[0] * image.size[1] > MAX_DECODE_PIXELS:
+        raise BadImageError(
+            REASON_BOMB,
+            f"{width} x {height} = {_megapixels(pixels)} {image.format or ''} image, over the "
+            f"{_megapixels(MAX_DECODE_PIXELS)} full-size decode limit (only JPEGs are decoded at reduced scale)",
+        )
+    _check_shape(*image.size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -97,9 +117,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open, decode and convert to RGB (first frame, EXIF orientation applied, within the pixel limits)."""
-    with open_regular(path) as handle:
+def load_image(path: str | Path, root: str | Path | None = None) -> Image.Image:
+    """Open, decode and convert to RGB (first frame, EXIF orientation applied, within the pixel limits).
+    ``root``: refuse a file that, at open time, lies outside this folder (files.open_regular)."""
+    with open_regular(path, root) as handle:
         try:
             if not handle.read(1):
                 raise BadImageError(REASON_EMPTY, "0 bytes")

@@ -50,6 +50,12 @@ class EncodeJob:
     workers: int
     progress: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    confined: bool = True
+    """Refuse a file that lies outside ``root`` when it is opened (False with ``--follow-symlinks``)."""
+
+    @property
+    def confine_root(self) -> str | None:
+        return str(self.root) if self.confined else None
 
 
 @dataclass
@@ -78,7 +84,7 @@ def local_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
     batches = max(1, (len(paths) + job.batch_size - 1) // job.batch_size)
     workers = min(job.workers, batches) if job.workers > 0 else 0
     with tqdm(total=len(paths), unit="img", desc="encoding", disable=not job.progress, dynamic_ncols=True) as bar:
-        for batch in iterate_batches(paths, job.encoder.preprocess, job.batch_size, workers):
+        for batch in iterate_batches(paths, job.encoder.preprocess, job.batch_size, workers, job.confine_root):
             failures = [_skipped(entries[pos], reason, detail) for pos, reason, detail in batch.failures]
             if batch.pixels is not None:
                 vectors = np.asarray(job.encoder.encode_images(batch.pixels, batch_size=job.batch_size), dtype=np.float32)

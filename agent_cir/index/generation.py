@@ -40,6 +40,7 @@ import numpy as np
 
 from agent_cir.errors import AgentCirError
 from agent_cir.index.faults import fault_point
+from agent_cir.index.out_folder import claim, open_nofollow_file, owned_names, release
 from agent_cir.index.manifest import MANIFEST_NAME, ManifestEntry, manifest_bytes, parse_manifest
 
 POINTER_NAME = "CURRENT"
@@ -108,8 +109,10 @@ def write_generation(
     import faiss
 
     partial = out / f"{generation}.partial"
+    claim(out, partial.name)
+    claim(out, generation)
     partial.mkdir(parents=True)
-    with open(partial / EMBEDDINGS_NAME, "wb") as handle:
+    with open_nofollow_file(partial / EMBEDDINGS_NAME, "wb") as handle:
         np.save(handle, np.ascontiguousarray(matrix, dtype=np.float32))
         handle.flush()
         os.fsync(handle.fileno())
@@ -117,7 +120,7 @@ def write_generation(
     faiss.write_index(faiss_index, str(partial / FAISS_NAME))
     _sync_file(partial / FAISS_NAME)
     fault_point("gen-faiss")
-    with open(partial / MANIFEST_NAME, "wb") as handle:
+    with open_nofollow_file(partial / MANIFEST_NAME, "wb") as handle:
         handle.write(manifest_bytes(entries))
         handle.flush()
         os.fsync(handle.fileno())
@@ -135,7 +138,7 @@ def write_generation(
         },
     )
     meta_data = (json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-    with open(partial / META_NAME, "wb") as handle:
+    with open_nofollow_file(partial / META_NAME, "wb") as handle:
         handle.write(meta_data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -150,7 +153,8 @@ def write_generation(
 def publish(out: Path, generation: str, meta_sha256: str) -> None:
     """Point ``CURRENT`` at ``generation``: one atomic rename, made durable."""
     tmp = out / f"{POINTER_NAME}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    claim(out, tmp.name)
+    with open_nofollow_file(tmp, "w") as handle:
         json.dump({"generation": generation, "meta_sha256": meta_sha256}, handle)
         handle.write("\n")
         handle.flush()
@@ -168,30 +172,44 @@ def _is_legacy_meta(path: Path) -> bool:
         return False
 
 
+def _own_sealed_generation(item: Path) -> bool:
+    """A generation written before the marker existed, recognised by its own record (meta.json naming it)."""
+    try:
+        meta = json.loads((item / META_NAME).read_text(encoding="utf-8"))
+        return isinstance(meta, dict) and meta.get("generation") == item.name and meta.get("format_version") == FORMAT_VERSION
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def collect_garbage(out: Path, keep: set[str]) -> list[str]:
     """Remove generations not in ``keep`` (names; ``"legacy"`` keeps flat files), unfinished ``.partial``
-    folders and stray pointer temp files. Call only while holding the lock. Returns what was removed."""
+    folders and stray pointer temp files, but only those this index's own records name (out_folder.claim,
+    or a generation's meta.json naming it): a user's look-alike folder is never touched. Call only while
+    holding the lock. Returns what was removed."""
     removed = []
+    owned = owned_names(out)
     for item in sorted(out.iterdir()):
         name = item.name
-        stale_generation = item.is_dir() and not item.is_symlink() and (
-            (name.endswith(".partial") and _GENERATION_RE.match(name[: -len(".partial")]))
-            or (_GENERATION_RE.match(name) and name not in keep)
+        is_dir = item.is_dir() and not item.is_symlink()
+        stale_generation = is_dir and (
+            (name.endswith(".partial") and _GENERATION_RE.match(name[: -len(".partial")]) and name in owned)
+            or (_GENERATION_RE.match(name) and name not in keep and (name in owned or _own_sealed_generation(item)))
         )
         if stale_generation:
             shutil.rmtree(item)
             removed.append(name)
-        elif name.startswith(f"{POINTER_NAME}.tmp-") and item.is_file():
+        elif name.startswith(f"{POINTER_NAME}.tmp-") and name in owned and item.is_file() and not item.is_symlink():
             item.unlink()
             removed.append(name)
     if "legacy" not in keep and (out / POINTER_NAME).is_file() and _is_legacy_meta(out / META_NAME):
         for name in LEGACY_FILES:
             for path in (out / name, out / f"{name}.tmp", out / f"{name}.tmp.npy"):
-                if path.is_file():
+                if path.is_file() and not path.is_symlink():
                     path.unlink()
                     removed.append(path.name)
     if removed:
         _fsync_dir(out)
+    release(out)
     return removed
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from agent_cir.errors import AgentCirError
+from agent_cir.index.out_folder import open_nofollow
 
 LOCK_NAME = ".lock"
 
@@ -42,7 +43,8 @@ class IndexLock:
 
     def __enter__(self) -> IndexLock:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        # O_NOFOLLOW: a .lock that is a symlink is refused, never truncated through (the target may be a user's file)
+        fd = open_nofollow(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,6 +43,20 @@ _REQUIRED_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def check_gallery_path(path: str) -> None:
+    """A gallery id must name a file inside the indexed folder: relative POSIX, no ``..`` or ``.`` part, no
+    empty part, no NUL. A forged manifest could otherwise make search return (and the demo
+    serve) any file on the machine."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\x00" in path
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise ValueError(f"path {path[:120]!r} is not a relative path inside the indexed folder")
+
+
 def _entry(data: object) -> ManifestEntry:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
@@ -52,6 +66,7 @@ def _entry(data: object) -> ManifestEntry:
     for key, types in _REQUIRED_TYPES.items():
         if not isinstance(data.get(key), types) or isinstance(data.get(key), bool):
             raise ValueError(f"field {key!r} missing or not {' / '.join(t.__name__ for t in types)}")
+    check_gallery_path(data["path"])
     status, row = data.get("status", "ok"), data.get("row")
     if status not in ("ok", "skipped"):
         raise ValueError(f"status must be ok or skipped, got {status!r}")

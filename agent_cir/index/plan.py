@@ -45,10 +45,12 @@ def plan_build(
     checkpoint_hashes: set[str],
     known_failures: Mapping[str, tuple[str, str]],
     hash_file: Callable[[Path], str] | None = None,
+    confined: bool = False,
 ) -> BuildPlan:
     """``previous_hashes``: hashes with a vector in the previous generation; ``checkpoint_hashes``: in
-    checkpoints; ``known_failures``: hash -> (reason, detail) of files already found undecodable."""
-    hash_file = hash_file or read_hash
+    checkpoints; ``known_failures``: hash -> (reason, detail) of files already found undecodable.
+    ``confined``: hash a file only if, opened, it lies inside ``root`` (a link re-pointed after the scan)."""
+    hash_file = hash_file or ((lambda path: read_hash(path, root)) if confined else read_hash)
     plan = BuildPlan()
     old_by_path = {e.path: e for e in previous_entries}
     failures = dict(known_failures)

@@ -90,13 +90,15 @@ class RayOptions:
         return "cuda" if self.num_gpus_per_actor > 0 else str(encoder_info.get("device", "cpu"))
 
 
-def decode_rows(batch: dict[str, np.ndarray], preprocess: Any, pixel_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def decode_rows(
+    batch: dict[str, np.ndarray], preprocess: Any, pixel_shape: tuple[int, ...], root: str | None = None
+) -> dict[str, np.ndarray]:
     """Decode task: paths -> preprocessed pixels (zeros for a bad file) + the reason it was bad ("" if good)."""
     count = len(batch["path"])
     pixels = np.zeros((count, *pixel_shape), dtype=np.float32)
     reasons, details = [], []
     for row, path in enumerate(batch["path"]):
-        tensor, reason, detail = decode_file(str(path), preprocess)
+        tensor, reason, detail = decode_file(str(path), preprocess, root)
         if tensor is not None:
             pixels[row] = np.asarray(tensor, dtype=np.float32)
         reasons.append(reason or "")
@@ -237,7 +239,7 @@ def encode_dataset(ray: Any, job: EncodeJob, opts: RayOptions, entries: list[Man
             decode_rows,
             batch_size=job.batch_size,
             batch_format="numpy",
-            fn_kwargs={"preprocess": preprocess, "pixel_shape": pixel_shape},
+            fn_kwargs={"preprocess": preprocess, "pixel_shape": pixel_shape, "root": job.confine_root},
             num_cpus=opts.decode_num_cpus,
             # Reserving the task's memory also keeps Ray Data from fusing decoding into the actors (it fuses
             # ops with identical remote args only): decode tasks run on any CPU of the cluster, overlapped

@@ -14,6 +14,8 @@ REASON_DANGLING_LINK = "dangling symlink"
 REASON_OUTSIDE_ROOT = "symlink leaves the gallery"
 REASON_BAD_NAME = "file name is not valid UTF-8"
 REASON_PREPROCESS = "preprocessing failed"
+REASON_ELONGATED = "extreme shape"
+REASON_DECODER_CRASH = "crashed the decoder"
 
 
 class BadImageError(Exception):

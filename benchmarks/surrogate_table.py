@@ -27,13 +27,32 @@ def query_ids(run: Path) -> list[str]:
     return sorted(ids)
 
 
+def loop_summary(run: Path) -> tuple[str, str]:
+    """(queries refined at least once, mean model calls + cache hits per query) from the traces' rounds."""
+    refined = total = calls = 0
+    with open(run / "traces.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                trace = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            total += 1
+            refined += any(r.get("decision") == "refine" for r in trace.get("rounds") or [])
+            totals = trace.get("totals") or {}
+            calls += (totals.get("model_calls") or 0) + (totals.get("cache_hits") or 0)
+    if not total:
+        return "-", "-"
+    return f"{100 * refined / total:.0f}%", f"{calls / total:.1f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     reference_ids = None
-    print("| run | recipe | queries | " + " | ".join(HEADERS) + " | model calls | cache hits | wall s/query |")
-    print("|---|---|---|" + "---|" * len(HEADERS) + "---|---|---|")
+    print("| run | recipe | queries | " + " | ".join(HEADERS)
+          + " | refined | calls/query | model calls | cache hits | wall s/query |")
+    print("|---|---|---|" + "---|" * len(HEADERS) + "---|---|---|---|---|")
     for run in args.runs:
         metrics = json.loads((run / "metrics.json").read_text())
         ids = query_ids(run)
@@ -46,9 +65,10 @@ def main() -> int:
         if wall is None and metrics.get("wall_seconds") and metrics["queries"]["evaluated"]:
             wall = round(metrics["wall_seconds"] / metrics["queries"]["evaluated"], 4)  # runs before the field existed
         values = " | ".join(f"{metrics['metrics'][c]:.2f}" for c in COLUMNS)
+        refined, per_query = loop_summary(run)
         print(
             f"| {run.name} | {metrics['recipe']['name']} | {metrics['queries']['evaluated']} | {values} | "
-            f"{metrics['model_calls']} | {metrics['cache_hits']} | {wall} |"
+            f"{refined} | {per_query} | {metrics['model_calls']} | {metrics['cache_hits']} | {wall} |"
         )
     return 0
 

@@ -152,7 +152,7 @@ class RetrievalGallery:
     def engine(self) -> Any:
         """The faiss search engine over this gallery (built on first use, then cached)."""
         if self._engine is None:
-            from agent_cir.retrieval import SearchEngine
+            from agent_cir.retrieval.engine import SearchEngine
 
             self._engine = SearchEngine(self)
         return self._engine

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.index import GalleryIndex, encoder_config_from_meta, load_image
+from agent_cir.retrieval import search_index
 from agent_cir.index.decode import REASON_BOMB, BadImageError
 from tests.fixtures.encoders import BAD_FILES, GOOD_IMAGES, decompression_bomb_png
 
@@ -68,18 +69,18 @@ def test_decode_workers_give_the_same_embeddings(image_folder, tmp_path, tiny_op
 def test_image_search_finds_itself_and_reference_is_excluded(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
     shutil.copy(image_folder / "red.jpg", image_folder / "nested" / "red-copy.jpg")  # same content, other path
     index = _build(image_folder, tmp_path / "idx", tiny_open_clip_encoder)
-    kept = index.search(tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=3, exclude_reference=False)
+    kept = search_index(index, tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=3, exclude_reference=False)
     assert {kept[0].id, kept[1].id} == {"red.jpg", "nested/red-copy.jpg"}
     assert kept[0].score == pytest.approx(1.0, abs=1e-4) and [c.rank for c in kept] == [1, 2, 3]
     assert kept[0].path == str(image_folder.resolve() / kept[0].id)
-    excluded = index.search(tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=3)
+    excluded = search_index(index, tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=3)
     assert [c.rank for c in excluded] == [1, 2, 3]
     assert not {"red.jpg", "nested/red-copy.jpg"} & {c.id for c in excluded}
-    everything_kept = index.search(tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=50, exclude_reference=False)
+    everything_kept = search_index(index, tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=50, exclude_reference=False)
     others = [c.id for c in everything_kept if c.id not in {"red.jpg", "nested/red-copy.jpg"}]
     assert [c.id for c in excluded] == others[:3]
     # k larger than the gallery: everything except the reference, once each
-    everything = index.search(tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=50)
+    everything = search_index(index, tiny_open_clip_encoder, image=image_folder / "red.jpg", mode="image", k=50)
     assert len(everything) == 5 and len({c.id for c in everything}) == 5
 
 
@@ -94,17 +95,17 @@ def test_fusion_matches_a_hand_computation(image_folder, tmp_path, tiny_open_cli
     ids = index.ids
     expected = [(ids[i], scores[i]) for i in np.argsort(-scores) if ids[i] != "green.PNG"][:4]
 
-    got = index.search(tiny_open_clip_encoder, image=reference, text=text, mode="fusion", alpha=alpha, k=4)
+    got = search_index(index, tiny_open_clip_encoder, image=reference, text=text, mode="fusion", alpha=alpha, k=4)
     assert [c.id for c in got] == [e[0] for e in expected]
     np.testing.assert_allclose([c.score for c in got], [e[1] for e in expected], atol=1e-5)
 
-    text_only = index.search(tiny_open_clip_encoder, text=text, mode="text", k=6)
+    text_only = search_index(index, tiny_open_clip_encoder, text=text, mode="text", k=6)
     text_scores = np.asarray(index.embeddings) @ (txt / np.linalg.norm(txt))
     assert [c.id for c in text_only] == [ids[i] for i in np.argsort(-text_scores)]
     with pytest.raises(AgentCirError, match="needs a reference image"):
-        index.search(tiny_open_clip_encoder, text=text, mode="fusion")
+        search_index(index, tiny_open_clip_encoder, text=text, mode="fusion")
     with pytest.raises(AgentCirError, match="needs a modification text"):
-        index.search(tiny_open_clip_encoder, image=reference, mode="text")
+        search_index(index, tiny_open_clip_encoder, image=reference, mode="text")
 
 
 def test_search_vectors_batch_and_dimension_check(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
@@ -245,7 +246,7 @@ def test_encoder_config_from_meta_rebuilds_the_same_encoder(image_folder, tmp_pa
     rebuilt = index.load_encoder()
     index.check_encoder(rebuilt)
     query = image_folder / "red.jpg"
-    assert index.search(rebuilt, image=query, text="x", k=3) == index.search(tiny_open_clip_encoder, image=query, text="x", k=3)
+    assert index.search(rebuilt, image=query, text="x", k=3) == search_index(index, tiny_open_clip_encoder, image=query, text="x", k=3)
 
 
 def test_missing_index_and_missing_reference_errors(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
@@ -253,9 +254,9 @@ def test_missing_index_and_missing_reference_errors(image_folder, tmp_path, tiny
         GalleryIndex.load(tmp_path / "nothing")
     index = _build(image_folder, tmp_path / "idx", tiny_open_clip_encoder)
     with pytest.raises(AgentCirError, match="reference image not found"):
-        index.search(tiny_open_clip_encoder, image=tmp_path / "nope.jpg", mode="image")
+        search_index(index, tiny_open_clip_encoder, image=tmp_path / "nope.jpg", mode="image")
     with pytest.raises(AgentCirError, match="cannot be used: truncated"):
-        index.search(tiny_open_clip_encoder, image=image_folder / "truncated.jpg", mode="image")
+        search_index(index, tiny_open_clip_encoder, image=image_folder / "truncated.jpg", mode="image")
     with pytest.raises(AgentCirError, match="no images found"):
         empty = tmp_path / "empty"
         empty.mkdir()
@@ -270,9 +271,9 @@ def test_real_photos_subset_end_to_end(photos_dir, tmp_path, tiny_open_clip_enco
     index = _build(photos_dir, tmp_path / "idx", tiny_open_clip_encoder, files=files, workers=1)
     assert index.ids == files and index.build_summary.skipped_total == 0
     reference = photos_dir / files[7]
-    kept = index.search(tiny_open_clip_encoder, image=reference, mode="image", k=5, exclude_reference=False)
+    kept = search_index(index, tiny_open_clip_encoder, image=reference, mode="image", k=5, exclude_reference=False)
     assert kept[0].id == files[7] and kept[0].score == pytest.approx(1.0, abs=1e-4)
-    fused = index.search(tiny_open_clip_encoder, image=reference, text="a cat instead", k=10)
+    fused = search_index(index, tiny_open_clip_encoder, image=reference, text="a cat instead", k=10)
     assert len(fused) == 10 and files[7] not in [c.id for c in fused]
     assert all(a.score >= b.score for a, b in zip(fused, fused[1:]))
     with pytest.raises(AgentCirError, match="not found"):

@@ -67,7 +67,7 @@ class RecordedEncoder:
         if self._loaded is None:
             from agent_cir.encoders import create_encoder
             from agent_cir.index.build import check_same_encoder
-            from agent_cir.index.gallery_index import encoder_config_from_meta
+            from agent_cir.index.encoder_meta import encoder_config_from_meta
 
             config = encoder_config_from_meta(self._meta, device=self._device)
             config.batch_size = self.batch_size

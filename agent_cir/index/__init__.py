@@ -5,7 +5,8 @@ from agent_cir.index.decode import MAX_DECODE_PIXELS, MAX_IMAGE_PIXELS, load_ima
 from agent_cir.index.encode import ENGINES, EncodedBatch, EncodeEngine, EncodeJob, encode_image_file, local_engine
 from agent_cir.index.faiss_io import DEFAULT_INDEX_TYPE, build_faiss_index
 from agent_cir.index.files import read_hash
-from agent_cir.index.gallery_index import GalleryIndex, encoder_config_from_meta, reference_hash
+from agent_cir.index.encoder_meta import encoder_config_from_meta
+from agent_cir.index.gallery_index import GalleryIndex, reference_hash
 from agent_cir.index.generation import DamagedIndexError
 from agent_cir.index.lock import IndexLockedError
 from agent_cir.index.manifest import ManifestEntry

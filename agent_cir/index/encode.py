@@ -25,44 +25,19 @@ preprocess in DataLoader worker processes, overlapped with encoding in this proc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from agent_cir.encoders.base import Encoder
 from agent_cir.errors import AgentCirError
 from agent_cir.index.decode import load_image
+from agent_cir.index.jobs import EncodedBatch, EncodeJob
 from agent_cir.index.loader import iterate_batches
 from agent_cir.index.manifest import ManifestEntry
 from agent_cir.index.reasons import BadImageError
-
-
-@dataclass
-class EncodeJob:
-    root: Path
-    """The gallery folder; ``root / entry.path`` is each file."""
-    entries: Sequence[ManifestEntry]
-    encoder: Encoder
-    batch_size: int
-    workers: int
-    progress: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    confined: bool = True
-    """Refuse a file that lies outside ``root`` when it is opened (False with ``--follow-symlinks``)."""
-
-    @property
-    def confine_root(self) -> str | None:
-        return str(self.root) if self.confined else None
-
-
-@dataclass
-class EncodedBatch:
-    entries: list[ManifestEntry]
-    vectors: np.ndarray
-    failures: list[ManifestEntry] = field(default_factory=list)
 
 
 class EncodeEngine(Protocol):

@@ -23,6 +23,7 @@ from agent_cir.encoders.base import Encoder, describe_encoder
 from agent_cir.errors import AgentCirError
 from agent_cir.index.build import BuildSummary, check_same_encoder
 from agent_cir.index.encode import EncodeEngine, encode_image_file
+from agent_cir.index.encoder_meta import encoder_config_from_meta
 from agent_cir.index.faiss_io import DEFAULT_INDEX_TYPE, tune_search
 from agent_cir.index.files import read_hash
 from agent_cir.index.generation import Generation, open_generation
@@ -177,25 +178,6 @@ class GalleryIndex:
                 results.append(ranking)
         return results[0] if single else results
 
-    def search(
-        self,
-        encoder: Encoder,
-        image: str | Path | None = None,
-        text: str | None = None,
-        mode: str = "fusion",
-        alpha: float = 0.8,
-        k: int = 50,
-        exclude_reference: bool = True,
-    ) -> list[Candidate]:
-        """Composed query without an LLM: 'text' (modification text only), 'image' (reference only), or
-        'fusion': q = normalise((1 - alpha) * img + alpha * txt). Every copy of the reference image in the
-        gallery is left out of its results (``exclude_reference``). Ranked by the retrieval engine the
-        pipeline uses (``agent_cir.retrieval.search_index``), through this index's faiss structure."""
-        from agent_cir.retrieval import search_index
-
-        return search_index(self, encoder, image=image, text=text, mode=mode, alpha=alpha, k=k,
-                            exclude_reference=exclude_reference)
-
     # ------------------------------------------------------------------ building
     @classmethod
     def build(
@@ -240,24 +222,3 @@ def reference_hash(image: str | Path) -> str:
         raise AgentCirError(f"reference image {image} cannot be used: {err}") from err
 
 
-def encoder_config_from_meta(meta: dict[str, Any], device: str | None = None) -> EncoderConfig:
-    """The EncoderConfig that rebuilds the encoder an index was made with (``meta`` = meta.json contents)."""
-    from agent_cir.config import EncoderConfig
-    from agent_cir.encoders.preprocessing import DEFAULT_TARGET_RATIO, normalize_of, preprocessing_of
-
-    info = meta.get("encoder", meta)
-    try:
-        backend, model = info["backend"], info["model"]
-    except KeyError as err:
-        raise AgentCirError("index metadata has no encoder backend/model; rebuild the index") from err
-    method, ratio = preprocessing_of(info)
-    return EncoderConfig(
-        backend=backend,
-        model=model,
-        pretrained=info.get("pretrained"),
-        precision=info.get("precision", "fp32"),
-        device=device or info.get("device", "cpu"),
-        preprocess=method or "center_crop",  # type: ignore[arg-type]
-        target_ratio=ratio or DEFAULT_TARGET_RATIO,
-        normalize=normalize_of(info) or "model",
-    )

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from agent_cir.errors import AgentCirError
-from agent_cir.index.encode import EncodedBatch, EncodeJob
+from agent_cir.index.jobs import EncodedBatch, EncodeJob
 from agent_cir.index.loader import decode_file
 from agent_cir.index.manifest import ManifestEntry
 
@@ -112,7 +112,7 @@ class EmbedActor:
     def __init__(self, encoder_info: dict[str, Any], device: str, batch_size: int) -> None:
         from agent_cir.encoders import create_encoder
         from agent_cir.encoders.base import describe_encoder, encoder_identity
-        from agent_cir.index.gallery_index import encoder_config_from_meta
+        from agent_cir.index.encoder_meta import encoder_config_from_meta
 
         config = encoder_config_from_meta({"encoder": encoder_info}, device=device).model_copy(update={"batch_size": batch_size})
         self.encoder = create_encoder(config)

@@ -10,20 +10,20 @@ any stage, for any reason, fails alone.
 
 from __future__ import annotations
 
-import re
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent_cir.config import EncoderConfig, Recipe, load_recipe, recipe_from_dict
+from agent_cir.config import Recipe, load_recipe, recipe_from_dict
+from agent_cir.encoders.recipe_identity import check_recipe_encoder, encoder_for_index, encoder_record
 from agent_cir.engine import Job, Outcome, RoundEngine, Workers, chunks, run_stage, stage_concurrency
 from agent_cir.errors import AgentCirError
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.hashing import content_hash
+from agent_cir.query_text import repair_text, safe_name
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.stages.retrieve import TRACE_HEAD, QueryInputError, RetrieveStage
 from agent_cir.trace import build_trace
@@ -31,123 +31,12 @@ from agent_cir.types import Query, QueryState, Result, Stage, StageRecord
 
 _DESCRIPTION_STAGES = ("caption", "rewrite", "one_stage")
 _TARGET_TEXT_SOURCES = ("target", "target+modification")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-# Lone surrogates other than U+DC80..U+DCFF (those carry undecodable bytes, see repair_text).
-_FOREIGN_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
-_RUNTIME_ENCODER_FIELDS = frozenset({"device", "precision", "batch_size"})
-_NO_WEIGHTS = (None, "", "none", "None")
 
 
 class QueryFailedError(AgentCirError):
     """One query failed inside a stage for a reason other than a user error (a parser's RecursionError, a bug).
 
     The original exception is the ``__cause__``; the message names the query, the stage and the error."""
-
-
-class EncoderMismatchError(AgentCirError):
-    """The recipe names another encoder than the one the index was built with."""
-
-
-def safe_name(query_id: str) -> str:
-    """A query id as a folder name (ids may contain slashes or spaces)."""
-    return _UNSAFE.sub("_", str(query_id)).strip("._") or "query"
-
-
-def repair_text(text: str | None) -> str | None:
-    """Text that UTF-8 cannot carry, made usable: bytes the OS could not decode (command-line arguments arrive
-    as U+DC80..U+DCFF, Python's surrogateescape) are decoded again, every other lone surrogate becomes U+FFFD.
-    Valid text is returned unchanged."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    raw = _FOREIGN_SURROGATE.sub("\ufffd", text).encode("utf-8", "surrogateescape")
-    return raw.decode("utf-8", "replace")
-
-
-# ---------------------------------------------------------------------------------------------- encoders
-
-
-def encoder_record(encoder: Any) -> dict[str, Any]:
-    """What every trace says about the encoder that embedded the query: ``{backend, architecture, pretrained,
-    weights, preprocess, dim, random_weights}`` (random_weights: a random init, whose rankings mean nothing).
-    The same record search output and the quickstart print (``agent_cir.provenance``)."""
-    from agent_cir.provenance import encoder_provenance
-
-    return encoder_provenance(dict(getattr(encoder, "info", None) or {}))
-
-
-def _identity_value(value: Any) -> Any:
-    if value in _NO_WEIGHTS:
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        path = Path(value).expanduser()
-        if path.exists():
-            return str(path.resolve())
-    return value
-
-
-def _explicit_encoder_fields(recipe: Recipe) -> list[str]:
-    """Identity fields (backend, model, pretrained, preprocessing, ...) the recipe itself wrote down."""
-    if "encoder" not in recipe.model_fields_set:
-        return []
-    identity = set(EncoderConfig.model_fields) - _RUNTIME_ENCODER_FIELDS
-    return sorted(identity & set(recipe.encoder.model_fields_set))
-
-
-def check_recipe_encoder(recipe: Recipe, index: Any) -> None:
-    """Refuse a recipe whose encoder differs from the index's: their embeddings cannot be compared. A recipe
-    that sets no encoder lets the index decide."""
-    from agent_cir.encoders import describe_encoder
-    from agent_cir.index import encoder_config_from_meta
-
-    fields = _explicit_encoder_fields(recipe)
-    if not fields:
-        return
-    built_with = encoder_config_from_meta(index.meta)
-    differing = [
-        name for name in fields
-        if _identity_value(getattr(recipe.encoder, name)) != _identity_value(getattr(built_with, name, None))
-    ]
-    if not differing:
-        return
-    wanted = recipe.encoder
-    index_dir = getattr(index, "directory", "the index")
-    reindex = f"agent-cir index IMAGES_DIR --out NEW_INDEX_DIR --backend {wanted.backend} --model {wanted.model}"
-    if wanted.pretrained not in _NO_WEIGHTS:
-        reindex += f" --pretrained {wanted.pretrained}"
-    raise EncoderMismatchError(
-        f"recipe {recipe.name!r} asks for encoder {describe_encoder(wanted.model_dump())}, but index {index_dir} "
-        f"was built with {describe_encoder(built_with.model_dump())} (differs in: {', '.join(differing)}); "
-        "embeddings of different encoders cannot be compared. What to do: re-index the images with the "
-        f"recipe's encoder (`{reindex}`) and pass that index, or search with the index's encoder "
-        "(`--use-index-encoder`; Python: Pipeline.from_config(..., use_index_encoder=True))"
-    )
-
-
-# One encoder per loaded index (and runtime settings): building the pipeline twice over the same
-# GalleryIndex object, as the demo does on a recipe change, does not load the model again.
-_INDEX_ENCODERS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_INDEX_ENCODERS_LOCK = threading.Lock()
-
-
-def encoder_for_index(index: Any, recipe: Recipe) -> Any:
-    """The encoder the index was built with, run with the recipe's device, precision and batch size."""
-    from agent_cir.encoders import create_encoder
-    from agent_cir.index import encoder_config_from_meta
-
-    runtime = {name: getattr(recipe.encoder, name) for name in _RUNTIME_ENCODER_FIELDS}
-    config = encoder_config_from_meta(index.meta).model_copy(update=runtime)
-    key = config.model_dump_json()
-    with _INDEX_ENCODERS_LOCK:
-        built = _INDEX_ENCODERS.setdefault(index, {})
-        if key not in built:
-            built[key] = create_encoder(config)
-        return built[key]
 
 
 class Pipeline:

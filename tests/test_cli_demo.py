@@ -16,7 +16,7 @@ runner = CliRunner()
 
 def _mismatch_message() -> str:
     from agent_cir.config import recipe_from_dict
-    from agent_cir.pipeline import check_recipe_encoder
+    from agent_cir.encoders.recipe_identity import check_recipe_encoder
 
     recipe = recipe_from_dict({"name": "r", "encoder": {"backend": "open_clip", "model": "ViT-L-14",
                                                          "pretrained": "openai"}}, source="test")

@@ -322,7 +322,7 @@ def test_recipe_with_openai_normalize_is_refused_on_a_model_normalised_index(tin
 
     from agent_cir.config import Recipe
     from agent_cir.index import encoder_config_from_meta
-    from agent_cir.pipeline import check_recipe_encoder
+    from agent_cir.encoders.recipe_identity import check_recipe_encoder
 
     model = str(tiny_open_clip_config)
     own = create_encoder(EncoderConfig(model=model, pretrained="none"))

@@ -414,3 +414,29 @@ def test_an_encoder_config_edited_in_place_does_not_resume(mini_cirr, tmp_path, 
     config.write_text('{"embed_dim": 32, "vision_cfg": {"layers": 12}}', encoding="utf-8")
     with pytest.raises(RunMismatchError, match="encoder_files"):
         run_eval(out_dir=out, limit=3, overrides={"encoder": {"model": str(config)}}, **args)
+
+
+def test_with_the_cache_off_a_kill_loses_at_most_one_small_chunk_of_model_answers(benchmarks_dir, tmp_path, bow_encoder):
+    """Stage-major runs take a whole chunk through each stage before any of its queries is written: with the cache
+    off, a kill during a 256-query chunk would throw away every finished answer of the chunk."""
+    from tests.fixtures.chat import fake_model
+    from tests.fixtures.eval import write_mini_cirr
+
+    from agent_cir.eval.runner import UNCACHED_CHUNK
+
+    mini = write_mini_cirr(benchmarks_dir, tmp_path / "mini", queries=30)
+    calls = []
+
+    def rewriter(messages):
+        calls.append(1)
+        if len(calls) == UNCACHED_CHUNK + 4:
+            raise KeyboardInterrupt  # the process is stopped in the middle of the second chunk's rewrites
+        return '{"reasoning": "r", "target_description": "a photo"}'
+
+    args = _surrogate_args(mini, bow_encoder, recipe="surrogate_rewrite")
+    args["max_concurrency"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(out_dir=tmp_path / "run", models={"llm": fake_model(respond=rewriter)},
+                 overrides={"cache": {"enabled": False}}, **args)
+    finished = _lines(tmp_path / "run" / "traces.jsonl")
+    assert len(finished) == UNCACHED_CHUNK, "the first chunk's answers were written before the kill"

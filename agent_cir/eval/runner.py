@@ -384,8 +384,21 @@ def _run_pending(
                 failures[query.id] = str(error)
 
             pipe.run_batch(
-                queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed
+                queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed,
+                chunk_size=persist_chunk(recipe, max_concurrency),
             )
+
+
+UNCACHED_CHUNK = 8
+"""Queries per chunk when model answers are not cached: a query's trace is written once it has passed every
+stage, and stage-major runs take a whole chunk through each stage, so a kill loses the answers of at most one
+chunk. With the cache on, every answer is already on disk and the recipe's chunk size stays."""
+
+
+def persist_chunk(recipe: Recipe, max_concurrency: int | None) -> int | None:
+    if recipe.cache.enabled or not recipe.model_stages():
+        return None
+    return min(recipe.chunk_size, max(UNCACHED_CHUNK, 2 * (max_concurrency or recipe.max_concurrency)))
 
 
 def _slim(trace: dict[str, Any]) -> dict[str, Any]:

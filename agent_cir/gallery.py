@@ -216,7 +216,6 @@ class RetrievalGallery:
         self._engine = None  # the composition changed: cached composite indexes are stale
         return self
 
-    @property
     # ---------- scoring ----------
     @property
     def captions_per_item(self) -> int:

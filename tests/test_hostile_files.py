@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from agent_cir.errors import AgentCirError
+from agent_cir.retrieval import search_index
 from agent_cir.index import MAX_DECODE_PIXELS, GalleryIndex, encode_image_file, load_image
 from agent_cir.index.reasons import (
     REASON_BAD_NAME,
@@ -256,7 +257,7 @@ def test_exif_orientations_1_to_8_same_for_gallery_and_reference(fmt, tmp_path, 
         row = index.ids.index(path.name)
         reference = encode_image_file(tiny_open_clip_encoder, path)  # the reference path: same vector
         np.testing.assert_allclose(index.embeddings[row], reference, atol=1e-5)
-        found = index.search(tiny_open_clip_encoder, image=path, mode="image", k=1, exclude_reference=False)
+        found = search_index(index, tiny_open_clip_encoder, image=path, mode="image", k=1, exclude_reference=False)
         assert found[0].score == pytest.approx(1.0, abs=1e-3)
 
 

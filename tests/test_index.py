@@ -211,7 +211,7 @@ def test_mismatched_encoder_is_refused(image_folder, tmp_path, tiny_open_clip_en
     assert "open_clip" in message and str(tiny_hf_clip_dir) in message
     assert "--out" in message and "--model/--pretrained" in message
     with pytest.raises(AgentCirError, match="was built with encoder"):
-        index.search(other, text="a red thing", mode="text")
+        search_index(index, other, text="a red thing", mode="text")
     # the index on disk is untouched
     assert GalleryIndex.load(out).ids == index.ids
 
@@ -223,13 +223,13 @@ def test_hf_encoder_builds_and_searches(image_folder, tmp_path, tiny_hf_clip_dir
     encoder = create_encoder(EncoderConfig(backend="hf", model=str(tiny_hf_clip_dir)))
     index = _build(image_folder, tmp_path / "idx", encoder)
     assert len(index) == 6 and index.dim == 16
-    found = index.search(encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
+    found = search_index(index, encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
     assert found[0].id == "gray.bmp"
 
 
 def test_faiss_factories(image_folder, tmp_path, tiny_open_clip_encoder) -> None:
     hnsw = _build(image_folder, tmp_path / "hnsw", tiny_open_clip_encoder, index_type="HNSW8")
-    top = hnsw.search(tiny_open_clip_encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
+    top = search_index(hnsw, tiny_open_clip_encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
     assert top[0].id == "gray.bmp"
     assert GalleryIndex.load(tmp_path / "hnsw").meta["index_factory"] == "HNSW8"
     with pytest.raises(AgentCirError, match="not a valid faiss index_factory"):
@@ -246,7 +246,7 @@ def test_encoder_config_from_meta_rebuilds_the_same_encoder(image_folder, tmp_pa
     rebuilt = index.load_encoder()
     index.check_encoder(rebuilt)
     query = image_folder / "red.jpg"
-    assert index.search(rebuilt, image=query, text="x", k=3) == search_index(index, tiny_open_clip_encoder, image=query, text="x", k=3)
+    assert search_index(index, rebuilt, image=query, text="x", k=3) == search_index(index, tiny_open_clip_encoder, image=query, text="x", k=3)
 
 
 def test_missing_index_and_missing_reference_errors(image_folder, tmp_path, tiny_open_clip_encoder) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from agent_cir.errors import AgentCirError
+from agent_cir.retrieval import search_index
 from agent_cir.index import DamagedIndexError, GalleryIndex
 
 
@@ -99,7 +100,7 @@ def test_legacy_flat_index_loads_and_is_migrated(image_folder, tmp_path, tiny_op
     assert legacy.generation == "legacy" and legacy.ids == built.ids
     np.testing.assert_array_equal(np.asarray(legacy.embeddings), np.asarray(built.embeddings))
     assert legacy.faiss_index.ntotal == 6
-    hit = legacy.search(tiny_open_clip_encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
+    hit = search_index(legacy, tiny_open_clip_encoder, image=image_folder / "gray.bmp", mode="image", k=1, exclude_reference=False)
     assert hit[0].id == "gray.bmp"
 
     migrated = _build(image_folder, legacy_dir, tiny_open_clip_encoder)

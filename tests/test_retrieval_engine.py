@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from agent_cir.config import GalleryCaptionsConfig, RetrieveConfig
+from agent_cir.retrieval import search_index
 from agent_cir.gallery import RetrievalGallery
 from agent_cir.index import GalleryIndex
 from agent_cir.index.gallery_index import encode_image_file
@@ -93,7 +94,7 @@ def test_every_copy_of_the_reference_is_excluded_and_k_results_come_back(built, 
         assert sorted(record.output["excluded"]) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
         assert len(ids) == len(index) - 3 and len(set(ids)) == len(ids)
     # GalleryIndex.search (the Python API) goes through the same engine and agrees
-    api = index.search(tiny_open_clip_encoder, image=pattern_folder / "copy_a.png", mode="image", k=5)
+    api = search_index(index, tiny_open_clip_encoder, image=pattern_folder / "copy_a.png", mode="image", k=5)
     assert not {"p00.png", "copy_a.png", "sub/copy_b.png"} & {c.id for c in api}
 
 
@@ -236,7 +237,7 @@ def test_refine_rescores_the_compressed_short_list_with_exact_vectors(tmp_path, 
     assert type(structure).__name__ == "IndexRefineFlat" and structure.k_factor == 4
     encoder = index.load_encoder()
     query = encode_image_file(encoder, pattern_folder / "p05.png")
-    found = GalleryIndex.search(index, encoder, image=pattern_folder / "p05.png", mode="image", k=5,
+    found = search_index(index, encoder, image=pattern_folder / "p05.png", mode="image", k=5,
                                 exclude_reference=False)
     exact = np.asarray(index.embeddings, dtype=np.float32) @ query
     # refined scores are exact dot products (the codes alone would only approximate them)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,19 @@ from agent_cir.types import Candidate
 
 class GalleryError(AgentCirError):
     """The gallery (index folder or captions file) cannot be used as asked."""
+
+
+def captions_of(source: Mapping[str, Any] | Callable[[str], Any] | None, gallery_id: str,
+                limit: int | None = None) -> list[str]:
+    """The non-blank captions of ``gallery_id`` in a caption source (a mapping id -> caption(s), or a function
+    of the id), at most ``limit``; [] when it has none. What the judge's caption strip and the verifier read."""
+    if source is None:
+        return []
+    value = source(gallery_id) if callable(source) else source.get(gallery_id)
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v) for v in values if str(v).strip()][:limit]
 
 
 def load_gallery_captions(source: str | Path | Mapping[str, Any]) -> dict[str, list[str]]:

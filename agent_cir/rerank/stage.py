@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.config import RerankConfig
+from agent_cir.gallery import captions_of
 from agent_cir.grid import grid_capacity
 from agent_cir.rerank.aggregate import fuse_scores
 from agent_cir.rerank.context import RerankContext
@@ -48,13 +49,7 @@ class RerankStage:
         self.judge = make_judge(config, model, cache)
 
     def _caption_of(self, candidate_id: str) -> str | None:
-        source = self.candidate_captions
-        if source is None:
-            return None
-        value = source(candidate_id) if callable(source) else source.get(candidate_id)
-        if isinstance(value, (list, tuple)):
-            value = value[0] if value else None
-        return str(value) if value else None
+        return next(iter(captions_of(self.candidate_captions, candidate_id, 1)), None)
 
     @staticmethod
     def _reference_caption(state: QueryState) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from agent_cir.config import RefineConfig, VerifyConfig
 from agent_cir.errors import AgentCirError
+from agent_cir.gallery import captions_of
 from agent_cir.prompts import load_prompt
 from agent_cir.rerank.yes_no import YesNo, ask_yes_no
 from agent_cir.retrieval.ranking import Ranking
@@ -31,16 +32,6 @@ CaptionSource = Mapping[str, Any] | Callable[[str], Any]
 
 def verify_prompt_name(config: VerifyConfig) -> str:
     return config.prompt or f"verify_{config.input}"
-
-
-def _captions_of(source: CaptionSource | None, gallery_id: str, limit: int) -> list[str]:
-    if source is None:
-        return []
-    value = source(gallery_id) if callable(source) else source.get(gallery_id)
-    if value is None:
-        return []
-    values = [value] if isinstance(value, str) else list(value)
-    return [str(v) for v in values if str(v).strip()][:limit]
 
 
 class VerifyStage:
@@ -68,7 +59,7 @@ class VerifyStage:
     # ---------- one candidate ----------
     def _missing_input(self, candidate: Candidate) -> str | None:
         if self.config.input == "caption":
-            if not _captions_of(self.candidate_captions, candidate.id, 1):
+            if not captions_of(self.candidate_captions, candidate.id, 1):
                 return f"candidate {candidate.id} has no gallery caption to verify"
         elif not candidate.path or not Path(candidate.path).is_file():
             return f"candidate {candidate.id} has no image file to verify"
@@ -78,7 +69,7 @@ class VerifyStage:
         query = state.query
         caption = state.captions[0] if state.captions else query.reference_caption
         if self.config.input == "caption":
-            captions = _captions_of(self.candidate_captions, candidate.id, self.config.max_captions)
+            captions = captions_of(self.candidate_captions, candidate.id, self.config.max_captions)
             messages = self.prompt.render_messages(modification=query.text, reference_caption=caption,
                                                    candidate_captions=captions)
             images: list[Any] = []

@@ -29,7 +29,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.report.load import Row, encoder_identity, read_trace
 from agent_cir.report.render import RANDOM_ENCODER_BANNER
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
-from agent_cir.trace import round_summary
+from agent_cir.trace.build import round_summary
 from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
 
 DEMO_CSS = """

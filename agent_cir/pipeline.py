@@ -21,12 +21,12 @@ from agent_cir.config import Recipe, load_recipe, recipe_from_dict
 from agent_cir.encoders.recipe_identity import check_recipe_encoder, encoder_for_index, encoder_record
 from agent_cir.engine import Job, Outcome, RoundEngine, Workers, chunks, run_stage, stage_concurrency
 from agent_cir.errors import AgentCirError
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.hashing import content_hash
 from agent_cir.query_text import repair_text, safe_name
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.stages.retrieve import TRACE_HEAD, QueryInputError, RetrieveStage
-from agent_cir.trace import build_trace
+from agent_cir.trace.build import build_trace
 from agent_cir.types import Query, QueryState, Result, Stage, StageRecord
 
 _DESCRIPTION_STAGES = ("caption", "rewrite", "one_stage")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from agent_cir.trace_model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, load_trace, stage_of
+from agent_cir.trace.model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, load_trace, stage_of
 
 
 @dataclass
@@ -208,13 +208,13 @@ class Result:
                 "results": [c.to_dict() for c in self.candidates]}
 
     def stage(self, name: str) -> Any:
-        """The typed trace record of stage ``name`` (``agent_cir.trace_model.RerankRecord`` for "rerank", ...),
+        """The typed trace record of stage ``name`` (``agent_cir.trace.model.RerankRecord`` for "rerank", ...),
         or None when it did not run: ``result.stage("retrieve").output.candidates[0].id``. With a loop, the
         record of the last round."""
         return stage_of(self.trace, name)
 
     def typed_trace(self) -> Any:
-        """The whole trace as an ``agent_cir.trace_model.Trace`` (validated now: ``trace`` is a plain dict that
+        """The whole trace as an ``agent_cir.trace.model.Trace`` (validated now: ``trace`` is a plain dict that
         callers may have changed)."""
         return load_trace(self.trace)
 

@@ -41,7 +41,7 @@ KEEP_TOP = 50  # the eval's kept ranking: the top 50 plus the subset members, re
 def reference_rankings(encoder, annotations: Path, captions_file: Path, limit: int | None):
     """The plain batched computation: (rankings {query id: [ids]}, metrics, per-query score rows for checks)."""
     from agent_cir.eval.metrics import cirr_metrics
-    from agent_cir.gallery import embed_texts_cached
+    from agent_cir.retrieval.gallery import embed_texts_cached
 
     records = json.loads((annotations / "captions" / "cap.rc2.val.json").read_text(encoding="utf-8"))
     records = records[:limit] if limit else records
@@ -83,7 +83,7 @@ def reference_rankings(encoder, annotations: Path, captions_file: Path, limit: i
 
 def run_agent_cir_eval(encoder, annotations: Path, captions_file: Path, out: Path, limit: int | None, chunk: int | None):
     from agent_cir.eval.runner import run_eval
-    from agent_cir.trace import read_traces
+    from agent_cir.trace.io import read_traces
 
     overrides = {"chunk_size": chunk} if chunk else None
     outcome = run_eval(
@@ -101,7 +101,7 @@ def cost_breakdown(encoder, annotations: Path, captions_file: Path, out: Path, l
     import agent_cir.pipeline as pipeline
     from agent_cir.eval.runner import run_eval
     from agent_cir.stages.retrieve import RetrieveStage
-    from agent_cir.trace import TraceWriter
+    from agent_cir.trace.io import TraceWriter
 
     spent: dict[str, float] = {}
     patched: list[tuple[object, str, object]] = []
@@ -176,7 +176,7 @@ def main() -> int:
 
     from agent_cir.config import load_recipe
     from agent_cir.encoders import create_encoder
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
 
     if args.torch_threads:
         import torch

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent_cir.fusion import normalise  # noqa: E402
-from agent_cir.gallery import RetrievalGallery  # noqa: E402
+from agent_cir.retrieval.gallery import RetrievalGallery  # noqa: E402
 
 
 def clustered_unit_vectors(count: int, dim: int, centroids: np.ndarray, sigma: float, rng: np.random.Generator,

@@ -30,7 +30,7 @@ GOAL = 1.25
 
 
 def _gallery(folder: Path, encoder, size: int = 24):
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
 
     rng = np.random.default_rng(0)
     paths, pictures = [], []

@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agent_cir.cli import app, _register
-from agent_cir.trace import read_traces
+from agent_cir.trace.io import read_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 _register()
@@ -88,7 +88,7 @@ def test_search_options_become_recipe_overrides():
 
 def test_a_failing_model_is_one_message_without_a_traceback(tmp_path, bow_encoder):
     from agent_cir.errors import AgentCirError
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.pipeline import Pipeline
     from agent_cir.types import Query
 

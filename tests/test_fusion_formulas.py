@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from agent_cir.config import GalleryCaptionsConfig, RetrieveConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.fusion import mean_score_query, pdv_fused, pdv_image, pdv_text, sqaf_query, weimocir_query
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.stages.retrieve import RetrieveStage
 from agent_cir.types import Query, QueryState
 

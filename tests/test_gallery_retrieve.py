@@ -9,10 +9,10 @@ from PIL import Image
 from agent_cir.config import RetrieveConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.fusion import normalise, weighted_fusion
-from agent_cir.gallery import GalleryError, RetrievalGallery, load_gallery_captions
+from agent_cir.retrieval.gallery import GalleryError, RetrievalGallery, load_gallery_captions
 from agent_cir.pipeline import Pipeline
 from agent_cir.stages.retrieve import RetrieveStage
-from agent_cir.trace import TRACE_SCHEMA_VERSION
+from agent_cir.trace.model import TRACE_SCHEMA_VERSION
 from agent_cir.types import Query, QueryState
 
 CAPTIONS = {

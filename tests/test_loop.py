@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_cir.engine import Job, RoundEngine, run_stage
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.pipeline import Pipeline
 from agent_cir.retrieval.round_fusion import fuse_rounds
 from agent_cir.rerank.yes_no import _token_probabilities, ask_yes_no, reason_of
 from agent_cir.prompts import load_prompt
-from agent_cir.trace_model import load_trace
+from agent_cir.trace.model import load_trace
 from agent_cir.types import Query, QueryState, StageRecord
 from tests.fixtures.chat import fake_model
 
@@ -330,7 +330,7 @@ def test_old_traces_without_rounds_still_load():
 
 def test_the_report_shows_a_timeline_of_rounds_what_changed_and_why(bow_encoder, tmp_path):
     from agent_cir.report import build_report
-    from agent_cir.trace import TraceWriter
+    from agent_cir.trace.io import TraceWriter
 
     pipe, _ = _pipeline(bow_encoder)
     result = pipe.run(Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa",

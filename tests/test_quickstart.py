@@ -24,7 +24,7 @@ from agent_cir.quickstart import (
     prepare_folder,
     run_quickstart,
 )
-from agent_cir.trace import read_traces
+from agent_cir.trace.io import read_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 _register()

@@ -7,7 +7,7 @@ import numpy as np
 from agent_cir.config import RetrieveConfig, load_recipe
 from agent_cir.eval.benchmarks import BENCHMARKS
 from agent_cir.fusion import normalise
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.stages.retrieve import RetrieveStage
 from agent_cir.types import Query, QueryState
 

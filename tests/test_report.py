@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent_cir.report import ReportError, build_report
-from agent_cir.trace import TraceWriter
+from agent_cir.trace.io import TraceWriter
 from tests.fixtures.report import QUERIES, gallery_id, make_trace, write_run
 
 

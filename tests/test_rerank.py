@@ -535,7 +535,7 @@ def test_pipeline_reranks_end_to_end_and_the_trace_shows_grid_raw_and_repairs(
     import numpy as np
     from PIL import Image
 
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.pipeline import Pipeline
     from agent_cir.types import Query
 

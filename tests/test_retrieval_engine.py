@@ -10,7 +10,7 @@ from PIL import Image
 
 from agent_cir.config import GalleryCaptionsConfig, RetrieveConfig
 from agent_cir.retrieval import search_index
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.index import GalleryIndex
 from agent_cir.index.gallery_index import encode_image_file
 from agent_cir.pipeline import Pipeline

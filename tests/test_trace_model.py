@@ -1,4 +1,4 @@
-"""The typed trace (agent_cir.trace_model): 1.0 and 2.0 records load, stage records are typed by kind, a
+"""The typed trace (agent_cir.trace.model): 1.0 and 2.0 records load, stage records are typed by kind, a
 stage writing a wrong type is caught on write, unknown keys survive, and readers get clear errors."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from agent_cir.config import OneStageConfig
 from agent_cir.report.load import read_trace
 from agent_cir.stages.one_stage import OneStageStage
-from agent_cir.trace import TraceWriter, build_trace, read_typed_traces
-from agent_cir.trace_model import (
+from agent_cir.trace.io import TraceWriter, read_typed_traces
+from agent_cir.trace.build import build_trace
+from agent_cir.trace.model import (
     CaptionRecord,
     OneStageRecord,
     OtherStageRecord,

@@ -261,7 +261,7 @@ def _search(
 ) -> None:
     from agent_cir.pipeline import Pipeline
     from agent_cir.provenance import encoder_provenance, random_weights_warning
-    from agent_cir.trace import TraceWriter
+    from agent_cir.trace.io import TraceWriter
     from agent_cir.types import Query
 
     quiet = quiet or paths_only
@@ -340,6 +340,6 @@ def _search(
 
 
 def _grid_paths(trace: Any) -> list[str]:
-    """Grid images the rerank stage saved (``trace`` is an ``agent_cir.trace_model.Trace``)."""
+    """Grid images the rerank stage saved (``trace`` is an ``agent_cir.trace.model.Trace``)."""
     rerank = trace.stage("rerank")
     return [grid.path for grid in rerank.output.grids if grid.path] if rerank is not None else []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir.trace import read_typed_traces
+from agent_cir.trace.io import read_typed_traces
 
 
 class CompareError(AgentCirError):

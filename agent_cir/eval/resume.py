@@ -20,7 +20,7 @@ from agent_cir.config import Recipe, redacted_recipe_dump
 from agent_cir.errors import AgentCirError
 from agent_cir.atomic import write_text_atomic
 from agent_cir.hashing import content_hash, stable_hash
-from agent_cir.trace import read_traces
+from agent_cir.trace.io import read_traces
 
 RUNTIME_KEYS = frozenset({
     "device", "device_map", "batch_size", "chunk_size", "max_concurrency", "timeout", "max_retries",

@@ -36,7 +36,7 @@ from agent_cir.eval.submission import SubmissionError
 from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity, write_failures
 from agent_cir.eval.run_lock import RunFolderLock
 from agent_cir.hashing import content_hash
-from agent_cir.trace import TraceWriter, read_typed_traces
+from agent_cir.trace.io import TraceWriter, read_typed_traces
 from agent_cir.types import Query, Result
 
 __all__ = ["EvalInputError", "EvalOutcome", "RunMismatchError", "read_query_ids", "repair_torn_tail", "run_eval"]
@@ -96,7 +96,7 @@ def annotation_candidates(
 
 # ---------- galleries ----------
 def _caption_gallery(split: BenchmarkSplit, table: Mapping[str, list[str]], encoder: Any):
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
 
     ids = list(split.gallery_ids or [])
     covered = sum(1 for i in ids if i in table)
@@ -112,7 +112,7 @@ def _caption_gallery(split: BenchmarkSplit, table: Mapping[str, list[str]], enco
 
 def _image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any):
     """Build (or reuse) the index of the split's gallery images, then name its items by benchmark id."""
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.index import GalleryIndex
 
     relative = split.gallery_relative_paths()
@@ -232,7 +232,7 @@ def _run_eval(
     splits = benchmark.load(split, candidates, root, categories)
     captions_table = None
     if gallery_captions is not None:
-        from agent_cir.gallery import load_gallery_captions
+        from agent_cir.retrieval.gallery import load_gallery_captions
 
         captions_table = load_gallery_captions(gallery_captions)
     if not surrogate:

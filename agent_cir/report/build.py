@@ -27,7 +27,7 @@ def _gallery_captions(path: str | None, notes: list[str]) -> dict[str, list[str]
     """Gallery captions of a caption-only (surrogate) eval run: shown in place of images."""
     if not path:
         return {}
-    from agent_cir.gallery import load_gallery_captions
+    from agent_cir.retrieval.gallery import load_gallery_captions
 
     try:
         return load_gallery_captions(path)

@@ -1,6 +1,6 @@
 """Reading a run for the report and the demo: the run folder, the traces file, and each trace record.
 
-``read_trace`` reads a record through the typed trace model (``agent_cir.trace_model``, schema 2.0 and 1.0)
+``read_trace`` reads a record through the typed trace model (``agent_cir.trace.model``, schema 2.0 and 1.0)
 and turns it into ``TraceData``, the plain dataclasses the rest of the report and the demo use. A record is
 data from a file: it is read with ``salvage_trace``, so a field of the wrong type takes its empty value (and
 is named in the report's notes) instead of hiding the rest of the record.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir import trace_model as tm
+from agent_cir.trace import model as tm
 
 
 class ReportError(AgentCirError, ValueError):
@@ -266,7 +266,7 @@ def encoder_identity(value: Any) -> EncoderIdentity | None:
 def read_trace(record: Mapping[str, Any], notes: list[str] | None = None) -> TraceData:
     """One trace record (a dict as read from traces.jsonl, or a partial trace of a running query) as
     ``TraceData``. Fields of the wrong type are dropped and named in ``notes`` when a list is given; raises
-    ``TraceFormatError`` for a record that is not a trace (see ``agent_cir.trace_model.salvage_trace``)."""
+    ``TraceFormatError`` for a record that is not a trace (see ``agent_cir.trace.model.salvage_trace``)."""
     record = dict(record)
     # A running query's partial trace (the demo) has no query_id yet.
     trace, dropped = tm.salvage_trace(record if "query_id" in record else {**record, "query_id": ""})

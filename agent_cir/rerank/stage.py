@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.config import RerankConfig
-from agent_cir.gallery import captions_of
+from agent_cir.retrieval.gallery import captions_of
 from agent_cir.grid import grid_capacity
 from agent_cir.rerank.aggregate import fuse_scores
 from agent_cir.rerank.context import RerankContext

@@ -24,7 +24,7 @@ def search_index(
     q = normalise((1 - alpha) * img + alpha * txt). Every gallery copy of the reference image (same content)
     is left out of its results when ``exclude_reference``. The reference is decoded as the indexer decodes
     gallery images (``encode_image_file``: EXIF orientation, bomb guard)."""
-    from agent_cir.gallery import RetrievalGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.index.gallery_index import encode_image_file, reference_hash
 
     if mode not in ("text", "image", "fusion"):

@@ -24,7 +24,7 @@ from agent_cir.fusion import (
     weighted_fusion,
     weimocir_query,
 )
-from agent_cir.gallery import RetrievalGallery
+from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.types import QueryState, StageRecord

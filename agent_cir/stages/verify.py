@@ -20,7 +20,7 @@ from typing import Any
 
 from agent_cir.config import RefineConfig, VerifyConfig
 from agent_cir.errors import AgentCirError
-from agent_cir.gallery import captions_of
+from agent_cir.retrieval.gallery import captions_of
 from agent_cir.prompts import load_prompt
 from agent_cir.rerank.yes_no import YesNo, ask_yes_no
 from agent_cir.retrieval.ranking import Ranking

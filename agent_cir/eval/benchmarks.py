@@ -65,19 +65,18 @@ class Benchmark:
     def load(self, split: str, annotations: str | Path | Sequence[str | Path], images_root: str | Path | None = None,
              categories: Sequence[str] | None = None) -> list[BenchmarkSplit]:
         """Load ``split``; ``categories`` picks FashionIQ categories or GeneCIS tasks (default: all)."""
+        # The arguments are checked before any file is looked for.
+        if categories and not self.categories:
+            with_categories = [b.name for b in BENCHMARKS.values() if b.categories]
+            raise BenchmarkDataError(f"{self.name} has no categories (--category is for {' and '.join(with_categories)})")
+        unknown = [c for c in categories or () if c not in self.categories]
+        if unknown:
+            raise BenchmarkDataError(
+                f"{self.name}: unknown category {', '.join(unknown)}; choose from {', '.join(self.categories)}")
         candidates = [annotations] if isinstance(annotations, (str, Path)) else list(annotations)
         folder = self.locate([Path(c) for c in candidates if c is not None])
         root = Path(images_root).expanduser() if images_root is not None else None
-        chosen: list[str] = []
-        if self.categories:
-            chosen = list(categories) if categories else self.default_categories(folder)
-            unknown = [c for c in chosen if c not in self.categories]
-            if unknown:
-                raise BenchmarkDataError(
-                    f"{self.name}: unknown category {', '.join(unknown)}; choose from {', '.join(self.categories)}")
-        elif categories:
-            with_categories = [b.name for b in BENCHMARKS.values() if b.categories]
-            raise BenchmarkDataError(f"{self.name} has no categories (--category is for {' and '.join(with_categories)})")
+        chosen = list(categories) if categories else self.default_categories(folder)
         return self.load_splits(folder, split, chosen, root)
 
     def prepare(self, split: BenchmarkSplit, work_dir: Path) -> None:

@@ -43,7 +43,8 @@ def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 def supports_yes_probability(handle: Any) -> bool:
     """Whether ``handle`` is a local VLM whose next-token logits we can read."""
     chat = getattr(handle, "chat", None)
-    return (getattr(handle, "backend", None) == "hf-vlm" and callable(getattr(chat, "prepare_inputs", None))
+    capabilities = getattr(handle, "capabilities", None)
+    return (bool(getattr(capabilities, "next_token_logits", False)) and callable(getattr(chat, "prepare_inputs", None))
             and hasattr(type(chat), "weights"))
 
 

@@ -121,9 +121,12 @@ def with_twins(gallery: Any, index: Any) -> Any:
     synthetic = load_twins(index)
     real = np.asarray(gallery.image_embeddings, dtype=np.float32)
     if len(gallery.paths) != len(index.paths) or list(map(str, gallery.paths)) != list(map(str, index.paths)):
-        raise ValueError("with_twins needs the gallery of the index itself (the same items in the same order)")
+        from agent_cir.errors import AgentCirError
+
+        raise AgentCirError("with_twins needs the gallery of the index itself (the same items in the same order)")
     twin_gallery = replace(gallery, image_embeddings=twin_vectors(real, synthetic), index=None, image_norms=None,
                            source=f"{gallery.source} + synthetic twins")
+    twin_gallery.real_embeddings = real  # what a reference that is a gallery item is embedded as
     return twin_gallery
 
 

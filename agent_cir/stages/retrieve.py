@@ -289,7 +289,10 @@ class RetrieveStage:
             plans[position].raw_image = raw_encode is not None
 
     def _gallery_image(self, plan: _Plan, raw: bool) -> np.ndarray:
-        vector = np.asarray(self.gallery.image_embeddings[plan.reference_position], dtype=np.float32)
+        # A twins gallery searches real + twin vectors, but a reference image is its real picture.
+        real = getattr(self.gallery, "real_embeddings", None)
+        source = real if real is not None else self.gallery.image_embeddings
+        vector = np.asarray(source[plan.reference_position], dtype=np.float32)
         norms = self.gallery.image_norms
         if raw and norms is not None:
             plan.raw_image = True

@@ -103,3 +103,26 @@ def test_a_query_without_a_reference_image_fails_alone_with_a_clear_message(tiny
                              progress=False)
     assert [r.query_id for r in results] == ["ok"]
     assert "edits the reference image and this query has none" in pipe.failures[0]["error"]
+
+
+def test_the_report_and_the_demo_show_the_edited_image(tiny_index, tiny_pix2pix_dir, tmp_path) -> None:
+    from agent_cir.demo import view_from_trace
+    from agent_cir.report.build import build_report
+    from agent_cir.report.served import ServedImages
+    from agent_cir.trace.io import TraceWriter
+
+    traces = tmp_path / "run" / "traces.jsonl"
+    traces.parent.mkdir()
+    pipe = Pipeline.from_config(_recipe(tiny_pix2pix_dir, tmp_path / "cache.sqlite"), index=tiny_index,
+                                use_index_encoder=True, artifacts_dir=traces.parent / "traces_artifacts")
+    result = pipe.run(Query(id="q1", text="make it blue", image=str(tiny_index.images_dir / "img0.png")))
+    with TraceWriter(traces) as writer:
+        writer.write(result.trace)
+    index_html = build_report(traces, tmp_path / "report", gallery=[tiny_index.images_dir])
+    page = next((index_html.parent / "queries").glob("*.html")).read_text(encoding="utf-8")
+    section = page.split('id="edited"', 1)[1].split("</section>", 1)[0]
+    assert "Imagined target" in page and "make it blue" in section and "<img" in section
+    assert "outside the gallery" not in section and "not found" not in section
+
+    view = view_from_trace(result.trace, pipe.gallery, served=ServedImages(tmp_path / "served"))
+    assert view.edited is not None and Path(view.edited).is_file() and Path(view.edited).parent == tmp_path / "served"

@@ -126,3 +126,50 @@ def test_the_report_and_the_demo_show_the_edited_image(tiny_index, tiny_pix2pix_
 
     view = view_from_trace(result.trace, pipe.gallery, served=ServedImages(tmp_path / "served"))
     assert view.edited is not None and Path(view.edited).is_file() and Path(view.edited).parent == tmp_path / "served"
+
+
+def test_the_paracosm_recipe_ranks_as_published(tiny_index, tiny_pix2pix_dir, tmp_path) -> None:
+    """paracosm.yaml with its models swapped for tiny ones: score = 0.3 cos(normalise(img(mental) + txt(desc)), g)
+    + 0.7 cos(txt(modification), g), g = normalise(normalise(real) + normalise(twin)) (Paracosm test_cirr_circo.py)."""
+    from agent_cir.backends.image_edit import create_image_editor
+    from agent_cir.config import load_recipe
+    from agent_cir.index.twins import build_twins, load_twins
+    from tests.fixtures.chat import fake_model
+    from tests.test_imagine_tiny import tiny_imagine_config
+
+    twin_settings = tiny_imagine_config(tiny_pix2pix_dir)
+    text2img = tmp_path / "text2img"
+    from tests.test_imagine_tiny import save_tiny_pipeline
+
+    save_tiny_pipeline(text2img, "text2img")
+    build_twins(tiny_index.directory, create_image_editor(tiny_imagine_config(text2img)), twin_settings,
+                captioner=fake_model(["a coloured square"]))
+    recipe = load_recipe("paracosm", {
+        "imagine": {"model": f"diffusers:{tiny_pix2pix_dir}", "steps": 2, "size": 32, "dtype": None,
+                    "cpu_offload": None, "device": "cpu"},
+        "retrieve": {"k": 5}, "cache": {"path": str(tmp_path / "cache.sqlite")}})
+    describer = fake_model(["a blue square on a table"])
+    pipe = Pipeline.from_config(recipe, index=tiny_index, models={"vlm": describer}, use_index_encoder=True,
+                                artifacts_dir=tmp_path / "artifacts")
+    result = pipe.run(Query(id="p", text="make it blue", image=str(tiny_index.images_dir / "img0.png")))
+    imagine = result.typed_trace().stage("imagine")
+    assert imagine.output.description == "a blue square on a table" and len(describer.chat.received) == 1
+
+    encoder = tiny_index.load_encoder()
+    encode_image = getattr(encoder, "encode_images_raw", encoder.encode_images)
+    encode_text = getattr(encoder, "encode_texts_raw", encoder.encode_texts)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    mental = encode_image([Image.open(imagine.output.path).convert("RGB")])[0]
+    description = encode_text(["a blue square on a table"])[0]
+    q_img = unit(mental + description)
+    q_txt = unit(encode_text(["make it blue"])[0])
+    real, twin = np.asarray(tiny_index.embeddings), load_twins(tiny_index)
+    scores = {}
+    for row, gallery_id in enumerate(tiny_index.ids):
+        if gallery_id in ("img0.png", "copy_of_img0.png"):
+            continue
+        g = unit(unit(real[row]) + unit(twin[row]))
+        scores[gallery_id] = 0.3 * float(q_img @ g) + 0.7 * float(q_txt @ g)
+    order = sorted(scores, key=lambda g: (-scores[g], tiny_index.ids.index(g)))[:5]
+    assert [c.id for c in result.candidates] == order
+    assert [c.score for c in result.candidates] == pytest.approx([scores[g] for g in order], abs=1e-5)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.atomic import write_bytes_atomic
-from agent_cir.backends.image_edit import EditRequest, ImageEditError, ImageEditor
+from agent_cir.backends.image_edit.base import EditRequest, ImageEditError, ImageEditor
 from agent_cir.cache import ModelCache
 from agent_cir.hashing import bytes_hash
 from agent_cir.types import ModelCall

@@ -18,7 +18,7 @@ import io
 import threading
 from typing import Any
 
-from agent_cir.backends.image_edit import EditRequest, ImageEditError
+from agent_cir.backends.image_edit.base import EditRequest, ImageEditError
 
 _EXTRA = "pip install 'agent-cir[edit]' (from a clone: pip install -c requirements/constraints.txt -e '.[edit]')"
 

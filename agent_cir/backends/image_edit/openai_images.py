@@ -15,7 +15,7 @@ import io
 import os
 from typing import Any
 
-from agent_cir.backends.image_edit import EditRequest, ImageEditError
+from agent_cir.backends.image_edit.base import EditRequest, ImageEditError
 
 LOCAL_KEY_PLACEHOLDER = "not-needed"
 

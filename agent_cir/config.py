@@ -619,6 +619,20 @@ def recipe_needs(recipe: Recipe) -> dict[str, Any]:
             servers.append(f"ollama ({model.base_url or 'localhost:11434'}) with {name} pulled")
         elif provider in ("hf", "hf-vlm"):
             weights.append(f"transformers {name}")
+    imagine = recipe.imagine
+    if imagine.enabled:
+        provider, _, name = imagine.model.partition(":")
+        if provider == "openai-images":
+            if imagine.base_url:
+                servers.append(f"OpenAI-compatible images server at {imagine.base_url} serving {name}")
+            else:
+                keys.append(imagine.api_key_env or "OPENAI_API_KEY")
+        else:
+            weights.append(f"image-edit {imagine.model} (pip install 'agent-cir[edit]')")
+        if imagine.describe_model and imagine.describe_model in recipe.models:
+            weights.append(f"describer {recipe.models[imagine.describe_model].spec}")
+    if recipe.retrieve.gallery_twins:
+        data.append("the index's synthetic twins (agent_cir.index.twins.build_twins)")
     captions = recipe.retrieve.gallery_captions
     if captions is not None:
         data.append(f"gallery captions JSON ({captions.path or '--gallery-captions'})")

@@ -77,8 +77,14 @@ class ImagineStage:
                 f"query {query.id}: the imagine stage edits the reference image and this query has none; give "
                 "--image, or disable imagine (and retrieve.mode dual) for text-only queries"
             )
+        from agent_cir.index.decode import load_image
+        from agent_cir.index.reasons import BadImageError
+
         try:
+            load_image(reference).close()  # the indexer's checks: a decodable image within the pixel limits
             return Path(reference).read_bytes()
+        except BadImageError as err:
+            raise ImagineInputError(f"query {query.id}: reference image {reference} cannot be edited: {err}") from err
         except OSError as err:
             raise ImagineInputError(f"query {query.id}: reference image {reference} cannot be read "
                                     f"({err.strerror or err})") from err

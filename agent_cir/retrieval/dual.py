@@ -68,6 +68,24 @@ def rrf_fuse(text: Ranking, image: Ranking, weight: float, rrf_k: int = 60) -> R
                                text.ids, text.paths, text.lookup)
 
 
+def dual_query_rows(text_query: np.ndarray, image_vector: np.ndarray, description_vector: np.ndarray | None,
+                    fusion: str, weight: float) -> np.ndarray:
+    """The search rows of one dual query: the mixed row for ``mix`` (its scores are the mix), else the two unit
+    path queries [q_txt, q_img] whose rankings :func:`fuse_path_rankings` fuses."""
+    image_query = paracosm_image_query(image_vector, description_vector)
+    if fusion == "mix":
+        return mix_query(text_query, image_query, weight)
+    return np.stack([normalise(text_query), image_query])
+
+
+def fuse_path_rankings(text: Ranking, image: Ranking, fusion: str, weight: float,
+                       rrf_k: int = 60) -> tuple[Ranking, dict[str, list[str]]]:
+    """(the fused ranking, each path's own top ids). ``wiser``: the pool in equal-weight rrf order (the verifier's
+    confidences make the final order); ``rrf``: weighted by ``weight``."""
+    fused = rrf_fuse(text, image, 0.5 if fusion == "wiser" else weight, rrf_k)
+    return fused, {"text": text.head_ids(), "image": image.head_ids()}
+
+
 def path_confidences(rounds: Sequence[Sequence[tuple[str, float | None, float]]],
                      paths: Sequence[Mapping[str, Sequence[str]]]) -> tuple[dict[str, float], dict[str, float],
                                                                              dict[str, float]]:

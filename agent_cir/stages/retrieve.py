@@ -24,7 +24,7 @@ from agent_cir.fusion import (
     weighted_fusion,
     weimocir_query,
 )
-from agent_cir.retrieval.dual import check_dual_gallery, mix_query, paracosm_image_query, rrf_fuse
+from agent_cir.retrieval.dual import check_dual_gallery, dual_query_rows, fuse_path_rankings
 from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
@@ -388,15 +388,13 @@ class RetrieveStage:
 
     def _dual_query(self, plan: _Plan, text: dict[str, np.ndarray], stack: Any) -> tuple[np.ndarray, dict]:
         config = self.config
-        text_query = mean_embedding(stack(plan.texts))
         description = text[plan.description] if plan.description else None
-        image_query = paracosm_image_query(plan.edited_vector, description)
+        rows = dual_query_rows(mean_embedding(stack(plan.texts)), plan.edited_vector, description,
+                               config.dual_fusion, config.dual_weight)
         extra: dict[str, Any] = {"dual_weight": config.dual_weight, "dual_fusion": config.dual_fusion}
         if plan.description:
             extra["edited_description"] = plan.description
-        if config.dual_fusion == "mix":
-            return mix_query(text_query, image_query, config.dual_weight), extra
-        return np.stack([normalise(text_query), image_query]), extra
+        return rows, extra
 
     def _fuse_paths(self, plans: list[_Plan], searched: list[int], rankings: list[Ranking],
                     extras: dict[int, dict[str, Any]]) -> tuple[list[int], list[Ranking]]:
@@ -413,10 +411,9 @@ class RetrieveStage:
                 fused.append(rankings[position])
                 position += 1
                 continue
-            text_ranking, image_ranking = rankings[position], rankings[position + 1]
-            weight = 0.5 if config.dual_fusion == "wiser" else config.dual_weight
-            fused.append(rrf_fuse(text_ranking, image_ranking, weight, config.dual_rrf_k))
-            paths = {"text": text_ranking.head_ids(), "image": image_ranking.head_ids()}
+            ranking, paths = fuse_path_rankings(rankings[position], rankings[position + 1], config.dual_fusion,
+                                                config.dual_weight, config.dual_rrf_k)
+            fused.append(ranking)
             extras[i]["paths"] = {name: ids[: TRACE_HEAD] for name, ids in paths.items()}
             if config.dual_fusion == "wiser":
                 plans[i].state.dual_paths.append({"round": plans[i].state.round, **paths})

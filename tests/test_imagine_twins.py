@@ -181,3 +181,22 @@ def test_twins_of_another_generation_are_refused(tiny_index, tiny_text2img_dir, 
 def test_an_index_without_twins_says_how_to_make_them(tiny_index) -> None:
     with pytest.raises(TwinsError, match="build_twins"):
         load_twins(tiny_index)
+
+
+def test_twins_are_embedded_through_the_named_encoding_engine(tiny_index, tiny_text2img_dir) -> None:
+    from agent_cir.index.encode import ENGINES, local_engine
+
+    seen: list[list[str]] = []
+
+    def recording_engine(job):
+        seen.append([entry.path for entry in job.entries])
+        yield from local_engine(job)
+
+    ENGINES["recording"] = recording_engine
+    try:
+        settings = tiny_imagine_config(tiny_text2img_dir)
+        build_twins(tiny_index.directory, create_image_editor(settings), settings, captioner=_captioner(),
+                    engine="recording")
+    finally:
+        ENGINES.pop("recording")
+    assert len(seen) == 1 and sorted(seen[0]) == sorted(f"{digest}.png" for digest in set(tiny_index.hashes))

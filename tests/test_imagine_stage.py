@@ -116,3 +116,17 @@ def test_a_registered_backend_is_built_from_its_spec() -> None:
         IMAGE_EDIT_BACKENDS.pop("recording")
     with pytest.raises(ValueError):
         register_image_edit_backend("bad:prefix", lambda model, config: RecordingEditor())
+
+
+def test_a_secret_in_extra_reaches_neither_the_trace_nor_the_cache_key(reference: Path, tmp_path: Path) -> None:
+    from agent_cir.backends.image_edit.cached import edit_cache_key
+
+    secret = "sk-very-secret-value-123"
+    config = ImagineConfig(enabled=True, extra={"extra_headers": {"Authorization": f"Bearer {secret}"}})
+    editor = RecordingEditor()
+    record = ImagineStage(config, editor, ModelCache(tmp_path / "c.sqlite")).run(_state("make it red", reference))
+    assert secret not in repr(record.calls[0].params)
+    other = EditRequest("p", None, extra={"extra_headers": {"Authorization": "Bearer another-secret-456"}})
+    same = EditRequest("p", None, extra={"extra_headers": {"Authorization": f"Bearer {secret}"}})
+    assert edit_cache_key(editor, other, "h") == edit_cache_key(editor, same, "h")
+    assert editor.requests[0].extra["extra_headers"]["Authorization"] == f"Bearer {secret}"  # the backend gets it

@@ -19,6 +19,7 @@ from agent_cir.atomic import write_bytes_atomic
 from agent_cir.backends.image_edit.base import EditRequest, ImageEditError, ImageEditor
 from agent_cir.cache import ModelCache
 from agent_cir.hashing import bytes_hash
+from agent_cir.redact import redact_secrets
 from agent_cir.types import ModelCall
 
 
@@ -36,8 +37,9 @@ class EditOutcome:
 
 def edit_cache_key(editor: ImageEditor, request: EditRequest, prompt_hash: str) -> str:
     reference = bytes_hash(request.reference) if request.reference is not None else None
+    # Secrets (a header in ``extra``) never reach a key or a trace: they do not change the picture.
     return ModelCache.make_key(kind="image_edit", backend=editor.info, prompt_hash=prompt_hash,
-                               prompt=request.prompt, reference=reference, settings=request.settings())
+                               prompt=request.prompt, reference=reference, settings=redact_secrets(request.settings()))
 
 
 def _stored(folder: Path, value: dict[str, Any]) -> bytes | None:
@@ -61,7 +63,7 @@ def edit_image(editor: ImageEditor, request: EditRequest, *, prompt_name: str, p
         return ModelCall(backend=str(info.get("backend", "")), model=str(info.get("model", "")),
                          prompt_name=prompt_name, prompt_hash=prompt_hash, raw=f"image sha256:{sha256}",
                          cache=status, seconds=round(seconds, 4), prompt=request.prompt,  # type: ignore[arg-type]
-                         images=[reference] if reference else [], params=request.settings())
+                         images=[reference] if reference else [], params=redact_secrets(request.settings()))
 
     started = time.perf_counter()
     key = edit_cache_key(editor, request, prompt_hash) if cache is not None else None

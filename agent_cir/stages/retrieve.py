@@ -462,7 +462,7 @@ class RetrieveStage:
                     f"query {plans[i].state.query.id}: {err}"
                 )
                 continue
-            for row in np.atleast_2d(query) if query.ndim == 2 else [query]:
+            for row in np.atleast_2d(query):  # a dual rrf / wiser query searches two rows, one per path
                 rows.append(row)
                 searched.append(i)
         rankings = []

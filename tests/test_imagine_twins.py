@@ -200,3 +200,14 @@ def test_twins_are_embedded_through_the_named_encoding_engine(tiny_index, tiny_t
     finally:
         ENGINES.pop("recording")
     assert len(seen) == 1 and sorted(seen[0]) == sorted(f"{digest}.png" for digest in set(tiny_index.hashes))
+
+
+def test_an_index_build_can_draw_the_twins_right_after(tmp_path, tiny_open_clip_encoder, tiny_text2img_dir) -> None:
+    from agent_cir.index.twins import TwinsRequest
+
+    settings = tiny_imagine_config(tiny_text2img_dir)
+    editor = CountingEditor(create_image_editor(settings))
+    index = GalleryIndex.build(_gallery(tmp_path / "gallery"), tmp_path / "index", tiny_open_clip_encoder, workers=0,
+                               progress=False, twins=TwinsRequest(editor, settings, captioner=_captioner()))
+    assert editor.calls == 6 and load_twins(index).shape == (7, index.dim)
+    assert any(note.startswith("twins: 6 drawn, 0 reused") for note in index.build_summary.notes)

@@ -68,6 +68,20 @@ class TwinsSummary:
                 "seconds_per_image": dict(self.seconds), "cache_hits": self.cache_hits}
 
 
+@dataclass
+class TwinsRequest:
+    """Twins to build right after an index build (``GalleryIndex.build(..., twins=TwinsRequest(...))``): the
+    arguments of :func:`build_twins`; ``engine`` None uses the build's own encoding engine."""
+
+    generator: Any
+    settings: Any
+    captioner: Any = None
+    captions: Mapping[str, str] | None = None
+    cache: Any = None
+    engine: Any = None
+    engine_options: dict[str, Any] | None = None
+
+
 def twins_folder(index_dir: str | Path) -> Path:
     return Path(index_dir) / TWINS_DIR
 

@@ -142,7 +142,7 @@ def test_the_paracosm_recipe_ranks_as_published(tiny_index, tiny_pix2pix_dir, tm
     from tests.test_imagine_tiny import save_tiny_pipeline
 
     save_tiny_pipeline(text2img, "text2img")
-    build_twins(tiny_index.directory, create_image_editor(tiny_imagine_config(text2img)), twin_settings,
+    build_twins(tiny_index, create_image_editor(tiny_imagine_config(text2img)), twin_settings,
                 captioner=fake_model(["a coloured square"]))
     recipe = load_recipe("paracosm", {
         "imagine": {"model": f"diffusers:{tiny_pix2pix_dir}", "steps": 2, "size": 32, "dtype": None,

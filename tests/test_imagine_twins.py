@@ -62,7 +62,7 @@ class FailingAfter(CountingEditor):
 def test_twins_build_one_per_distinct_image_and_record_their_cost(tiny_index, tiny_text2img_dir, tmp_path) -> None:
     settings = tiny_imagine_config(tiny_text2img_dir)
     editor = CountingEditor(create_image_editor(settings))
-    summary = build_twins(tiny_index.directory, editor, settings, captioner=_captioner())
+    summary = build_twins(tiny_index, editor, settings, captioner=_captioner())
     assert (summary.total, summary.generated, summary.reused) == (6, 6, 0)
     assert editor.calls == 6
     meta = twins_meta(tiny_index)
@@ -89,13 +89,13 @@ def test_a_crashed_build_resumes_without_drawing_finished_twins(tiny_index, tiny
     settings = tiny_imagine_config(tiny_text2img_dir)
     inner = create_image_editor(settings)
     with pytest.raises(ImageEditError, match="simulated crash"):
-        build_twins(tiny_index.directory, FailingAfter(inner, 2), settings, captioner=_captioner(), cache=None)
+        build_twins(tiny_index, FailingAfter(inner, 2), settings, captioner=_captioner(), cache=None)
     journal = twins_folder(tiny_index.directory) / JOURNAL_NAME
     assert len(journal.read_text().splitlines()) == 2
     with open(journal, "a", encoding="utf-8") as handle:
         handle.write('{"hash": "torn')  # a line cut by a kill
     resumed = CountingEditor(inner)
-    summary = build_twins(tiny_index.directory, resumed, settings, captioner=_captioner(), cache=None)
+    summary = build_twins(tiny_index, resumed, settings, captioner=_captioner(), cache=None)
     assert (summary.reused, summary.generated, resumed.calls) == (2, 4, 4)
     assert load_twins(tiny_index).shape == (7, tiny_index.dim)
 
@@ -123,7 +123,9 @@ def test_a_sigkilled_build_resumes(tiny_index, tiny_text2img_dir, tmp_path) -> N
                     os.kill(os.getpid(), signal.SIGKILL)
                 return inner.edit(request)
 
-        build_twins({str(tiny_index.directory)!r}, KilledOnThird(), settings,
+        from agent_cir.index import GalleryIndex
+
+        build_twins(GalleryIndex.load({str(tiny_index.directory)!r}), KilledOnThird(), settings,
                     captioner=fake_model(respond=lambda m: "a coloured square"), cache=None)
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -131,7 +133,7 @@ def test_a_sigkilled_build_resumes(tiny_index, tiny_text2img_dir, tmp_path) -> N
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     settings = tiny_imagine_config(tiny_text2img_dir)
     resumed = CountingEditor(create_image_editor(settings))
-    summary = build_twins(tiny_index.directory, resumed, settings, captioner=_captioner(), cache=None)
+    summary = build_twins(tiny_index, resumed, settings, captioner=_captioner(), cache=None)
     assert (summary.reused, summary.generated, resumed.calls) == (2, 4, 4)
 
 
@@ -140,7 +142,7 @@ def test_search_scores_real_plus_twin(tiny_index, tiny_text2img_dir, tiny_open_c
     from agent_cir.types import Query
 
     settings = tiny_imagine_config(tiny_text2img_dir)
-    build_twins(tiny_index.directory, create_image_editor(settings), settings, captioner=_captioner())
+    build_twins(tiny_index, create_image_editor(settings), settings, captioner=_captioner())
     recipe = {"encoder": {"model": tiny_index.encoder_info.get("model"), "pretrained": "none"},
               "retrieve": {"mode": "image", "k": 7, "gallery_twins": True, "exclude_reference": False}}
     pipe = Pipeline.from_config(recipe, index=tiny_index, use_index_encoder=True)
@@ -166,14 +168,14 @@ def test_search_scores_real_plus_twin(tiny_index, tiny_text2img_dir, tiny_open_c
 
 def test_twins_of_another_generation_are_refused(tiny_index, tiny_text2img_dir, tmp_path) -> None:
     settings = tiny_imagine_config(tiny_text2img_dir)
-    build_twins(tiny_index.directory, create_image_editor(settings), settings, captioner=_captioner())
+    build_twins(tiny_index, create_image_editor(settings), settings, captioner=_captioner())
     Image.new("RGB", (36, 36), (1, 2, 3)).save(tiny_index.images_dir / "new.png")
     newer = GalleryIndex.build(tiny_index.images_dir, tiny_index.directory, tiny_index.load_encoder(), workers=0,
                                progress=False)
     with pytest.raises(TwinsError, match="build the twins again"):
         load_twins(newer)
     resumed = CountingEditor(create_image_editor(settings))
-    summary = build_twins(newer.directory, resumed, settings, captioner=_captioner())
+    summary = build_twins(newer, resumed, settings, captioner=_captioner())
     assert (summary.generated, resumed.calls) == (1, 1)  # only the new image is drawn
     assert load_twins(GalleryIndex.load(newer.directory)).shape[0] == 8
 
@@ -195,7 +197,7 @@ def test_twins_are_embedded_through_the_named_encoding_engine(tiny_index, tiny_t
     ENGINES["recording"] = recording_engine
     try:
         settings = tiny_imagine_config(tiny_text2img_dir)
-        build_twins(tiny_index.directory, create_image_editor(settings), settings, captioner=_captioner(),
+        build_twins(tiny_index, create_image_editor(settings), settings, captioner=_captioner(),
                     engine="recording")
     finally:
         ENGINES.pop("recording")

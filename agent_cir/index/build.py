@@ -294,7 +294,7 @@ def build_index(
     if twins is not None:  # after the publish, under the twins' own lock: a failure keeps the new index
         from agent_cir.index.twins import build_twins
 
-        made = build_twins(out, twins.generator, twins.settings, captioner=twins.captioner, captions=twins.captions,
+        made = build_twins(index, twins.generator, twins.settings, captioner=twins.captioner, captions=twins.captions,
                            cache=twins.cache, engine=twins.engine or engine,
                            engine_options=twins.engine_options or engine_options, batch_size=batch_size,
                            workers=workers, progress=progress, wait=wait)

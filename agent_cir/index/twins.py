@@ -129,7 +129,7 @@ def _caption(captioner: Any, image_path: str, cache: Any) -> tuple[str, float, b
 
 
 def build_twins(
-    index_dir: str | Path,
+    index: Any,
     generator: Any,
     settings: Any,
     *,
@@ -144,17 +144,15 @@ def build_twins(
     progress: bool = False,
     wait: bool = False,
 ) -> TwinsSummary:
-    """Caption every distinct image of the index at ``index_dir``, draw its twin with ``generator`` (an
+    """Caption every distinct image of ``index`` (a ``GalleryIndex``), draw its twin with ``generator`` (an
     ``ImageEditor`` given text only; ``settings``: an ``ImagineConfig`` for steps, guidance, seed, size), embed
     the twins with the index's encoder through ``engine``, and write them beside the index (see the module
     docstring). ``captions`` (gallery id -> caption) replaces the captioner where it has an entry."""
     from agent_cir.backends.image_edit import request_from_config
     from agent_cir.backends.image_edit.cached import edit_image
-    from agent_cir.index.gallery_index import GalleryIndex
     from agent_cir.prompts import load_prompt
 
-    index_dir = Path(index_dir)
-    index = GalleryIndex.load(index_dir)
+    index_dir = Path(index.directory)
     if captioner is None and captions is None:
         raise TwinsError(f"twins of {index_dir} need a captioner (a chat VLM) or gallery captions to draw from")
     prompt_hash = load_prompt(CAPTION_PROMPT).hash

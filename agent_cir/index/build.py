@@ -38,11 +38,13 @@ from agent_cir.index.generation import (
     publish,
     write_generation,
 )
+from agent_cir.index.journal import KILLED_DETAIL, DecodeJournal
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
 from agent_cir.index.out_folder import check_out_folder, ensure_marker
 from agent_cir.index.plan import plan_build
+from agent_cir.index.reasons import REASON_DECODER_CRASH
 from agent_cir.index.scan import scan_gallery
 
 if TYPE_CHECKING:
@@ -159,6 +161,17 @@ def _check_batch(batch: EncodedBatch, dim: int, pending: dict[str, ManifestEntry
         pending.pop(entry.path)
 
 
+def _mark_killers(journal: DecodeJournal, checkpoint: CheckpointStore) -> None:
+    """Files that killed an earlier build while decoded alone become known failures, durably, never decoded again."""
+    killers = [(digest, REASON_DECODER_CRASH, KILLED_DETAIL) for digest in sorted(journal.killers - set(checkpoint.failures))]
+    if not killers:
+        return
+    log.warning("%d file(s) killed an earlier build while being decoded; they are skipped (%s)", len(killers), REASON_DECODER_CRASH)
+    checkpoint.append([], np.zeros((0, checkpoint.dim), dtype=np.float32), killers)
+    for digest, reason, detail in killers:
+        checkpoint.failures[digest] = (reason, detail)
+
+
 def build_index(
     cls: type[GalleryIndex],
     images_dir: str | Path,
@@ -203,6 +216,8 @@ def build_index(
         previous, keep = _previous_generation(out, encoder, root, summary.notes)
         checkpoint = CheckpointStore.open(out, encoder.info, dim)
         fault_point("checkpoint-opened")
+        journal = DecodeJournal.open(out)
+        _mark_killers(journal, checkpoint)
         previous_rows: dict[str, int] = {}
         if previous is not None:
             for entry in previous.entries:
@@ -218,7 +233,8 @@ def build_index(
         encoded_paths: set[str] = set()
         pending = {e.path: e for e in plan.to_encode}
         job = EncodeJob(
-            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks
+            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks,
+            journal=journal, suspects=frozenset(journal.suspects),
         )
         encode_started = time.perf_counter()
         try:
@@ -284,6 +300,7 @@ def build_index(
         collect_garbage(out, {generation} | ({keep} if keep else set()))
         fault_point("old-generations-removed")
         checkpoint.discard()
+        journal.discard()
         fault_point("checkpoints-removed")
         index = cls(out)
     index.build_summary = summary

@@ -62,6 +62,7 @@ def _killing_build(config: Path, gallery: Path, out: Path) -> tuple[int, list[st
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_a_file_that_kills_the_build_itself_is_marked_bad_and_never_kills_again(
     tmp_path, tiny_open_clip_config, tiny_open_clip_encoder, monkeypatch
 ) -> None:
@@ -156,3 +157,34 @@ def test_in_process_decode_bounds_the_decoded_size_and_survives_a_memory_error(t
     index = GalleryIndex.build(gallery, tmp_path / "idx", tiny_open_clip_encoder, batch_size=4, workers=0, progress=False)
     assert index.ids == ["ok.png"]
     assert {e.path: e.reason for e in index.skipped} == {"hog.png": REASON_CORRUPT, "strip.png": REASON_ELONGATED}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)  # before: Ray Data retried the dead task forever (max_retries=-1), a hang
+def test_a_file_that_kills_its_ray_decode_worker_is_marked_bad_in_the_same_run(tmp_path, tiny_open_clip_encoder, monkeypatch) -> None:
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    import signal
+
+    gallery = tmp_path / "gallery"
+    for seed in range(5):
+        _photo(gallery / f"a{seed}.png", seed)
+    Image.new("RGB", (41, 31), "red").save(gallery / "k.png")
+    real_preprocess = tiny_open_clip_encoder.preprocess
+
+    def preprocess_or_die(image):  # runs in the Ray decode task: kills its worker as the OOM killer would
+        if image.size == (41, 31):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_preprocess(image)
+
+    monkeypatch.setattr(tiny_open_clip_encoder, "preprocess", preprocess_or_die)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    try:
+        index = GalleryIndex.build(
+            gallery, tmp_path / "idx", tiny_open_clip_encoder, batch_size=2, workers=0, progress=False, engine="ray",
+            engine_options={"decode_num_cpus": 0.5},
+        )
+    finally:
+        ray.shutdown()
+    assert sorted(index.ids) == [f"a{seed}.png" for seed in range(5)]
+    assert {e.path: e.reason for e in index.skipped} == {"k.png": REASON_DECODER_CRASH}

@@ -38,6 +38,7 @@ from agent_cir.index.generation import (
     publish,
     write_generation,
 )
+from agent_cir.index.images_root import images_dir_problem
 from agent_cir.index.journal import KILLED_DETAIL, DecodeJournal
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
@@ -199,6 +200,9 @@ def build_index(
     out = Path(out_dir).expanduser()
     if not root.is_dir():
         raise AgentCirError(f"images folder not found: {root}")
+    problem = images_dir_problem(str(root))
+    if problem is not None:
+        raise AgentCirError(f"images folder {root} {problem}; it cannot be indexed (an index would serve its files)")
     batch_size = batch_size or getattr(encoder, "batch_size", 64)
     workers = default_workers() if workers is None else workers
     dim = int(encoder.dim)

@@ -109,6 +109,12 @@ def test_the_journal_reads_a_torn_line_and_tells_suspects_from_killers(tmp_path)
     (out / JOURNAL_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"begin": "r3-', encoding="utf-8")
     journal = DecodeJournal.open(out)
     assert journal.killers == {"h4"} and journal.suspects == {"h3", "h5"}
+    with journal.decoding(["h6", "h7"]):  # written after the torn line, not glued onto it
+        pass
+    with journal.decoding(["h8"]):
+        (out / JOURNAL_NAME).write_text((out / JOURNAL_NAME).read_text(encoding="utf-8"), encoding="utf-8")
+        reread = DecodeJournal.open(out)
+    assert "h8" in reread.killers and reread.suspects == {"h3", "h5"}  # h6, h7 ended; h8 still begun when read
 
 
 def test_a_journal_the_index_did_not_write_is_not_trusted(tmp_path) -> None:

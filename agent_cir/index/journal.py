@@ -30,6 +30,17 @@ JOURNAL_NAME = "decoding.jsonl"
 KILLED_DETAIL = "the build was killed (out of memory, or a decoder crash) while decoding it alone; it is not decoded again"
 
 
+def _ends_torn(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
 @dataclass
 class DecodeJournal:
     out: Path
@@ -74,11 +85,13 @@ class DecodeJournal:
         return journal
 
     def _append(self, record: dict, durable: bool) -> None:
+        prefix = ""
         if not self._open:
             claim(self.out, JOURNAL_NAME)
             self._open = True
+            prefix = "\n" if _ends_torn(self.path) else ""  # never glue a record onto a killed run's half line
         with open_nofollow_file(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write(prefix + json.dumps(record, sort_keys=True) + "\n")
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

@@ -194,3 +194,18 @@ def test_a_file_that_kills_its_ray_decode_worker_is_marked_bad_in_the_same_run(t
         ray.shutdown()
     assert sorted(index.ids) == [f"a{seed}.png" for seed in range(5)]
     assert {e.path: e.reason for e in index.skipped} == {"k.png": REASON_DECODER_CRASH}
+
+
+def test_a_file_that_is_not_an_image_is_recorded_with_a_reason_a_person_can_read(tmp_path, tiny_open_clip_encoder) -> None:
+    gallery = tmp_path / "gallery"
+    _photo(gallery / "ok.png", 1)
+    (gallery / "notes.png").write_text("shopping list: milk\n", encoding="utf-8")
+    (gallery / "archive.jpg").write_bytes(b"PK\x03\x04\x14\x00\x00\x00")
+    index = GalleryIndex.build(gallery, tmp_path / "idx", tiny_open_clip_encoder, batch_size=4, workers=0, progress=False)
+    details = {e.path: e.detail for e in index.skipped}
+    assert details == {
+        "notes.png": "no image format Pillow reads starts like this file (first bytes: 'shopping list: m')",
+        "archive.jpg": "no image format Pillow reads starts like this file (first bytes: 50 4b 03 04 14 00 00 00)",
+    }
+    manifest = (index.generation_dir / "manifest.jsonl").read_text(encoding="utf-8")
+    assert "_io." not in manifest and "name=" not in manifest  # before: "<_io.BufferedReader name=40>"

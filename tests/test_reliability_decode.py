@@ -209,3 +209,12 @@ def test_a_file_that_is_not_an_image_is_recorded_with_a_reason_a_person_can_read
     }
     manifest = (index.generation_dir / "manifest.jsonl").read_text(encoding="utf-8")
     assert "_io." not in manifest and "name=" not in manifest  # before: "<_io.BufferedReader name=40>"
+
+
+def test_a_batch_this_process_survived_leaves_no_suspects(tmp_path) -> None:
+    out = tmp_path / "idx"
+    journal = DecodeJournal.open(out)
+    with pytest.raises(KeyboardInterrupt), journal.decoding(["h1", "h2"]):
+        raise KeyboardInterrupt  # Ctrl-C mid-batch: the process lived, no file killed it
+    reread = DecodeJournal.open(out)
+    assert reread.suspects == set() and reread.killers == set()

@@ -102,9 +102,11 @@ class DecodeJournal:
         self._batches += 1
         batch = f"{self._run}-{self._batches}"
         self._append({"begin": batch, "hashes": list(hashes)}, durable=True)
-        yield
-        # Not fsynced: a lost ``end`` only makes the next run decode these files one by one.
-        self._append({"end": batch}, durable=False)
+        try:
+            yield
+        finally:  # an exception (Ctrl-C included) means this process survived the batch: no file to blame
+            # Not fsynced: a lost ``end`` only makes the next run decode these files one by one.
+            self._append({"end": batch}, durable=False)
 
     def discard(self) -> None:
         """Remove the journal (after a generation that records its killers is published)."""

@@ -332,11 +332,17 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user.strip(), password
 
 
-def served_paths(session: DemoSession, pipeline: Any, artifacts_dir: Path | None) -> tuple[list[str], list[str]]:
-    """Gradio's ``allowed_paths`` (only the served folder) and ``blocked_paths`` (the gallery, index and
-    artifacts folders, as a second wall), leaving out any blocked folder that holds the served folder or
-    Gradio's own upload folder (blocking those would break the page)."""
+def served_paths(
+    session: DemoSession, pipeline: Any, artifacts_dir: Path | None, own_artifacts: bool = False
+) -> tuple[list[str], list[str]]:
+    """Gradio's ``allowed_paths`` (the served folder, plus the artifacts folder when ``own_artifacts``: the
+    temporary folder the demo made for its grids, which the trace view names and gradio_client fetches) and
+    ``blocked_paths`` (the gallery, index and a user's artifacts folder, as a second wall), leaving out any
+    blocked folder that holds an allowed one or Gradio's own upload folder (blocking those would break the page)."""
     allowed = [str(session.served.folder)]
+    own = Path(artifacts_dir).expanduser().resolve() if own_artifacts and artifacts_dir else None
+    if own is not None:
+        allowed.append(str(own))
     gallery = getattr(pipeline, "gallery", None)
     candidates: list[Path] = []
     index = getattr(gallery, "index", None)
@@ -347,7 +353,7 @@ def served_paths(session: DemoSession, pipeline: Any, artifacts_dir: Path | None
     if len(parents) <= 64:
         candidates.extend(sorted(parents))
     upload = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-    keep_open = [session.served.folder, upload.resolve()]
+    keep_open = [session.served.folder, upload.resolve(), *([own] if own is not None else [])]
     blocked: list[str] = []
     for folder in candidates:
         real = folder.expanduser().resolve()
@@ -452,7 +458,8 @@ def demo_theme() -> Any:
 
 
 def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | None = None,
-               artifacts_dir: Path | None = None, block: bool = True, auth: str | tuple[str, str] | None = None) -> Any:
+               artifacts_dir: Path | None = None, block: bool = True, auth: str | tuple[str, str] | None = None,
+               own_artifacts: bool = False) -> Any:
     """Start the server. ``block=False`` returns at once (tests); call ``app.close()`` to stop it.
 
     Gradio may serve only the demo's own folder of images it wrote (see ``agent_cir.report.served``);
@@ -464,7 +471,7 @@ def launch_app(app: Any, pipeline: Any, host: str = "127.0.0.1", port: int | Non
     warning = network_warning(host)
     if warning:
         print(warning, file=sys.stderr)
-    allowed, blocked = served_paths(app.agent_cir_session, pipeline, artifacts_dir)
+    allowed, blocked = served_paths(app.agent_cir_session, pipeline, artifacts_dir, own_artifacts)
     return app.queue().launch(
         server_name=host, server_port=port, share=False, inbrowser=False, quiet=not block,
         prevent_thread_lock=not block, allowed_paths=allowed, blocked_paths=blocked or None, ssr_mode=False,
@@ -505,5 +512,6 @@ def launch_demo(config: str | Path, index: str | Path, host: str = "127.0.0.1", 
         exit_cleanly_on_sigterm()
     pipeline = Pipeline.from_config(config, index=index, models=models, artifacts_dir=artifacts)
     app = build_demo(pipeline, title=f"agent_cir demo · {pipeline.recipe.name}")
-    launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block, auth=auth)
+    launch_app(app, pipeline, host=host, port=port, artifacts_dir=artifacts, block=block, auth=auth,
+               own_artifacts=not artifacts_dir)
     return app

@@ -49,7 +49,8 @@ def test_readme_python_example_runs_as_written(tmp_path: Path):
     assert len(code.splitlines()) <= 12, "the README's example stays short"
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "AGENT_CIR_CACHE": str(tmp_path / "cache.sqlite")}
+           "AGENT_CIR_CACHE": str(tmp_path / "cache.sqlite"), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -60,7 +61,8 @@ def test_readme_python_example_runs_as_written(tmp_path: Path):
     ranked = [line.split() for line in lines[1:]]
     assert [int(row[0]) for row in ranked] == [1, 2, 3, 4, 5]
     assert "two_red_circles_on_blue.jpg" not in [row[1] for row in ranked], "the reference is excluded"
-    assert (tmp_path / "idx" / "CURRENT").is_file()  # a published index generation
+    assert [p.name for p in (tmp_path / "tmp").glob("agent_cir_example_*/idx/CURRENT")] == ["CURRENT"]  # published
+    assert not (tmp_path / "idx").exists(), "the example writes into the folder it names, not the current one"
 
 
 def test_readme_offline_example_fits_the_shapes_gallery_and_writes_outside_the_clone():

@@ -407,11 +407,14 @@ class PreparedCall:
     prompt_text: str
     key: str | None
     started: float
+    miss_status: str = "miss"
+    """How a call the store could not answer is traced (eval/answers.RunAnswers, a run's own store: "off")."""
 
     def langchain_messages(self) -> list[BaseMessage]:
         return to_langchain_messages(self.messages, [data_url(data, mime) for data, mime in self.encoded])
 
     def record(self, raw: str, cache: str, usage: dict[str, Any] | None, params: dict[str, Any]) -> ModelCall:
+        cache = self.miss_status if cache == "miss" else cache
         raw, params = cap_raw_answer(raw, params)
         return ModelCall(
             backend=self.handle.backend,
@@ -452,7 +455,7 @@ def prepare_call(
             **key_parts,
         )
     return PreparedCall(handle, prompt, list(messages), encoded, image_hashes, _render_prompt_text(messages), key,
-                        started)
+                        started, getattr(cache, "miss_status", "miss"))
 
 
 def lookup_cached(

@@ -10,14 +10,12 @@ even by SIGKILL.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 from pathlib import Path
 from types import TracebackType
 
 from agent_cir.errors import AgentCirError
+from agent_cir.locks import FolderLock
 
 RUN_LOCK_NAME = ".run.lock"
 FRESH_RUN_ENTRIES = frozenset({RUN_LOCK_NAME, "index"})
@@ -57,45 +55,36 @@ def check_run_folder(out: Path) -> None:
     )
 
 
+def _busy(folder: Path, holder: str) -> AgentCirError:
+    return RunFolderError(
+        f"run folder {folder} is being written by another `agent-cir eval` ({holder}); wait for it to finish, or "
+        "use another --out"
+    )
+
+
+def _symlink(path: Path) -> AgentCirError:
+    return RunFolderError(f"{path} is a symlink; remove it (the eval never writes through symlinks)")
+
+
 class RunFolderLock:
-    """``with RunFolderLock(out):`` checks ``out`` (see the module docstring) and holds it exclusively."""
+    """``with RunFolderLock(out):`` checks ``out`` (see the module docstring) and holds it exclusively
+    (``locks.FolderLock`` on ``out/.run.lock``)."""
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out).expanduser()
-        self._fd: int | None = None
+        self._lock = FolderLock(self.out, RUN_LOCK_NAME, busy=_busy, symlink=_symlink)
 
     def __enter__(self) -> RunFolderLock:
         check_run_folder(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / RUN_LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise RunFolderError(f"{path} is a symlink; remove it (the eval never writes through symlinks)") from err
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            os.close(fd)
-            raise RunFolderError(
-                f"run folder {self.out} is being written by another `agent-cir eval`; wait for it to finish, or "
-                "use another --out"
-            ) from err
-        self._fd = fd
+        self._lock.acquire()
         try:
             check_run_folder(self.out)  # again under the lock
         except BaseException:
-            self.__exit__(None, None, None)
+            self._lock.release()
             raise
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+        self._lock.release()

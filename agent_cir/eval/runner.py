@@ -34,6 +34,7 @@ from agent_cir.eval.datasets import cirr as cirr_data
 from agent_cir.eval.provenance import environment, models_used, prompt_hashes
 from agent_cir.eval.submission import SubmissionError
 from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity, write_failures
+from agent_cir.eval.answers import RunAnswers
 from agent_cir.eval.run_lock import RunFolderLock
 from agent_cir.hashing import content_hash
 from agent_cir.trace.io import TraceWriter, read_typed_traces
@@ -350,6 +351,8 @@ def _run_pending(
 ) -> None:
     from agent_cir.pipeline import Pipeline
 
+    # The cache off: the run's own store (answers.py) keeps every model answer the moment it arrives.
+    answers = RunAnswers(out) if not recipe.cache.enabled and recipe.model_stages() else None
     with TraceWriter(out / "traces.jsonl") as writer:
         for part in splits:
             queries = pending.get(part.name, [])
@@ -364,6 +367,9 @@ def _run_pending(
             pipe = Pipeline.from_config(
                 recipe, gallery=gallery, encoder=encoder, models=models, artifacts_dir=out / "artifacts"
             )
+            if answers is not None and pipe.models:
+                pipe = Pipeline(pipe.recipe, pipe.gallery, pipe.encoder, models=pipe.models, cache=answers,
+                                artifacts_dir=pipe.artifacts_dir)
             by_id = {q.id: q for q in queries}
 
             def record(result: Result, part: BenchmarkSplit = part) -> None:
@@ -383,10 +389,16 @@ def _run_pending(
             def failed(query: Query, error: Exception) -> None:
                 failures[query.id] = str(error)
 
-            pipe.run_batch(
-                queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed,
-                chunk_size=persist_chunk(recipe, max_concurrency),
-            )
+            try:
+                pipe.run_batch(
+                    queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed,
+                    chunk_size=persist_chunk(recipe, max_concurrency),
+                )
+            finally:
+                if answers is not None:
+                    answers.close()
+    if answers is not None and not failures and all(q.id in finished for qs in pending.values() for q in qs):
+        answers.discard()  # every answer it kept is in a trace now
 
 
 UNCACHED_CHUNK = 8

@@ -38,11 +38,14 @@ from agent_cir.index.generation import (
     publish,
     write_generation,
 )
+from agent_cir.index.images_root import images_dir_problem
+from agent_cir.index.journal import KILLED_DETAIL, DecodeJournal
 from agent_cir.index.loader import default_workers
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
 from agent_cir.index.out_folder import check_out_folder, ensure_marker
 from agent_cir.index.plan import plan_build
+from agent_cir.index.reasons import REASON_DECODER_CRASH
 from agent_cir.index.scan import scan_gallery
 
 if TYPE_CHECKING:
@@ -160,6 +163,17 @@ def _check_batch(batch: EncodedBatch, dim: int, pending: dict[str, ManifestEntry
         pending.pop(entry.path)
 
 
+def _mark_killers(journal: DecodeJournal, checkpoint: CheckpointStore) -> None:
+    """Files that killed an earlier build while decoded alone become known failures, durably, never decoded again."""
+    killers = [(digest, REASON_DECODER_CRASH, KILLED_DETAIL) for digest in sorted(journal.killers - set(checkpoint.failures))]
+    if not killers:
+        return
+    log.warning("%d file(s) killed an earlier build while being decoded; they are skipped (%s)", len(killers), REASON_DECODER_CRASH)
+    checkpoint.append([], np.zeros((0, checkpoint.dim), dtype=np.float32), killers)
+    for digest, reason, detail in killers:
+        checkpoint.failures[digest] = (reason, detail)
+
+
 def build_index(
     cls: type[GalleryIndex],
     images_dir: str | Path,
@@ -188,6 +202,9 @@ def build_index(
     out = Path(out_dir).expanduser()
     if not root.is_dir():
         raise AgentCirError(f"images folder not found: {root}")
+    problem = images_dir_problem(str(root))
+    if problem is not None:
+        raise AgentCirError(f"images folder {root} {problem}; it cannot be indexed (an index would serve its files)")
     batch_size = batch_size or getattr(encoder, "batch_size", 64)
     workers = default_workers() if workers is None else workers
     dim = int(encoder.dim)
@@ -205,6 +222,8 @@ def build_index(
         previous, keep = _previous_generation(out, encoder, root, summary.notes)
         checkpoint = CheckpointStore.open(out, encoder.info, dim)
         fault_point("checkpoint-opened")
+        journal = DecodeJournal.open(out)
+        _mark_killers(journal, checkpoint)
         previous_rows: dict[str, int] = {}
         if previous is not None:
             for entry in previous.entries:
@@ -220,7 +239,8 @@ def build_index(
         encoded_paths: set[str] = set()
         pending = {e.path: e for e in plan.to_encode}
         job = EncodeJob(
-            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks
+            root, plan.to_encode, encoder, batch_size, workers, progress, dict(engine_options or {}), confined=not follow_symlinks,
+            journal=journal, suspects=frozenset(journal.suspects),
         )
         encode_started = time.perf_counter()
         try:
@@ -286,6 +306,7 @@ def build_index(
         collect_garbage(out, {generation} | ({keep} if keep else set()))
         fault_point("old-generations-removed")
         checkpoint.discard()
+        journal.discard()
         fault_point("checkpoints-removed")
         index = cls(out)
     index.build_summary = summary

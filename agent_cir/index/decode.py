@@ -22,9 +22,11 @@ Modes: everything becomes 8-bit RGB; 16-bit greyscale is scaled down (>> 8) rath
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -100,6 +102,26 @@ def _fit_decode_budget(image: Image.Image) -> None:
     _check_shape(*image.size)
 
 
+_FILE_OBJECT = re.compile(r"\s*<_io\.\w+ name=[^>]*>")
+"""How Pillow names the open file in its messages ("<_io.BufferedReader name=40>"): nothing a reader can use."""
+
+
+def _readable(detail: str) -> str:
+    return _FILE_OBJECT.sub("", detail).strip() or detail
+
+
+def _unidentified(handle: BinaryIO) -> str:
+    """Why Pillow knew no format for the file, with its first bytes (what a person checks: text, HTML, a zip...)."""
+    try:
+        handle.seek(0)
+        head = handle.read(16)
+    except OSError:
+        head = b""
+    text = head.decode("ascii", "replace")
+    shown = repr(text) if head.isascii() and text.strip().isprintable() else head.hex(" ")
+    return f"no image format Pillow reads starts like this file (first bytes: {shown})"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB of any PIL mode. 16/32-bit greyscale and float images are rescaled, not clipped."""
     if image.mode.startswith("I;16") or image.mode == "I":
@@ -143,9 +165,9 @@ def load_image(path: str | Path, root: str | Path | None = None) -> Image.Image:
             except Image.DecompressionBombError as err:
                 raise BadImageError(REASON_BOMB, one_line(err)) from err
             except UnidentifiedImageError as err:
-                raise BadImageError(REASON_NOT_IMAGE, one_line(err)) from err
+                raise BadImageError(REASON_NOT_IMAGE, _unidentified(handle)) from err
             except _DECODE_ERRORS as err:
                 reason = REASON_TRUNCATED if "truncated" in str(err).lower() else REASON_CORRUPT
-                raise BadImageError(reason, one_line(err)) from err
+                raise BadImageError(reason, _readable(one_line(err))) from err
             except Exception as err:  # noqa: BLE001 - a hostile file may raise anything from a decoder plugin
-                raise BadImageError(REASON_CORRUPT, f"{type(err).__name__}: {one_line(err)}") from err
+                raise BadImageError(REASON_CORRUPT, _readable(f"{type(err).__name__}: {one_line(err)}")) from err

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -55,18 +56,33 @@ def local_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
         return
     from tqdm.auto import tqdm
 
+    # Suspects (files a killed build was decoding) first, one per batch, so a file that kills again is alone.
+    groups = [[e for e in entries if e.hash in job.suspects], [e for e in entries if e.hash not in job.suspects]]
+    with tqdm(total=len(entries), unit="img", desc="encoding", disable=not job.progress, dynamic_ncols=True) as bar:
+        for group, batch_size in zip(groups, (1, job.batch_size)):
+            for batch, done in _encode_group(job, group, batch_size):
+                yield batch
+                bar.update(done)
+
+
+def _encode_group(job: EncodeJob, entries: list[ManifestEntry], batch_size: int) -> Iterator[tuple[EncodedBatch, int]]:
     paths = [str(job.root / e.path) for e in entries]
-    batches = max(1, (len(paths) + job.batch_size - 1) // job.batch_size)
+    batches = max(1, (len(paths) + batch_size - 1) // batch_size)
     workers = min(job.workers, batches) if job.workers > 0 else 0
-    with tqdm(total=len(paths), unit="img", desc="encoding", disable=not job.progress, dynamic_ncols=True) as bar:
-        for batch in iterate_batches(paths, job.encoder.preprocess, job.batch_size, workers, job.confine_root):
-            failures = [_skipped(entries[pos], reason, detail) for pos, reason, detail in batch.failures]
-            if batch.pixels is not None:
-                vectors = np.asarray(job.encoder.encode_images(batch.pixels, batch_size=job.batch_size), dtype=np.float32)
-            else:
-                vectors = np.zeros((0, int(job.encoder.dim)), dtype=np.float32)
-            yield EncodedBatch([entries[pos] for pos in batch.positions], vectors, failures)
-            bar.update(len(batch.positions) + len(batch.failures))
+    journal = job.journal if workers == 0 else None  # decode workers that die are caught by the loader itself
+
+    def decoding(positions: list[int]) -> AbstractContextManager[None]:
+        return journal.decoding([entries[pos].hash for pos in positions])  # type: ignore[union-attr]
+
+    for batch in iterate_batches(
+        paths, job.encoder.preprocess, batch_size, workers, job.confine_root, decoding if journal is not None else None
+    ):
+        failures = [_skipped(entries[pos], reason, detail) for pos, reason, detail in batch.failures]
+        if batch.pixels is not None:
+            vectors = np.asarray(job.encoder.encode_images(batch.pixels, batch_size=batch_size), dtype=np.float32)
+        else:
+            vectors = np.zeros((0, int(job.encoder.dim)), dtype=np.float32)
+        yield EncodedBatch([entries[pos] for pos in batch.positions], vectors, failures), len(batch.positions) + len(failures)
 
 
 def _ray_engine(job: EncodeJob) -> Iterator[EncodedBatch]:

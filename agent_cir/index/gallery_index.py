@@ -27,6 +27,7 @@ from agent_cir.index.encoder_meta import encoder_config_from_meta
 from agent_cir.index.faiss_io import DEFAULT_INDEX_TYPE, tune_search
 from agent_cir.index.files import read_hash
 from agent_cir.index.generation import Generation, open_generation
+from agent_cir.index.images_root import checked_images_dir
 from agent_cir.index.manifest import ManifestEntry
 from agent_cir.index.reasons import BadImageError
 from agent_cir.types import Candidate
@@ -49,6 +50,7 @@ class GalleryIndex:
         current: Generation = open_generation(self.directory, verify=verify)
         self._generation = current
         self.meta: dict[str, Any] = current.meta
+        self._images_dir = checked_images_dir(self.meta, self.directory)
         self.entries: list[ManifestEntry] = current.entries
         self._ok = sorted((e for e in self.entries if e.status == "ok"), key=lambda e: int(e.row))  # type: ignore[arg-type]
         self._embeddings: np.ndarray = current.embeddings
@@ -85,7 +87,8 @@ class GalleryIndex:
 
     @property
     def images_dir(self) -> Path:
-        return Path(self.meta["images_dir"])
+        """The indexed folder (checked on open: images_root.checked_images_dir)."""
+        return self._images_dir
 
     @property
     def ids(self) -> list[str]:

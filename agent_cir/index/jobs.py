@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from agent_cir.encoders.base import Encoder
+from agent_cir.index.journal import DecodeJournal
 from agent_cir.index.manifest import ManifestEntry
 
 
@@ -27,6 +28,10 @@ class EncodeJob:
     options: dict[str, Any] = field(default_factory=dict)
     confined: bool = True
     """Refuse a file that lies outside ``root`` when it is opened (False with ``--follow-symlinks``)."""
+    journal: DecodeJournal | None = None
+    """Where an engine that decodes in the build's own process records each batch before decoding it."""
+    suspects: frozenset[str] = frozenset()
+    """Content hashes of files a killed build was decoding: decode them one per batch."""
 
     @property
     def confine_root(self) -> str | None:

@@ -9,10 +9,12 @@ found through the position each worker records before it decodes a file: it is r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,16 +102,25 @@ def _collate(items: list[tuple[int, Any, str | None, str | None]]) -> DecodedBat
 
 
 def iterate_batches(
-    paths: Sequence[str], preprocess: Callable[[Any], Any], batch_size: int, workers: int, root: str | None = None
+    paths: Sequence[str],
+    preprocess: Callable[[Any], Any],
+    batch_size: int,
+    workers: int,
+    root: str | None = None,
+    decoding: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decoded, preprocessed batches in input order. ``workers=0`` decodes in this process (no overlap).
-    ``root``: every file must lie inside it at open time."""
+    ``root``: every file must lie inside it at open time. ``decoding(positions)``: a context entered around
+    each in-process decode batch (journal.DecodeJournal: a file that kills this process is found by the rerun)."""
     if not paths:
         return
     if workers <= 0:
         dataset = _ImageFiles(paths, preprocess, root)
         for start in range(0, len(dataset), batch_size):
-            yield _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            positions = list(range(start, min(start + batch_size, len(dataset))))
+            with decoding(positions) if decoding is not None else contextlib.nullcontext():
+                batch = _collate([dataset[i] for i in positions])
+            yield batch
         return
     from torch.utils.data import DataLoader
 

@@ -40,11 +40,14 @@ import numpy as np
 
 from agent_cir.errors import AgentCirError
 from agent_cir.index.jobs import EncodedBatch, EncodeJob
-from agent_cir.index.loader import decode_file
+from agent_cir.index.loader import MAX_DECODER_CRASHES, decode_file
 from agent_cir.index.manifest import ManifestEntry
+from agent_cir.index.reasons import REASON_DECODER_CRASH
 
 log = logging.getLogger("agent_cir.index")
 
+DECODE_TASK_RETRIES = 1
+"""Retries of a decode task whose worker died (a node lost mid-task is worth one); then its files are probed."""
 RAY_MISSING = "install the ray extra: pip install 'agent-cir[ray]'"
 
 
@@ -241,6 +244,9 @@ def encode_dataset(ray: Any, job: EncodeJob, opts: RayOptions, entries: list[Man
             batch_format="numpy",
             fn_kwargs={"preprocess": preprocess, "pixel_shape": pixel_shape, "root": job.confine_root},
             num_cpus=opts.decode_num_cpus,
+            # Ray Data retries a task whose worker died without end (max_retries=-1): a file that kills its decode
+            # worker (a decoder segfault, the OOM killer) would be decoded again and again forever.
+            max_retries=DECODE_TASK_RETRIES,
             # Reserving the task's memory also keeps Ray Data from fusing decoding into the actors (it fuses
             # ops with identical remote args only): decode tasks run on any CPU of the cluster, overlapped
             # with embedding, instead of inside the actors one batch after another.
@@ -263,7 +269,11 @@ def encode_dataset(ray: Any, job: EncodeJob, opts: RayOptions, entries: list[Man
 
 
 def ray_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
-    """Decode in Ray tasks, embed in a Ray actor pool, yield batches as they finish (see the module docstring)."""
+    """Decode in Ray tasks, embed in a Ray actor pool, yield batches as they finish (see the module docstring).
+
+    A decode task whose worker dies (``WorkerCrashedError``, ``OutOfMemoryError``) stops the dataset; the files not
+    yet answered are then decoded once each in a task of their own, those whose task dies too are bad files
+    (``REASON_DECODER_CRASH``), and the dataset runs again over the rest, up to ``MAX_DECODER_CRASHES`` files."""
     opts = RayOptions.from_options(job.options)
     entries = list(job.entries)
     require_ray()
@@ -277,10 +287,34 @@ def ray_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
         saved = context.enable_progress_bars, context.print_on_execution_start
         context.enable_progress_bars = context.print_on_execution_start = False  # one bar, ours, for every engine
         bar = tqdm(total=len(entries), unit="img", desc="encoding (ray)", disable=not job.progress, dynamic_ncols=True)
+        remaining, killers = entries, 0
         try:
-            for batch in encode_dataset(ray, job, opts, entries).iter_batches(batch_size=job.batch_size, batch_format="numpy"):
-                yield _encoded_batch(batch, entries)
-                bar.update(len(batch["position"]))
+            while remaining:
+                answered: set[str] = set()
+                try:
+                    dataset = encode_dataset(ray, job, opts, remaining)
+                    for batch in dataset.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
+                        answered.update(remaining[int(position)].path for position in batch["position"])
+                        yield _encoded_batch(batch, remaining)
+                        bar.update(len(batch["position"]))
+                    return
+                except Exception as err:
+                    if not _worker_died(ray, err):
+                        raise
+                    left = [entry for entry in remaining if entry.path not in answered]
+                    dead = _files_that_kill_their_task(ray, job, opts, left)
+                    killers += len(dead)
+                    if not dead or killers > MAX_DECODER_CRASHES:
+                        blame = f"on {killers} files" if dead else "with no single file to blame"
+                        raise AgentCirError(
+                            f"Ray decode workers died {blame} ({' '.join(str(err).split())[:200]}); the workers' memory "
+                            "or the decoder is failing. Check the cluster's memory, or index with the local engine and "
+                            "--workers 0 to see the error"
+                        ) from err
+                    yield EncodedBatch([], np.zeros((0, int(job.encoder.dim)), dtype=np.float32), dead)
+                    bar.update(len(dead))
+                    blamed = {entry.path for entry in dead}
+                    remaining = [entry for entry in left if entry.path not in blamed]
         except Exception as err:
             message = user_error_message(err)
             if message is not None:  # say what the user can fix, without Ray's remote traceback
@@ -289,6 +323,39 @@ def ray_engine(job: EncodeJob) -> Iterator[EncodedBatch]:
         finally:
             bar.close()
             context.enable_progress_bars, context.print_on_execution_start = saved
+
+
+def _worker_died(ray: Any, err: BaseException) -> bool:
+    """Whether ``err`` (anywhere in its cause chain) is a Ray worker killed under a task, not a Python error."""
+    dead = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, dead):
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return False
+
+
+def probe_file(path: str, preprocess: Any, root: str | None) -> tuple[str, str]:
+    """Decode one file as the decode task does; only the verdict comes back ("" when the file is good)."""
+    tensor, reason, detail = decode_file(path, preprocess, root)
+    return ("", "") if tensor is not None else (reason or "", detail or "")
+
+
+def _files_that_kill_their_task(ray: Any, job: EncodeJob, opts: RayOptions, entries: list[ManifestEntry]) -> list[ManifestEntry]:
+    """Each file in a task of its own, never retried: the ones whose task dies, as skipped entries."""
+    probe = ray.remote(max_retries=0, num_cpus=opts.decode_num_cpus)(probe_file)
+    refs = [probe.remote(str(job.root / entry.path), job.encoder.preprocess, job.confine_root) for entry in entries]
+    dead = []
+    for entry, ref in zip(entries, refs):
+        try:
+            ray.get(ref)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as err:
+            detail = f"its Ray decode worker died while decoding it ({type(err).__name__})"
+            dead.append(_skipped(entry, REASON_DECODER_CRASH, detail))
+    return dead
 
 
 def _encoded_batch(batch: dict[str, np.ndarray], entries: list[ManifestEntry]) -> EncodedBatch:

@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from agent_cir import __version__
 from agent_cir.atomic import partial_target, write_bytes_atomic
+from agent_cir.errors import AgentCirError
+from agent_cir.locks import FolderLock
 from agent_cir.report.load import ReportError
 
 MARKER_NAME = ".agent_cir_report"
@@ -69,6 +69,16 @@ def _read_journal(folder: Path) -> set[str]:
     return {name for name in map(_safe_relative, lines) if name is not None}
 
 
+def _busy(folder: Path, holder: str) -> AgentCirError:
+    return ReportError(f"another report is being written into {folder} right now ({holder}); wait for it to finish "
+                       "or choose another --out")
+
+
+def _symlink(path: Path) -> AgentCirError:
+    return ReportError(f"{path} is a symlink; the report never writes through symlinks (it could truncate the file it "
+                       "points to). Remove the link, or choose another --out")
+
+
 class ReportFolder:
     """Claims an output folder for one report, writes its files atomically and records them in the marker.
 
@@ -82,7 +92,7 @@ class ReportFolder:
         self.previous: set[str] = set()
         self.current: set[str] = set()
         self.removed: list[str] = []
-        self._lock: FileLock | None = None
+        self._lock = FolderLock(self.path, LOCK_NAME, busy=_busy, symlink=_symlink)
         self._journal: Any = None
         self.removed_partials: list[str] = []
 
@@ -114,12 +124,7 @@ class ReportFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ReportError(f"--out {self.path} cannot be created ({err}); choose another folder") from err
-        self._lock = FileLock(str(self.path / LOCK_NAME), timeout=0)
-        try:
-            self._lock.acquire()
-        except Timeout as err:
-            raise ReportError(f"another report is being written into {self.path} right now; wait for it to "
-                              "finish or choose another --out") from err
+        self._lock.acquire()
         try:
             self._check()  # again under the lock: another writer may have changed the folder meanwhile
         except BaseException:
@@ -164,8 +169,7 @@ class ReportFolder:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        if self._lock is not None:
-            self._lock.release()
+        self._lock.release()
 
     # -- files
     def owns(self, relative: str) -> bool:

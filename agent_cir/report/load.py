@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
+from agent_cir.index.images_root import images_dir_problem
 from agent_cir.trace import model as tm
 
 
@@ -447,7 +448,7 @@ def _index_images_dir(folder: Path) -> Path | None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
         images_dir = meta.get("images_dir") if isinstance(meta, dict) else None
-        if isinstance(images_dir, str) and images_dir:
+        if isinstance(images_dir, str) and images_dir and images_dir_problem(images_dir) is None:
             return Path(images_dir)
     return None
 

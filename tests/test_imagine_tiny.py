@@ -22,7 +22,7 @@ from agent_cir.backends.image_edit.cached import edit_image, images_folder
 from agent_cir.cache import ModelCache
 from agent_cir.config import ImagineConfig
 from agent_cir.hashing import bytes_hash
-from tests.fixtures.encoders import tiny_clip_vocab
+from tests.fixtures.tiny_models import tiny_clip_vocab
 
 diffusers = pytest.importorskip("diffusers")
 

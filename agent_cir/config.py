@@ -19,7 +19,7 @@ from agent_cir.redact import REDACTED  # noqa: F401 - re-exported: callers impor
 from agent_cir.redact import redact_secrets as _redact_secrets
 
 
-MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "rerank")
+MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "predicates", "rerank")
 """Stages that call a chat model (recipe section name = stage name; each section names its model)."""
 
 
@@ -281,7 +281,13 @@ class RerankConfig(_Strict):
     pointwise_prompt: str = "judge_pointwise"
     k: int = Field(9, ge=1)
     """How many of the retrieved candidates the judge sees; the rest keep their retrieval order below them."""
-    method: Literal["grid", "pointwise"] = "grid"
+    method: Literal["grid", "pointwise", "pairwise", "cotrr"] = "grid"
+    """grid: numbered grids (listwise); pointwise: one yes/no per candidate; pairwise: ImageScope's evaluator,
+    reference | candidate side by side, the top k in order until the first yes (``pairwise_prompt``); cotrr:
+    CoTRR's one listwise chain-of-thought call, the reference and each candidate as separate images
+    (``cotrr_prompt``)."""
+    pairwise_prompt: str = "imagescope_evaluate"
+    cotrr_prompt: str = "cotrr_listwise"
     grid: GridConfig = Field(default_factory=GridConfig)
     passes: int = Field(1, ge=1)
     """Position-bias control: pass 1 shows retrieval order, further passes seeded shuffles of the cells."""
@@ -348,6 +354,36 @@ class RefineConfig(_Strict):
     structured_output: bool = True
     findings: int = Field(3, ge=1, le=20)
     """How many of the verifier's best candidates (with its reasons) the refiner is shown."""
+
+
+class PredicatesConfig(_Strict):
+    """Consumed by ``agent_cir.stages.predicates``: ImageScope's stage 2. A text model (``reasoner``) splits the
+    modification into yes/no propositions with expected answers; an MLLM (``model``) answers each for each of the
+    top ``k`` candidates (image alone); the top k are stably sorted by the number of answers that match."""
+
+    enabled: bool = False
+    model: str = "verifier"
+    reasoner: str = "llm"
+    k: int = Field(20, ge=1, le=200)
+    prompt: str = "imagescope_propositions"
+    question_prompt: str = "imagescope_predicate"
+    scoring: Literal["answer", "auto"] = "answer"
+    """answer: the generated answer, yes when it contains "yes" (ImageScope); auto: P(yes) >= 0.5 where the
+    backend gives token probabilities (a local model: one batched forward), else the answer."""
+
+
+class MultigrainConfig(_Strict):
+    """Consumed by ``agent_cir.stages.multigrain``: CoTMR's multi-grained scoring. The description stage's answer
+    also lists objects that must be present / absent; the ranking is scored again with
+    S = mean cos(caption, v) + w_present * agg cos(present, v) - w_absent * agg cos(absent, v)."""
+
+    enabled: bool = False
+    present_weight: float = Field(1.0, ge=0.0)
+    absent_weight: float = Field(1.0, ge=0.0)
+    aggregate: Literal["mean", "sum", "max"] = "mean"
+    object_template: str = "{}"
+    """How an object phrase is put to the text encoder (e.g. "a photo of {}")."""
+    max_objects: int = Field(8, ge=0, le=32)
 
 
 class CacheConfig(_Strict):
@@ -425,6 +461,8 @@ class Recipe(_Strict):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     refine: RefineConfig = Field(default_factory=RefineConfig)
+    predicates: PredicatesConfig = Field(default_factory=PredicatesConfig)
+    multigrain: MultigrainConfig = Field(default_factory=MultigrainConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
     circo: CircoOptions = Field(default_factory=CircoOptions)
@@ -443,7 +481,8 @@ class Recipe(_Strict):
         order = ["one_stage"] if self.one_stage.enabled else [
             name for name in ("caption", "rewrite") if getattr(self, name).enabled]
         order.append("retrieve")
-        order += [name for name in ("verify", "refine", "rerank") if getattr(self, name).enabled]
+        order += [name for name in ("multigrain", "verify", "refine", "predicates", "rerank")
+                  if getattr(self, name).enabled]
         return order
 
     def model_stages(self) -> list[str]:
@@ -466,6 +505,8 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"{stage_name}.model names {stage.model!r}, which is not under 'models:' (defined: {known})"
                 )
+        if self.predicates.enabled and self.predicates.reasoner not in self.models:
+            raise ValueError(f"predicates.reasoner names {self.predicates.reasoner!r}, which is not under 'models:'")
         if self.one_stage.enabled and (self.caption.enabled or self.rewrite.enabled):
             raise ValueError("one_stage replaces caption and rewrite: disable them (enabled: false) or one_stage")
         return self

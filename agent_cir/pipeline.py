@@ -144,7 +144,8 @@ class Pipeline:
         trace's usual head, never more than retrieval returns."""
         recipe = self.recipe
         wanted = max(TRACE_HEAD, recipe.rerank.k if recipe.rerank.enabled else 0,
-                     recipe.verify.k if recipe.verify.enabled else 0)
+                     recipe.verify.k if recipe.verify.enabled else 0,
+                     recipe.predicates.k if recipe.predicates.enabled else 0)
         return min(recipe.retrieve.k, wanted)
 
     def reference_path(self, state: QueryState) -> str | None:
@@ -407,6 +408,8 @@ def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any
     """Chat-model handles for the models the enabled stages use; ``injected`` ones (fakes, shared
     instances) win over the recipe's specs."""
     needed = {getattr(recipe, stage).model for stage in recipe.model_stages()}
+    if recipe.predicates.enabled:
+        needed.add(recipe.predicates.reasoner)  # the predicates stage's second model (its propositions)
     if not needed:
         return {}
     from agent_cir.backends import as_handle, create_chat_model
@@ -477,9 +480,22 @@ def _rerank(pipe: Pipeline) -> Stage:
                        candidate_captions=pipe.gallery.captions or None)
 
 
+def _predicates(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.predicates import PredicatesStage
+
+    config = pipe.recipe.predicates
+    return PredicatesStage(config, pipe.models[config.model], pipe.models[config.reasoner], pipe.cache)
+
+
+def _multigrain(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.multigrain import MultigrainStage
+
+    return MultigrainStage(pipe.recipe.multigrain, pipe.encoder, pipe.gallery)
+
+
 STAGE_BUILDERS: dict[str, Callable[[Pipeline], Stage]] = {
     "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "retrieve": _retrieve,
-    "verify": _verify, "refine": _refine, "rerank": _rerank,
+    "verify": _verify, "refine": _refine, "rerank": _rerank, "predicates": _predicates, "multigrain": _multigrain,
 }
 """Stage name (as ``Recipe.enabled_stages()`` lists it) -> how the pipeline builds it. Adding a stage: one entry
 here and one in ``Recipe.enabled_stages``."""

@@ -26,6 +26,8 @@ from agent_cir.parsing import extract_json
 from agent_cir.prompts import PromptTemplate, load_prompt
 from agent_cir.rerank.aggregate import aggregate_rankings, pass_agreement, rank_to_unit
 from agent_cir.rerank.context import RerankContext
+from agent_cir.rerank.cotrr import CotrrJudge
+from agent_cir.rerank.pairwise import PairwiseJudge
 from agent_cir.rerank.parse import parse_ranking, parse_yes_no
 from agent_cir.rerank.windows import listwise_order, pass_permutation
 from agent_cir.types import ModelCall
@@ -192,7 +194,8 @@ class LogitJudge(PointwiseJudge):
         return call, score, "logits"
 
 
-JUDGES: dict[str, type[_ModelJudge]] = {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge}
+JUDGES: dict[str, type[Any]] = {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge,
+                                "pairwise": PairwiseJudge, "cotrr": CotrrJudge}
 """Judge name -> class. ``rerank.method: grid`` -> grid; ``pointwise`` -> logits when the backend exposes
 next-token logits (local ``hf-vlm:``), else pointwise."""
 
@@ -205,5 +208,5 @@ def judge_name(config: RerankConfig, model: Any) -> str:
     return config.method
 
 
-def make_judge(config: RerankConfig, model: Any, cache: Any) -> _ModelJudge:
+def make_judge(config: RerankConfig, model: Any, cache: Any) -> Any:
     return JUDGES[judge_name(config, model)](config, model, cache)

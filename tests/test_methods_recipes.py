@@ -235,4 +235,4 @@ def test_recipe_describes_its_source_and_differences(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.mirrors and recipe.differences and "PROTOCOLS.md" in recipe.differences
     protocols = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOLS.md").read_text()
-    assert re.search(rf"^### .*`{name}`", protocols, re.MULTILINE), f"docs/PROTOCOLS.md has no section for {name}"
+    assert re.search(rf"^### {name} — ", protocols, re.MULTILINE), f"docs/PROTOCOLS.md has no section for {name}"

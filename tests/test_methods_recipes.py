@@ -117,6 +117,19 @@ def test_the_imagescope_recipe_runs_its_three_stages_offline(tmp_path, bow_encod
     rerank = trace.stage("rerank")
     assert rerank.output.judge == "pairwise" and len(rerank.calls) == 2 and evaluations == ["green", "blue"]
     assert [c.id for c in result.candidates[:5]] == ["blue", "green"] + by_score[2:5]
+    assert "Is the square blue?" in _report_text(tmp_path, result.trace)
+
+
+def _report_text(tmp_path: Path, trace: dict[str, Any]) -> str:
+    """All HTML of the report built from this one trace (the stages appear there like the built-in ones)."""
+    from agent_cir.report.build import build_report
+    from agent_cir.trace.io import TraceWriter
+
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(trace)
+    out = build_report(traces, tmp_path / "report").parent
+    return "\n".join(page.read_text() for page in out.rglob("*.html"))
 
 
 # ------------------------------------------------------------------------------------------------ cotrr
@@ -212,6 +225,8 @@ def test_the_cotmr_recipe_scores_the_ranking_with_caption_and_objects(tmp_path, 
     assert [c.id for c in result.candidates] == sorted(ids, key=lambda i: -expected[i])
     assert result.candidates[0].id == "dog_grass"
     assert all(abs(c.score - expected[c.id]) < 1e-6 for c in result.candidates)
+    report = _report_text(tmp_path, result.trace)
+    assert "absent_objects" in report and "cat, sofa" in report
 
 
 def test_cotmr_without_objects_in_the_answer_scores_the_caption_alone(bow_encoder, tmp_path) -> None:

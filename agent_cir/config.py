@@ -315,9 +315,9 @@ class RerankConfig(_Strict):
 
 class VerifyConfig(_Strict):
     """Consumed by ``agent_cir.stages.verify``: a yes/no judgement of each of the top ``k`` candidates, "does it show
-    the reference changed as asked". Confidence = P(yes): next-token logits of a local ``hf-vlm:`` model, the
-    ``top_logprobs`` of an OpenAI-compatible server, else the parsed answer (1 / 0). With ``refine`` enabled, a
-    query whose best confidence is below ``threshold`` goes round again."""
+    the reference changed as asked". Confidence = P(yes): next-token logits of a local ``hf:`` / ``hf-vlm:`` model
+    (the k candidates in one batched forward), the ``top_logprobs`` of an OpenAI-compatible server, else the parsed
+    answer (1 / 0). With ``refine`` enabled, a query whose best confidence is below ``threshold`` goes round again."""
 
     enabled: bool = False
     model: str = "verifier"

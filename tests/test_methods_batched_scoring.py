@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from typing import Any
 
@@ -50,8 +49,12 @@ def _questions(n: int) -> list[list[tuple[str, str]]]:
                                    candidate_captions=[CAPTIONS[i % len(CAPTIONS)] * (1 + i % 3)]) for i in range(n)]
 
 
+@pytest.mark.parametrize("share_prefix", [False, True])
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_twenty_questions_in_one_forward_score_as_twenty_single_forwards(kind: str, tiny_model_dir) -> None:
+def test_twenty_questions_in_one_forward_score_as_twenty_single_forwards(kind: str, share_prefix: bool,
+                                                                         tiny_model_dir) -> None:
+    """One padded forward of the 20 rows (share_prefix off), or the rows' common prefix once and one padded
+    forward of their 20 suffixes (on): the same P(yes) as 20 single forwards, to 1e-4."""
     handle = create_chat_model(ModelConfig(spec=spec_for(kind, tiny_model_dir(kind)), batch_size=20))
     assert supports_yes_probability(handle)
     prompt = load_prompt("verify_caption")
@@ -60,9 +63,9 @@ def test_twenty_questions_in_one_forward_score_as_twenty_single_forwards(kind: s
     with _CountForward(model) as single_rows:
         single = [yes_probabilities(handle, [q], prompt=prompt, batch_size=1)[0][1] for q in questions]
     with _CountForward(model) as batched_rows:
-        scored = yes_probabilities(handle, questions, prompt=prompt)
+        scored = yes_probabilities(handle, questions, prompt=prompt, share_prefix=share_prefix)
     batched = [p for _, p in scored]
-    assert single_rows == [1] * 20 and batched_rows == [20]
+    assert single_rows == [1] * 20 and batched_rows == ([1, 20] if share_prefix else [20])
     assert max(abs(a - b) for a, b in zip(single, batched)) < 1e-4
     assert len({round(p, 6) for p in batched}) > 1  # the random model tells the questions apart
     assert all(call.params["batch_rows"] == 20 for call, _ in scored)
@@ -136,7 +139,7 @@ def test_verify_stage_scores_its_twenty_candidates_in_one_forward(tiny_model_dir
     state.candidates = [Candidate(f"g{i}", 1.0 - i / 100, None, i + 1) for i in range(20)]
     with _CountForward(handle.chat.weights.model) as rows:
         record = stage.run(state)
-    assert rows == [20]
+    assert rows == [1, 20]  # the shared instructions once, then the 20 candidates' own tokens in one forward
     items = record.output["items"]
     assert len(items) == 20 and {item["source"] for item in items} == {"logits"}
     assert all(0.0 <= item["confidence"] <= 1.0 for item in items)

@@ -196,7 +196,10 @@ def _independent_mgs(caption: np.ndarray, present: list[np.ndarray], absent: lis
     return score
 
 
-def test_the_cotmr_recipe_scores_the_ranking_with_caption_and_objects(tmp_path, bow_encoder) -> None:
+@pytest.mark.parametrize("chunk", [8192, 2])
+def test_the_cotmr_recipe_scores_the_ranking_with_caption_and_objects(tmp_path, bow_encoder, monkeypatch,
+                                                                       chunk) -> None:
+    monkeypatch.setattr("agent_cir.stages.multigrain.SCORE_CHUNK", chunk)  # scored in slices: the same result
     items = {"dog_grass": "a dog on green grass", "dog_cat_grass": "a dog and a cat on green grass",
              "cat_sofa": "a cat on a sofa", "dog_sofa": "a dog on a sofa", "grass": "green grass in a park"}
     ids = list(items)

@@ -9,7 +9,9 @@ Several questions are scored in ONE padded forward (:func:`yes_probabilities`, u
 ``batch_size`` rows): rows are left-padded, the attention mask hides the padding, each row's logits are read at
 its own last real token, and position ids are counted from each row's first real token (what ``generate``
 does), so a row scores the same alone or in a batch. Qwen2-VL-style models (3-D rotary positions) derive
-their positions from the attention mask themselves and get none.
+their positions from the attention mask themselves and get none. Text rows that begin with the same tokens (a
+verifier's questions differ only in the candidate) have that prefix computed once and reused through its
+key/value cache (:func:`shared_prefix_logits`): one forward of the prefix, one batched forward of the suffixes.
 
 Only the chat model's public surface is used: ``chat.prepare_inputs_many(conversations)`` (padded model inputs
 for several LangChain conversations), ``chat.weights.model`` (called for its ``.logits``),
@@ -92,7 +94,56 @@ def last_token_logits(model: Any, inputs: Any) -> Any:
     return logits[rows, last.to(logits.device)].float()
 
 
-def _score_rows(handle: ChatModelHandle, prepared: list[PreparedCall]) -> list[tuple[float, float, int]]:
+MIN_SHARED_PREFIX = 8
+"""Fewer common tokens than this: not worth a second forward; the rows go through one plain batched forward."""
+
+
+def shared_prefix_logits(model: Any, inputs: Any) -> Any | None:
+    """(rows, vocab) logits at each row's last token, the rows' common token prefix computed ONCE: one forward of
+    the prefix (batch 1, its key/value cache kept), then one batched forward of the rows' own suffixes on that
+    cache (right-padded; causal attention keeps a row's real tokens from seeing its padding, and each row is
+    read at its own last real token). None when the inputs are not plain text rows or share too little.
+
+    A verifier's k questions differ only in the candidate (its captions): the instructions, the modification and
+    the reference come first and are the same, so most of the work is done once instead of k times."""
+    import torch
+
+    if set(inputs.keys()) - {"input_ids", "attention_mask"} or inputs["input_ids"].shape[0] < 2:
+        return None  # images (pixel values, grids) or a single row: the plain batched forward
+    mask = inputs.get("attention_mask")
+    ids = inputs["input_ids"]
+    rows = [row[m.bool()] if mask is not None else row for row, m in zip(ids, mask if mask is not None else ids)]
+    shortest = min(len(row) for row in rows)
+    common = 0
+    first = rows[0]
+    while common < shortest - 1 and all(int(row[common]) == int(first[common]) for row in rows[1:]):
+        common += 1
+    if common < MIN_SHARED_PREFIX:
+        return None
+    suffixes = [row[common:] for row in rows]
+    width = max(len(suffix) for suffix in suffixes)
+    pad = int(first[0])  # any id: padded positions come after a row's real tokens and are never read
+    suffix_ids = torch.full((len(rows), width), pad, dtype=ids.dtype, device=ids.device)
+    suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=ids.device)
+    for index, suffix in enumerate(suffixes):
+        suffix_ids[index, : len(suffix)] = suffix
+        suffix_mask[index, : len(suffix)] = 1
+    with torch.inference_mode():
+        prefix = model(input_ids=first[:common].unsqueeze(0), use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        # transformers renames the argument (past_key_values -> cache, 5.x); pass it under the name forward takes
+        cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        full_mask = torch.cat([torch.ones((len(rows), common), dtype=torch.long, device=ids.device), suffix_mask], 1)
+        positions = (common + torch.arange(width, device=ids.device)).expand(len(rows), width)
+        logits = model(input_ids=suffix_ids, attention_mask=full_mask, position_ids=positions,
+                       use_cache=True, **{cache_argument: cache}).logits
+    last = suffix_mask.sum(dim=1) - 1
+    return logits[torch.arange(len(rows), device=logits.device), last.to(logits.device)].float()
+
+
+def _score_rows(handle: ChatModelHandle, prepared: list[PreparedCall], share_prefix: bool = True
+                ) -> list[tuple[float, float, int]]:
     """(P(yes-like), P(no-like), prompt tokens) per call, the calls' model inputs padded into one forward."""
     import torch
 
@@ -106,7 +157,9 @@ def _score_rows(handle: ChatModelHandle, prepared: list[PreparedCall]) -> list[t
             device = getattr(weights.model, "device", None)
             if device is not None:
                 inputs = inputs.to(device)
-            logits = last_token_logits(weights.model, inputs)
+            logits = shared_prefix_logits(weights.model, inputs) if share_prefix else None
+            if logits is None:
+                logits = last_token_logits(weights.model, inputs)
             lengths = inputs["attention_mask"].sum(dim=1).tolist() if "attention_mask" in inputs else (
                 [int(inputs["input_ids"].shape[1])] * len(prepared))
     except AgentCirError:
@@ -127,10 +180,12 @@ def yes_probabilities(
     images: Sequence[Sequence[Any]] | None = None,
     cache: ModelCache | None = None,
     batch_size: int | None = None,
+    share_prefix: bool = True,
 ) -> list[tuple[ModelCall, float]]:
     """(trace record, P(yes)) for each yes/no question, in order; cache misses scored ``batch_size`` per forward
     (default: the model's own ``batch_size``). Questions with different numbers of images never share a forward
-    (a processor takes images for every row or none)."""
+    (a processor takes images for every row or none). ``share_prefix``: text rows that start with the same
+    tokens have that prefix computed once (:func:`shared_prefix_logits`; two forwards per batch instead of one)."""
     if not supports_yes_probability(handle):
         raise AgentCirError(f"model {getattr(handle, 'id', handle)} exposes no logits (only hf: and hf-vlm: do)")
     images = list(images) if images is not None else [()] * len(conversations)
@@ -152,7 +207,7 @@ def yes_probabilities(
         for start in range(0, len(group), size):
             chunk = group[start:start + size]
             began = time.perf_counter()
-            scored = _score_rows(handle, [prepared for _, prepared, _ in chunk])
+            scored = _score_rows(handle, [prepared for _, prepared, _ in chunk], share_prefix)
             share = (time.perf_counter() - began) / len(chunk)
             for (index, prepared, cache_note), (p_yes_raw, p_no_raw, tokens) in zip(chunk, scored):
                 total = p_yes_raw + p_no_raw

@@ -31,6 +31,8 @@ PRESENT_KEYS = ("present_objects", "existent_objects", "existing_objects", "pres
 ABSENT_KEYS = ("absent_objects", "nonexistent_objects", "non_existent_objects", "absent", "must_not_have")
 MAX_OBJECT_CHARS = 80
 DESCRIPTION_STAGES = ("one_stage", "rewrite", "refine")
+SCORE_CHUNK = 8192
+"""Ranked entries scored per step (the ranking of a benchmark holds the whole gallery)."""
 
 
 def _clean_phrase(value: Any) -> str | None:
@@ -127,10 +129,13 @@ class MultigrainStage:
         captions = self._embed(list(state.target_descriptions))
         present_vectors = self._embed([template.format(p) for p in present])
         absent_vectors = self._embed([template.format(a) for a in absent])
-        images = _unit(np.asarray(self.gallery.image_embeddings[ranking.positions], dtype=np.float64))
-        scores = multigrain_scores(captions, present_vectors, absent_vectors, images,
-                                   present_weight=self.config.present_weight, absent_weight=self.config.absent_weight,
-                                   aggregate=self.config.aggregate)
+        scores = np.empty(len(ranking.positions), dtype=np.float64)
+        for start in range(0, len(scores), SCORE_CHUNK):  # a whole-gallery ranking, a bounded slice at a time
+            rows = ranking.positions[start:start + SCORE_CHUNK]
+            images = _unit(np.asarray(self.gallery.image_embeddings[rows], dtype=np.float32))
+            scores[start:start + len(rows)] = multigrain_scores(
+                captions, present_vectors, absent_vectors, images, present_weight=self.config.present_weight,
+                absent_weight=self.config.absent_weight, aggregate=self.config.aggregate)
         order = np.argsort(-scores, kind="stable")
         state.ranking = Ranking.from_arrays(ranking.positions[order], scores[order], ranking.ids, ranking.paths,
                                             ranking.lookup)

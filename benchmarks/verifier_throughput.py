@@ -116,9 +116,7 @@ def main() -> None:
     captions = [CANDIDATE_CAPTIONS[i % len(CANDIDATE_CAPTIONS)] for i in range(args.candidates)]
     questions = [prompt.render_messages(modification=MODIFICATION, reference_caption=REFERENCE_CAPTION,
                                         candidate_captions=[caption]) for caption in captions]
-    loaded = time.perf_counter()
     model = handle.chat.weights.model
-    load_s = time.perf_counter() - loaded
 
     def single() -> list[float]:
         return [yes_probabilities(handle, [q], prompt=prompt, batch_size=1)[0][1] for q in questions]
@@ -161,7 +159,7 @@ def main() -> None:
         "rows_per_shared_forward": shared_rows, "max_abs_p_difference_shared": shared_diff,
         "generate_s": None if generate_s is None else round(generate_s, 4),
         "speedup_shared_vs_generate": None if generate_s is None else round(generate_s / shared_s, 2),
-        "max_tokens": args.max_tokens, "repeats": args.repeats, "model_load_s": round(load_s, 2),
+        "max_tokens": args.max_tokens, "repeats": args.repeats,
     }
     print(f"model {spec} on {device}, {torch.get_num_threads()} threads, {args.candidates} candidates")
     print(f"  single   {single_s:8.3f} s  ({len(single_rows)} forwards)  {args.candidates / single_s:7.2f} cand/s")

@@ -32,7 +32,8 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.parsing import TargetDescriptionAnswer
 from agent_cir.prompts import load_prompt
-from tests.fixtures.chat import TINY_VLM_TOKENS_PER_IMAGE, fake_model
+from tests.fixtures.chat import fake_model
+from tests.fixtures.tiny_models import TINY_VLM_TOKENS_PER_IMAGE
 
 PROMPT = load_prompt("rewrite_cot")
 

@@ -60,15 +60,10 @@ def test_help_lists_commands_in_order_of_use():
     assert listed[0] == "quickstart"
 
 
-# Commands whose modules other areas own; they adopt cli/_common's options when they next change.
-_ADOPTING = {"compare", "recipes", "report", "demo"}
-
-
 @pytest.mark.parametrize("name", sorted(set(COMMAND_ORDER)))
 def test_one_spelling_per_concept(name: str):
     command = _commands().get(name)
-    if command is None:
-        pytest.skip(f"{name} is not registered on this branch")
+    assert command is not None, f"{name} is in cli.COMMAND_ORDER but not registered"
     spellings = {"out": {"--out", "-o"}, "as_json": {"--json"}, "json_output": {"--json"}, "quiet": {"--quiet", "-q"}}
     problems = []
     for param in command.params:
@@ -77,9 +72,7 @@ def test_one_spelling_per_concept(name: str):
             problems.append(f"{param.name}: {sorted(opts)}")
         if "--progress" in opts:
             problems.append("--progress/--no-progress: use -q/--quiet")
-    if problems and name in _ADOPTING:
-        pytest.xfail(f"{name} (owned by another area) has not adopted cli/_common yet: {problems}")
-    assert not problems
+    assert not problems, f"{name}: {problems}; use cli/_common's out_option / json_option / quiet_option"
 
 
 def test_index_on_a_wrong_path_fails_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_cir.eval.datasets import BenchmarkDataError, MissingImagesError, load_benchmark
+from agent_cir.eval.benchmarks import load_benchmark
+from agent_cir.eval.datasets import BenchmarkDataError, MissingImagesError
 from agent_cir.eval.datasets.fashioniq import join_captions
 from agent_cir.eval.datasets.genecis import load_genecis
 

@@ -115,12 +115,29 @@ def test_genecis_ranks_the_target_among_its_own_gallery():
         M.genecis_metrics({"q": ["tgt", "d1"]}, {"q": "tgt"}, {"q": gallery})
 
 
-def test_target_rank_follows_each_convention():
+def _target_rank(dataset: str, ids: list[str], meta: dict, reference_id: str | None) -> int | None:
+    from agent_cir.eval.benchmarks import BENCHMARKS
+    from agent_cir.retrieval.ranking import Ranking
+    from agent_cir.types import Candidate, Query
+
+    benchmark = BENCHMARKS[dataset]
+    query = Query(id="q", text="t", reference_id=reference_id, meta=meta)
+    ranking = Ranking.from_candidates([Candidate(id=i, score=1.0 - n / 10) for n, i in enumerate(ids)])
+    return benchmark.target_rank(query, benchmark.scored_ranking(query, ranking))
+
+
+def test_target_rank_follows_each_benchmarks_convention():
     ranking = ["ref", "a", "tgt", "b"]
-    assert M.target_rank("cirr", ranking, {"target": "tgt"}, "ref") == 2
-    assert M.target_rank("fashioniq", ranking, {"target": "tgt"}, "ref") == 3
-    assert M.target_rank("genecis", ranking, {"target": "tgt", "gallery": ["tgt", "b"]}, "ref") == 1
-    assert M.target_rank("cirr", ["a"], {"target": "tgt"}, "ref") is None
+    assert _target_rank("cirr", ranking, {"target": "tgt"}, "ref") == 2  # the reference is not ranked
+    assert _target_rank("fashioniq", ranking, {"target": "tgt"}, "ref") == 3
+    assert _target_rank("circo", ranking, {"target": "tgt"}, "ref") == 3
+    # GeneCIS: the rank inside the official list (target first): "b" is below the target, so rank 1; above, 2
+    assert _target_rank("genecis", ranking, {"target": "tgt", "gallery": ["tgt", "b"]}, None) == 1
+    assert _target_rank("genecis", ["b", "tgt"], {"target": "tgt", "gallery": ["tgt", "b"]}, None) == 2
+    assert _target_rank("genecis", ["b"], {"target": "tgt", "gallery": ["tgt", "b"]}, None) is None
+    assert _target_rank("cirr", ["a"], {"target": "tgt"}, "ref") is None
+    assert _target_rank("cirr", ["a"], {}, "ref") is None
+
 
 
 # ---------- submissions ----------

@@ -14,7 +14,8 @@ from agent_cir.config import load_recipe, recipe_from_dict, redacted_recipe_dump
 from agent_cir.eval import metrics as M
 from agent_cir.eval.benchmarks import BENCHMARKS, CIRCO
 from agent_cir.eval.compare import compare_published, format_published
-from agent_cir.eval.datasets import BenchmarkDataError, load_benchmark
+from agent_cir.eval.benchmarks import load_benchmark
+from agent_cir.eval.datasets import BenchmarkDataError
 from agent_cir.eval.datasets.genecis import crop_instance, load_genecis, materialise_crops
 from agent_cir.eval.resume import RunMismatchError, check_resume, run_identity
 from agent_cir.eval.runner import run_eval

@@ -3,7 +3,10 @@ the one cached, traced call every stage makes. See ``chat.py`` for the spec stri
 
 from agent_cir.backends.chat import (
     CHAT_BACKENDS,
+    UNKNOWN_BACKEND,
+    BackendCapabilities,
     BackendError,
+    ChatBackend,
     ChatModelHandle,
     ScriptedChatModel,
     as_handle,
@@ -21,7 +24,10 @@ from agent_cir.backends.invoke import (
 
 __all__ = [
     "CHAT_BACKENDS",
+    "UNKNOWN_BACKEND",
+    "BackendCapabilities",
     "BackendError",
+    "ChatBackend",
     "ChatModelHandle",
     "ImageInputError",
     "ModelCallError",

@@ -110,6 +110,33 @@ def _text_words(content: Any) -> list[str]:
     return [w for p in parts if isinstance(p, dict) and p.get("type") == "text" for w in str(p.get("text", "")).split()]
 
 
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a chat backend can do, declared once in ``CHAT_BACKENDS``; callers ask these instead of the spec prefix."""
+
+    images: bool
+    """Takes images in its messages (a text-only local LLM does not)."""
+    structured_output: bool
+    """Answers a JSON schema through LangChain's ``with_structured_output``."""
+    logprobs: bool
+    """Its answers can carry ``top_logprobs`` (the OpenAI chat-completions shape)."""
+    next_token_logits: bool
+    """In-process model whose next-token logits can be read (P(yes) for pointwise judging and verifying)."""
+    batched_generation: bool
+    """``chat.batch(inputs)`` is one padded ``generate`` per ``batch_size`` inputs (in-process models); otherwise
+    a batch is concurrent requests."""
+    remote: bool
+    """Calls go to a server: ``timeout`` and the wall-clock call deadline apply."""
+    invoke_retries: bool
+    """``invoke`` adds ``max_retries`` retries (LangChain ``.with_retry``). False where the client retries by itself
+    (ChatOpenAI ``max_retries``) or a retry could only repeat the answer (in-process and scripted models)."""
+
+
+UNKNOWN_BACKEND = BackendCapabilities(images=True, structured_output=False, logprobs=False, next_token_logits=False,
+                                      batched_generation=False, remote=False, invoke_retries=True)
+"""An injected LangChain chat model of a kind not in ``CHAT_BACKENDS``: assume nothing beyond plain calls."""
+
+
 @dataclass
 class ChatModelHandle:
     """A chat model plus what the pipeline needs to call, cache and trace it."""
@@ -138,11 +165,23 @@ class ChatModelHandle:
         return f"{self.backend}:{self.model}"
 
     @property
+    def capabilities(self) -> BackendCapabilities:
+        """What this model's backend can do (``CHAT_BACKENDS``; an unknown injected model: ``UNKNOWN_BACKEND``)."""
+        entry = CHAT_BACKENDS.get(self.backend)
+        return entry.capabilities if entry is not None else UNKNOWN_BACKEND
+
+    @property
+    def failure_advice(self) -> str | None:
+        """What to check when a call fails, from the backend registry (None: a server's advice)."""
+        entry = CHAT_BACKENDS.get(self.backend)
+        return entry.failure_advice if entry is not None else None
+
+    @property
     def batches_natively(self) -> bool:
         """True for in-process models (hf:, hf-vlm:), whose ``chat.batch(inputs)`` is one padded generate per
         ``config.batch_size`` inputs; servers answer ``chat.batch(inputs, config={"max_concurrency": ...})``
         with concurrent requests instead."""
-        return self.backend in ("hf", "hf-vlm")
+        return self.capabilities.batched_generation
 
     @property
     def slot(self) -> threading.BoundedSemaphore:
@@ -286,7 +325,7 @@ def _openai(config: ModelConfig, model: str) -> ChatModelHandle:
         backend="openai",
         model=model,
         config=config,
-        supports_structured_output=True,
+        supports_structured_output=CHAT_BACKENDS["openai"].capabilities.structured_output,
         retry_attempts=0,
         # Replicas serve the same model: the cache key must not change with the list of servers.
         fingerprint={"base_url": endpoints[0] if len(endpoints) == 1 else "replicas"},
@@ -323,8 +362,8 @@ def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
         backend="ollama",
         model=model,
         config=config,
-        supports_structured_output=True,
-        retry_attempts=config.max_retries,
+        supports_structured_output=CHAT_BACKENDS["ollama"].capabilities.structured_output,
+        retry_attempts=config.max_retries if CHAT_BACKENDS["ollama"].capabilities.invoke_retries else 0,
         fingerprint={"base_url": config.base_url},
     )
 
@@ -332,6 +371,7 @@ def _ollama(config: ModelConfig, model: str) -> ChatModelHandle:
 def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
     from agent_cir.backends.hf_vlm import TransformersChatModel, TransformersVLMChatModel, split_gguf_path
 
+    backend = "hf-vlm" if vision else "hf"
     model_path, gguf_file = split_gguf_path(model, config.gguf_file)
     cls = TransformersVLMChatModel if vision else TransformersChatModel
     chat = cls(
@@ -354,10 +394,10 @@ def _local(config: ModelConfig, model: str, vision: bool) -> ChatModelHandle:
     chat.weights  # load now: a missing model fails when the pipeline is built, not mid-run
     return ChatModelHandle(
         chat=chat,
-        backend="hf-vlm" if vision else "hf",
+        backend=backend,
         model=model_path,
         config=config,
-        supports_structured_output=False,
+        supports_structured_output=CHAT_BACKENDS[backend].capabilities.structured_output,
         fingerprint={"gguf_file": gguf_file, "dtype": config.dtype, "quantization": config.quantization,
                      **({"num_beams": config.num_beams} if (config.num_beams or 1) > 1 else {})},
     )
@@ -387,7 +427,7 @@ def _fake(config: ModelConfig, model: str) -> ChatModelHandle:
         backend="fake",
         model=model,
         config=config,
-        supports_structured_output=False,
+        supports_structured_output=CHAT_BACKENDS["fake"].capabilities.structured_output,
         fingerprint={
             "responses": [str(r) for r in responses],
             "respond": getattr(extra.get("respond"), "__qualname__", None),
@@ -400,17 +440,36 @@ def create_chat_model(config: ModelConfig | str) -> ChatModelHandle:
     if isinstance(config, str):
         config = ModelConfig(spec=config)
     backend, model = parse_spec(config.spec)
-    return CHAT_BACKENDS[backend](config, model)
+    return CHAT_BACKENDS[backend].factory(config, model)
 
 
-CHAT_BACKENDS: dict[str, Callable[[ModelConfig, str], ChatModelHandle]] = {
-    "openai": _openai,
-    "ollama": _ollama,
-    "hf": lambda config, model: _local(config, model, vision=False),
-    "hf-vlm": lambda config, model: _local(config, model, vision=True),
-    "fake": _fake,
+@dataclass(frozen=True)
+class ChatBackend:
+    """One entry of the backend registry: how to build a handle, and what the backend can do."""
+
+    factory: Callable[[ModelConfig, str], ChatModelHandle]
+    capabilities: BackendCapabilities
+    failure_advice: str | None = None
+    """What to check when a call fails (None: the server advice, with the retries)."""
+
+
+_SERVER = dict(images=True, structured_output=True, next_token_logits=False, batched_generation=False, remote=True)
+_LOCAL_ADVICE = "the local model could not generate; check its files, dtype and device_map"
+_IN_PROCESS = dict(structured_output=False, logprobs=False, batched_generation=True, remote=False, invoke_retries=False)
+
+CHAT_BACKENDS: dict[str, ChatBackend] = {
+    "openai": ChatBackend(_openai, BackendCapabilities(**_SERVER, logprobs=True, invoke_retries=False)),
+    "ollama": ChatBackend(_ollama, BackendCapabilities(**_SERVER, logprobs=False, invoke_retries=True)),
+    "hf": ChatBackend(lambda config, model: _local(config, model, vision=False),
+                      BackendCapabilities(**_IN_PROCESS, images=False, next_token_logits=True), _LOCAL_ADVICE),
+    "hf-vlm": ChatBackend(lambda config, model: _local(config, model, vision=True),
+                          BackendCapabilities(**_IN_PROCESS, images=True, next_token_logits=True), _LOCAL_ADVICE),
+    "fake": ChatBackend(_fake, BackendCapabilities(
+        images=True, structured_output=False, logprobs=False, next_token_logits=False, batched_generation=False,
+        remote=False, invoke_retries=False), "check the fake model's scripted answers"),
 }
-"""Spec prefix -> factory of the chat-model handle (``parse_spec`` accepts exactly these names)."""
+"""Spec prefix -> its factory and capabilities (``parse_spec`` accepts exactly these names). Adding a backend is
+one entry here; callers ask ``handle.capabilities`` rather than comparing backend names."""
 
 
 def _guess_backend(chat: BaseChatModel) -> str:
@@ -449,6 +508,8 @@ def as_handle(
             f"got {type(model).__name__}"
         )
     backend = _guess_backend(model)
+    known = CHAT_BACKENDS.get(backend)
+    capabilities = known.capabilities if known is not None else UNKNOWN_BACKEND
     model_id = str(
         getattr(model, "model_name", None) or getattr(model, "model", None) or getattr(model, "model_path", None)
         or type(model).__name__
@@ -468,7 +529,7 @@ def as_handle(
         backend=backend,
         model=model_id,
         config=config,
-        supports_structured_output=backend in ("openai", "ollama") or own_structured or own_tools,
-        retry_attempts=config.max_retries if backend not in ("openai", "fake", "hf", "hf-vlm") else 0,
+        supports_structured_output=capabilities.structured_output or own_structured or own_tools,
+        retry_attempts=config.max_retries if capabilities.invoke_retries else 0,
         fingerprint={"class": type(model).__name__, "base_url": getattr(model, "openai_api_base", None)},
     )

@@ -329,13 +329,10 @@ def _call_with_policy(call: Callable[[], Any], handle: ChatModelHandle) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-_SERVER_BACKENDS = ("openai", "ollama")
-
-
 def call_deadline(handle: ChatModelHandle) -> float | None:
     """Wall-clock seconds one model call may take, retries included: ``timeout`` per attempt plus the retry
     backoff; None for in-process backends (hf:, fake:), whose ``timeout`` does not apply."""
-    if handle.backend not in _SERVER_BACKENDS:
+    if not handle.capabilities.remote:
         return None
     attempts = handle.config.max_retries + 1
     backoff = sum(min(8.0, 0.5 * 2**attempt) for attempt in range(attempts - 1))
@@ -377,10 +374,8 @@ def _call_failed(handle: ChatModelHandle, err: Exception, attempt: str = "") -> 
     if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
         if not isinstance(err, CallDeadlineError):
             detail += f" (no complete answer within timeout {handle.config.timeout:g} s per attempt)"
-    if handle.backend in ("hf", "hf-vlm"):
-        advice = "the local model could not generate; check its files, dtype and device_map"
-    elif handle.backend == "fake":
-        advice = "check the fake model's scripted answers"
+    if handle.failure_advice is not None:  # in-process and scripted models
+        advice = handle.failure_advice
     else:
         advice = (
             "check that the server is running and the model name, key and base_url are right "

@@ -39,7 +39,6 @@ from agent_cir.types import ModelCall
 
 YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes")
 NO_WORDS = ("no", "No", "NO", " no", " No")
-LOGIT_BACKENDS = frozenset({"hf", "hf-vlm"})
 _OWN_POSITION_MODELS = frozenset({"qwen2_vl", "qwen2_5_vl"})
 """Model types that build (3-D, multimodal) rotary positions from the attention mask inside forward."""
 
@@ -57,7 +56,9 @@ def first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 def supports_yes_probability(handle: Any) -> bool:
     """Whether ``handle`` is a local model (``hf:`` / ``hf-vlm:``) whose next-token logits we can read."""
     chat = getattr(handle, "chat", None)
-    return (getattr(handle, "backend", None) in LOGIT_BACKENDS and callable(getattr(chat, "prepare_inputs_many", None))
+    capabilities = getattr(handle, "capabilities", None)
+    return (bool(getattr(capabilities, "next_token_logits", False))
+            and callable(getattr(chat, "prepare_inputs_many", None))
             and hasattr(type(chat), "weights"))
 
 

@@ -258,12 +258,11 @@ def quiet_library_logs(quiet: bool) -> Iterator[None]:
 def check_recipe_name(config: str | None) -> None:
     """A --config that is neither a file nor a packaged recipe fails before anything loads, with the closest
     packaged names (``did you mean 'local'?``) instead of the whole list."""
-    import difflib
     from pathlib import Path
 
     if config is None or Path(config).expanduser().is_file():
         return
-    from agent_cir.config import available_recipes
+    from agent_cir.config import available_recipes, did_you_mean
 
     packaged = list(available_recipes())
     if config in packaged:
@@ -271,7 +270,7 @@ def check_recipe_name(config: str | None) -> None:
     if Path(config).suffix.lower() in (".yaml", ".yml") or "/" in config:
         raise AgentCirError(f"recipe file {config} does not exist; give a recipe YAML file or a packaged name "
                             "(`agent-cir recipes` lists them)")
-    close = difflib.get_close_matches(config, packaged, n=3, cutoff=0.6)
+    close = did_you_mean(config, packaged)
     hint = f"did you mean {' or '.join(repr(name) for name in close)}? " if close else ""
     raise AgentCirError(f"recipe {config!r} not found: no such file and no packaged recipe of that name; "
                         f"{hint}(`agent-cir recipes` lists them)")

@@ -2,8 +2,10 @@
 
 The protocol belongs to the benchmark, not to the recipe: ``agent-cir eval`` applies it whatever the recipe says
 (it overrides ``retrieve.exclude_reference`` and, where a metric needs the whole ranking, ``retrieve.k``) and
-records it in run.json under ``protocol``. ``BENCHMARKS`` is the registry (a plain dict); docs/PROTOCOLS.md cites
-the official code for every rule.
+records it in run.json under ``protocol``. ``BENCHMARKS`` is the registry (a plain dict, the one list of
+benchmarks: the CLI, the loaders and the recipe schema's names, checked equal to ``config/names.py``
+BENCHMARK_NAMES on import, read it); each benchmark owns its loader (``load``), its categories and its target
+rank. docs/PROTOCOLS.md cites the official code for every rule.
 
 ``agent-cir search`` over a user's own gallery is not a benchmark: there the reference keeps being excluded
 (``retrieve.exclude_reference: true``, a product choice: a user rarely wants the photo they gave back first).
@@ -15,11 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent_cir.config import Recipe
+from agent_cir.config import BENCHMARK_NAMES, Recipe, check_registry, unknown_name_message
 from agent_cir.eval import metrics as M
 from agent_cir.eval import submission as S
-from agent_cir.eval.datasets import BenchmarkDataError, BenchmarkSplit, load_benchmark
+from agent_cir.eval.datasets import BenchmarkDataError, BenchmarkSplit
 from agent_cir.eval.datasets import circo as circo_data
+from agent_cir.eval.datasets import cirr as cirr_data
+from agent_cir.eval.datasets import fashioniq as fashioniq_data
 from agent_cir.eval.datasets import genecis as genecis_data
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.types import Query
@@ -42,10 +46,38 @@ class Benchmark:
     version: ClassVar[str] = "2"
     """Bumped when a rule changes, so a run folder of the old protocol is not resumed into."""
 
+    categories: ClassVar[tuple[str, ...]] = ()
+    """What ``--category`` chooses from (FashionIQ categories, GeneCIS tasks); empty: the benchmark has none."""
+
     # ---------- data ----------
-    def load(self, split: str, annotations: Sequence[Path], images_root: Path | None,
-             categories: Sequence[str] | None) -> list[BenchmarkSplit]:
-        return load_benchmark(self.name, split, annotations, images_root=images_root, categories=categories)
+    def locate(self, candidates: Sequence[Path]) -> Path:
+        """The folder holding the official annotation files, among ``candidates`` (or their children)."""
+        raise NotImplementedError
+
+    def load_splits(self, folder: Path, split: str, chosen: Sequence[str], images_root: Path | None
+                    ) -> list[BenchmarkSplit]:
+        """One split per gallery (``chosen``: the categories, empty when the benchmark has none)."""
+        raise NotImplementedError
+
+    def default_categories(self, folder: Path) -> list[str]:
+        return list(self.categories)
+
+    def load(self, split: str, annotations: str | Path | Sequence[str | Path], images_root: str | Path | None = None,
+             categories: Sequence[str] | None = None) -> list[BenchmarkSplit]:
+        """Load ``split``; ``categories`` picks FashionIQ categories or GeneCIS tasks (default: all)."""
+        # The arguments are checked before any file is looked for.
+        if categories and not self.categories:
+            with_categories = [b.name for b in BENCHMARKS.values() if b.categories]
+            raise BenchmarkDataError(f"{self.name} has no categories (--category is for {' and '.join(with_categories)})")
+        unknown = [c for c in categories or () if c not in self.categories]
+        if unknown:
+            raise BenchmarkDataError(
+                f"{self.name}: unknown category {', '.join(unknown)}; choose from {', '.join(self.categories)}")
+        candidates = [annotations] if isinstance(annotations, (str, Path)) else list(annotations)
+        folder = self.locate([Path(c) for c in candidates if c is not None])
+        root = Path(images_root).expanduser() if images_root is not None else None
+        chosen = list(categories) if categories else self.default_categories(folder)
+        return self.load_splits(folder, split, chosen, root)
 
     def prepare(self, split: BenchmarkSplit, work_dir: Path) -> None:
         """Make the gallery concrete once the images are known to exist (scan a folder, cut crops)."""
@@ -102,7 +134,8 @@ class Benchmark:
         }
 
     def target_rank(self, query: Query, scored: Ranking) -> int | None:
-        """1-based rank of the (primary) target in the scored ranking; None when it is not ranked."""
+        """1-based rank of the (primary) target in the scored ranking (``scored_ranking``: CIRR without the
+        reference); None when it is not ranked. The one target-rank rule of a benchmark (traces, compare, report)."""
         target = query.meta.get("target")
         return None if target is None else scored.rank_of(str(target))
 
@@ -136,6 +169,12 @@ class CIRCO(Benchmark):
         "miccunifi/SEARLE src/validate.py:327-329 and src/generate_test_submission.py:229-234 (top-50 over the full gallery, no reference mask)",
         "ExplainableML/Vision_by_Language src/compute_results.py:150-158, 174-179 (same, CIReVL)",
     )
+
+    def locate(self, candidates):
+        return circo_data.locate(list(candidates))
+
+    def load_splits(self, folder, split, chosen, images_root):
+        return [circo_data.load_circo(folder, split, images_root)]
 
     def prepare(self, split: BenchmarkSplit, work_dir: Path) -> None:
         circo_data.scan_gallery(split)
@@ -172,6 +211,12 @@ class CIRR(Benchmark):
         "Cuberick-Orion/CIRR Test-split_server.md (submission format)",
     )
 
+    def locate(self, candidates):
+        return cirr_data.locate(list(candidates))
+
+    def load_splits(self, folder, split, chosen, images_root):
+        return [cirr_data.load_cirr(folder, split, images_root)]
+
     def min_k(self, splits):
         # Recall_subset ranks a handful of images inside the full ranking: rank the whole gallery.
         return max((len(split.gallery_ids or []) for split in splits), default=0)
@@ -201,10 +246,17 @@ class FashionIQ(Benchmark):
     exclude_reference = False
     gallery = "per category: that category's image_splits/split.<category>.val.json"
     reference_rule = "kept in the gallery"
+    categories = fashioniq_data.CATEGORIES
     sources = (
         "miccunifi/SEARLE src/validate.py:93-106 (argsort over the category gallery, no reference mask)",
         "ExplainableML/Vision_by_Language src/compute_results.py:29-45",
     )
+
+    def locate(self, candidates):
+        return fashioniq_data.locate(list(candidates))
+
+    def load_splits(self, folder, split, chosen, images_root):
+        return [fashioniq_data.load_fashioniq(folder, split, category, images_root) for category in chosen]
 
     def split_metrics(self, split, queries, rankings):
         return M.fashioniq_metrics(rankings, {q.id: q.meta["target"] for q in queries})
@@ -228,6 +280,20 @@ class GeneCIS(Benchmark):
         "ExplainableML/Vision_by_Language src/compute_results.py:199-225",
     )
 
+    categories = genecis_data.TASKS
+
+    def locate(self, candidates):
+        return genecis_data.locate(list(candidates))
+
+    def default_categories(self, folder):
+        # Every task whose file is there (the attribute files are often fetched apart).
+        return [task for task in self.categories if (folder / f"{task}.json").is_file()]
+
+    def load_splits(self, folder, split, chosen, images_root):
+        if split != "val":
+            raise BenchmarkDataError(f"GeneCIS is evaluated on its val files only, not {split!r}")
+        return [genecis_data.load_genecis(folder, task, images_root) for task in chosen]
+
     def prepare(self, split, work_dir):
         genecis_data.materialise_crops(split, work_dir / "genecis-vg-crops")
 
@@ -238,8 +304,14 @@ class GeneCIS(Benchmark):
         return {str(m) for m in query.meta.get("gallery", [])}
 
     def target_rank(self, query, scored):
-        # The per-query list is short (15) and may hold copies: the official list rank, over ids.
-        return M.target_rank(self.name, scored.head_ids(), query.meta, query.reference_id)
+        # The per-query list is short (15) and may hold copies: the rank in the official list, over ids.
+        target, gallery = query.meta.get("target"), [str(g) for g in query.meta.get("gallery", [])]
+        if target is None or not gallery:
+            return None
+        try:
+            return M.genecis_list_rank(scored.head_ids(), gallery, query.id)
+        except M.MetricError:
+            return None
 
     def split_metrics(self, split, queries, rankings):
         return M.genecis_metrics(rankings, {q.id: q.meta["target"] for q in queries},
@@ -260,9 +332,28 @@ class GeneCIS(Benchmark):
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (CIRCO(), CIRR(), FashionIQ(), GeneCIS())}
+"""Benchmark name -> its protocol, loader and target rank: the one list of benchmarks."""
+check_registry("benchmarks", BENCHMARK_NAMES, BENCHMARKS, "agent_cir/eval/benchmarks.py BENCHMARKS")
 
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise BenchmarkDataError(f"unknown dataset {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise BenchmarkDataError(unknown_name_message("dataset", name, BENCHMARKS))
     return BENCHMARKS[name]
+
+
+def load_benchmark(
+    dataset: str,
+    split: str,
+    annotations: str | Path | Sequence[str | Path],
+    images_root: str | Path | None = None,
+    categories: Sequence[str] | None = None,
+) -> list[BenchmarkSplit]:
+    """Load ``dataset``/``split`` (one :class:`BenchmarkSplit` per gallery: FashionIQ per category, GeneCIS per
+    task); ``categories`` picks FashionIQ categories or GeneCIS tasks (default: all)."""
+    return get_benchmark(dataset).load(split, annotations, images_root=images_root, categories=categories)
+
+
+def locate_annotations(dataset: str, candidates: Sequence[str | Path]) -> Path:
+    """The folder holding ``dataset``'s official annotation files, among ``candidates`` (or their children)."""
+    return get_benchmark(dataset).locate([Path(c) for c in candidates if c is not None])

@@ -220,24 +220,3 @@ def genecis_average(per_task: Mapping[str, Mapping[str, float]], tasks: Sequence
         return None
     keys = list(per_task[tasks[0]])
     return {key: float(np.mean([per_task[task][key] for task in tasks])) for key in keys}
-
-
-# ---------- per-query rank (for compare and reports) ----------
-def target_rank(dataset: str, ranking: Sequence[str], meta: Mapping, reference_id: str | None) -> int | None:
-    """1-based rank of the (primary) target under the dataset's convention; None when it is not ranked."""
-    target = meta.get("target")
-    if target is None:
-        return None
-    ranked = [str(item) for item in ranking]
-    if dataset == "cirr":
-        ranked = [item for item in ranked if item != reference_id]
-    elif dataset == "genecis":
-        gallery = [str(g) for g in meta.get("gallery", [])]
-        try:
-            return genecis_list_rank(ranked, gallery, "?") if gallery else None
-        except MetricError:
-            return None
-    try:
-        return ranked.index(str(target)) + 1
-    except ValueError:
-        return None

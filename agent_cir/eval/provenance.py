@@ -52,8 +52,10 @@ def prompt_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
     for stage in recipe.model_stages():
         config = getattr(recipe, stage)
         names = [config.prompt]
-        if stage == "rerank" and getattr(config, "method", "grid") == "pointwise":
-            names = [config.pointwise_prompt]
+        if stage == "rerank":
+            from agent_cir.rerank.judges import judge_prompt_name
+
+            names = [judge_prompt_name(config)]
         if stage == "verify":
             from agent_cir.stages.verify import verify_prompt_name
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+from agent_cir.config.names import AGGREGATION_METHODS, check_registry
+
 
 def borda_points(position: int, n: int, rrf_k: int) -> float:
     """An item at 0-based position p of n earns n - 1 - p points."""
@@ -17,7 +19,9 @@ def rrf_points(position: int, n: int, rrf_k: int) -> float:
 
 
 AGGREGATIONS: dict[str, Callable[[int, int, int], float]] = {"borda": borda_points, "rrf": rrf_points}
-"""Aggregation name (``rerank.aggregation``) -> points for one item at one position of one ranking."""
+"""Aggregation name (``rerank.aggregation``) -> points for one item at one position of one ranking. The names are
+declared in ``agent_cir/config/names.py`` AGGREGATION_METHODS (what the recipe schema accepts), checked equal here."""
+check_registry("rerank aggregations", AGGREGATION_METHODS, AGGREGATIONS, "agent_cir/rerank/aggregate.py AGGREGATIONS")
 
 
 def aggregate_rankings(

@@ -7,7 +7,8 @@
 - ``pointwise``: one yes/no question per candidate, score = the parsed answer (1, 0, or 0.5 when
   unparsable).
 - ``logits``: pointwise, score = P("yes") from the backend's next-token logits
-  (:mod:`agent_cir.backends.logit_scoring`); chosen for ``method: pointwise`` when the backend exposes them.
+  (:mod:`agent_cir.backends.logit_scoring`); ``method: logits`` requires them, ``method: pointwise`` uses
+  this judge when the backend exposes them.
 
 A judge returns (order, judge score per candidate in [0, 1]) and records its calls, grids, parsed answers
 and repairs into the query's :class:`~agent_cir.rerank.context.RerankContext`.
@@ -20,7 +21,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
 
-from agent_cir.config import RerankConfig
+from agent_cir.config import JUDGE_METHODS, RerankConfig, check_registry
+from agent_cir.errors import AgentCirError
 from agent_cir.grid import render_grid
 from agent_cir.parsing import extract_json
 from agent_cir.prompts import PromptTemplate, load_prompt
@@ -194,18 +196,38 @@ class LogitJudge(PointwiseJudge):
         return call, score, "logits"
 
 
-JUDGES: dict[str, type[Any]] = {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge,
-                                "pairwise": PairwiseJudge, "cotrr": CotrrJudge}
-"""Judge name -> class. ``rerank.method: grid`` -> grid; ``pointwise`` -> logits when the backend exposes
-next-token logits (local ``hf-vlm:``), else pointwise."""
+JUDGES: dict[str, type[Any]] = {
+    judge.name: judge for judge in (GridJudge, PointwiseJudge, LogitJudge, PairwiseJudge, CotrrJudge)}
+"""Judge name (``rerank.method``) -> class; the names are declared in ``agent_cir/config/names.py`` JUDGE_METHODS,
+which the recipe schema validates against (checked equal on import). ``pointwise`` asks for P(yes) from
+next-token logits when the backend exposes them (the ``logits`` judge), else parses the answer; ``logits``
+requires them. ``pairwise`` (ImageScope's evaluator) and ``cotrr`` (CoTRR's listwise call) live in their own
+modules (``rerank/pairwise.py``, ``rerank/cotrr.py``)."""
+check_registry("rerank judges", JUDGE_METHODS, JUDGES, "agent_cir/rerank/judges.py JUDGES")
+
+
+class JudgeBackendError(AgentCirError, ValueError):
+    """The judge a recipe names cannot run on the model it gives the judge."""
 
 
 def judge_name(config: RerankConfig, model: Any) -> str:
-    if config.method == "pointwise":
-        from agent_cir.backends.logit_scoring import supports_yes_probability
+    """The judge that runs ``config.method`` on ``model`` (``pointwise`` becomes ``logits`` where it can)."""
+    from agent_cir.backends.logit_scoring import supports_yes_probability
 
+    if config.method == "pointwise":
         return "logits" if supports_yes_probability(model) else "pointwise"
+    if config.method == "logits" and not supports_yes_probability(model):
+        raise JudgeBackendError(
+            f"rerank.method logits reads P(yes) from next-token logits, which model "
+            f"{getattr(model, 'id', type(model).__name__)} does not expose (a local hf-vlm: model does); "
+            "use rerank.method: pointwise (parsed yes/no answers) or grid"
+        )
     return config.method
+
+
+def judge_prompt_name(config: RerankConfig) -> str:
+    """The template the judge of ``config.method`` renders (pointwise judges: ``pointwise_prompt``)."""
+    return getattr(config, JUDGES[config.method].prompt_field)
 
 
 def make_judge(config: RerankConfig, model: Any, cache: Any) -> Any:

@@ -38,8 +38,6 @@ from agent_cir.prompts import PromptTemplate
 from agent_cir.rerank.parse import parse_yes_no
 from agent_cir.types import ModelCall
 
-LOGPROB_BACKENDS = frozenset({"openai"})
-"""Backends whose answers can carry ``top_logprobs`` (the OpenAI chat-completions shape)."""
 TOP_LOGPROBS = 10
 _YES = frozenset({"yes", "true"})
 _NO = frozenset({"no", "false"})
@@ -59,7 +57,8 @@ class YesNo:
 
 
 def supports_logprobs(handle: Any) -> bool:
-    return getattr(handle, "backend", None) in LOGPROB_BACKENDS and isinstance(handle, ChatModelHandle)
+    """Whether ``handle``'s answers can carry ``top_logprobs`` (its backend declares the capability)."""
+    return isinstance(handle, ChatModelHandle) and handle.capabilities.logprobs
 
 
 def reason_of(raw: str | None) -> str | None:

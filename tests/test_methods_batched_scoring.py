@@ -149,3 +149,30 @@ def test_verify_stage_scores_its_twenty_candidates_in_one_forward(tiny_model_dir
                                         candidate_captions=captions[f"g{i}"]) for i in range(20)]
     alone = [v.confidence for v in ask_yes_no_many(handle, questions[:3], prompt=prompt)]
     assert [round(a, 4) for a in alone] == [round(item["confidence"], 4) for item in items[:3]]
+
+
+def test_predicates_with_auto_scoring_ask_every_candidate_and_question_in_one_forward(tiny_model_dir, tmp_path):
+    """ImageScope's stage 2 on a local VLM: k candidates x n propositions as P(yes), one batched forward."""
+    import json
+
+    from agent_cir.config import PredicatesConfig
+    from agent_cir.stages.predicates import PredicatesStage
+    from tests.fixtures.chat import fake_model
+
+    verifier = create_chat_model(ModelConfig(spec=spec_for("idefics3", tiny_model_dir("idefics3")), batch_size=16))
+    reasoner = fake_model([json.dumps({"questions": [["Is it red?", "True"], ["Is there a dog?", "False"]]})])
+    stage = PredicatesStage(PredicatesConfig(enabled=True, k=3, scoring="auto"), verifier, reasoner)
+    candidates = []
+    for i, colour in enumerate([(200, 0, 0), (0, 0, 200), (0, 200, 0)]):
+        path = tmp_path / f"c{i}.png"
+        path.write_bytes(_png(colour, (32, 32)))
+        candidates.append(Candidate(f"c{i}", 1.0 - i / 10, str(path), i + 1))
+    state = QueryState(query=Query(id="q", text="make it red"))
+    state.candidates = candidates
+    with _CountForward(verifier.chat.weights.model) as rows:
+        record = stage.run(state)
+    assert rows == [6]
+    assert len(record.calls) == 1 + 6 and all(c.params.get("batch_rows") == 6 for c in record.calls[1:])
+    output = record.output
+    assert [len(c["answers"]) for c in output["candidates"]] == [2, 2, 2]
+    assert sorted(output["final_order"]) == ["c0", "c1", "c2"]

@@ -219,7 +219,7 @@ def judge_name(config: RerankConfig, model: Any) -> str:
     if config.method == "logits" and not supports_yes_probability(model):
         raise JudgeBackendError(
             f"rerank.method logits reads P(yes) from next-token logits, which model "
-            f"{getattr(model, 'id', type(model).__name__)} does not expose (a local hf-vlm: model does); "
+            f"{getattr(model, 'id', type(model).__name__)} does not expose (a local hf: or hf-vlm: model does); "
             "use rerank.method: pointwise (parsed yes/no answers) or grid"
         )
     return config.method

@@ -176,3 +176,19 @@ def test_predicates_with_auto_scoring_ask_every_candidate_and_question_in_one_fo
     output = record.output
     assert [len(c["answers"]) for c in output["candidates"]] == [2, 2, 2]
     assert sorted(output["final_order"]) == ["c0", "c1", "c2"]
+
+
+def test_a_model_whose_cache_cannot_be_shared_gets_the_plain_batched_forward(tiny_model_dir, monkeypatch) -> None:
+    import agent_cir.backends.logit_scoring as logit_scoring
+
+    def cannot(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("this cache type cannot be repeated over rows")
+
+    handle = create_chat_model(ModelConfig(spec=spec_for("llama", tiny_model_dir("llama")), batch_size=20))
+    prompt = load_prompt("verify_caption")
+    questions = _questions(5)
+    expected = [p for _, p in yes_probabilities(handle, questions, prompt=prompt, share_prefix=False)]
+    monkeypatch.setattr(logit_scoring, "shared_prefix_logits", cannot)
+    with _CountForward(handle.chat.weights.model) as rows:
+        got = [p for _, p in yes_probabilities(handle, questions, prompt=prompt)]
+    assert rows == [5] and max(abs(a - b) for a, b in zip(got, expected)) < 1e-6

@@ -158,7 +158,12 @@ def _score_rows(handle: ChatModelHandle, prepared: list[PreparedCall], share_pre
             device = getattr(weights.model, "device", None)
             if device is not None:
                 inputs = inputs.to(device)
-            logits = shared_prefix_logits(weights.model, inputs) if share_prefix else None
+            logits = None
+            if share_prefix:
+                try:
+                    logits = shared_prefix_logits(weights.model, inputs)
+                except Exception:  # noqa: BLE001 - a cache that cannot be repeated over rows: the plain forward
+                    logits = None
             if logits is None:
                 logits = last_token_logits(weights.model, inputs)
             lengths = inputs["attention_mask"].sum(dim=1).tolist() if "attention_mask" in inputs else (

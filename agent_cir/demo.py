@@ -56,6 +56,8 @@ class DemoView:
     description_source: str = ""
     retrieval: list[tuple[str, str]] = field(default_factory=list)
     grid: str | None = None
+    edited: str | None = None
+    """The imagine stage's edited reference (a served copy), when the recipe has that stage."""
     judge: str = ""
     final: list[tuple[str, str]] = field(default_factory=list)
     stages_done: list[str] = field(default_factory=list)
@@ -111,6 +113,9 @@ def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: se
         view.judge = "\n\n".join(call.raw for call in data.rerank.calls)
         if data.rerank.repairs:
             view.judge += "\n\nrepairs:\n" + "\n".join(data.rerank.repairs)
+    imagine = data.stage("imagine")
+    if imagine is not None and not imagine.skipped and imagine.output.get("path"):
+        view.edited = served.image(imagine.output["path"], "imagined target", max_side=GRID_SIDE)
     view.log = "\n".join(lines)
     view.captions = "\n".join(data.captions)
     view.reasoning = data.reasoning
@@ -387,17 +392,19 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                 with gr.Row():
                     grid = gr.Image(label="Judge's grid", elem_id="grid", type="filepath", interactive=False, height=320)
                     judge = gr.Textbox(label="Judge's answer", elem_id="judge", interactive=False, lines=6)
+                    edited = gr.Image(label="Imagined target (the edited reference)", elem_id="edited",
+                                      type="filepath", interactive=False, height=320)
                 final = gr.Gallery(label="Final ranking (the judge's order; scores are retrieval scores)",
                                    elem_id="final", columns=5, height="auto")
                 with gr.Accordion("Trace record", open=False):
                     trace_json = gr.JSON(elem_id="trace")
 
-        outputs = [log, captions, reasoning, description, retrieval, grid, judge, final, trace_json, last_query]
+        outputs = [log, captions, reasoning, description, retrieval, grid, judge, final, trace_json, last_query, edited]
 
         def render(view: DemoView, query_state: dict[str, Any] | None, note: str = "") -> tuple:
             warning = view.warning + "\n\n" if view.warning else ""
             return (warning + note + view.log, view.captions, view.reasoning, view.description, view.retrieval, view.grid,
-                    view.judge, view.final, view.trace, query_state)
+                    view.judge, view.final, view.trace, query_state, view.edited)
 
         def on_pick(item_id: str | None):
             return session.preview_of(item_id) if item_id else None

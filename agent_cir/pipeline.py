@@ -121,9 +121,16 @@ class Pipeline:
                     "(--index, made by `agent-cir index`) or gallery captions (retrieve.gallery_captions.path "
                     "or --gallery-captions)"
                 )
+        if recipe.retrieve.gallery_twins:
+            if index_obj is None:
+                raise AgentCirError("retrieve.gallery_twins scores the index's synthetic twins: pass the index folder "
+                                    "(--index) that holds them")
+            from agent_cir.retrieval.dual import with_twins
+
+            gallery = with_twins(gallery, index_obj)
         handles = _create_models(recipe, models or {})
         cache = None
-        if recipe.cache.enabled and handles:
+        if recipe.cache.enabled and (handles or recipe.imagine.enabled):
             from agent_cir.cache import ModelCache
 
             cache = ModelCache(recipe.cache.path)
@@ -229,6 +236,8 @@ class Pipeline:
                 return "target description set by hand (intervention)"
             if job.image_only:
                 return "no modification text: the reference image alone is the query (image mode)"
+        if stage.name == "imagine" and job.image_only:
+            return "no modification text: nothing to edit (the reference image alone is the query)"
         if stage.name == "retrieve" and job.image_only and self.recipe.retrieve.mode != "image":
             try:
                 return self._image_mode_stage()
@@ -410,6 +419,8 @@ def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any
     needed = {getattr(recipe, stage).model for stage in recipe.model_stages()}
     if recipe.predicates.enabled:
         needed.add(recipe.predicates.reasoner)  # the predicates stage's second model (its propositions)
+    if recipe.imagine.enabled and recipe.imagine.describe_model:
+        needed.add(recipe.imagine.describe_model)
     if not needed:
         return {}
     from agent_cir.backends import as_handle, create_chat_model
@@ -493,8 +504,18 @@ def _multigrain(pipe: Pipeline) -> Stage:
     return MultigrainStage(pipe.recipe.multigrain, pipe.encoder, pipe.gallery)
 
 
+def _imagine(pipe: Pipeline) -> Stage:
+    from agent_cir.backends.image_edit import create_image_editor
+    from agent_cir.stages.imagine import ImagineStage
+
+    config = pipe.recipe.imagine
+    describer = pipe.models[config.describe_model] if config.describe_model else None
+    return ImagineStage(config, create_image_editor(config), pipe.cache, reference_path=pipe.reference_path,
+                        describer=describer)
+
+
 STAGE_BUILDERS: dict[str, Callable[[Pipeline], Stage]] = {
-    "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "retrieve": _retrieve,
+    "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "imagine": _imagine, "retrieve": _retrieve,
     "verify": _verify, "refine": _refine, "rerank": _rerank, "predicates": _predicates, "multigrain": _multigrain,
 }
 """Stage name (as ``Recipe.enabled_stages()`` lists it) -> how the pipeline builds it. Adding a stage: one entry

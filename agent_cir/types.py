@@ -164,6 +164,10 @@ class QueryState:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     """One summary per finished round (description, retrieval head, verifier scores, decision)."""
     records: list[StageRecord] = field(default_factory=list)
+    edited_image: Any = None
+    """The imagine stage's picture of the target: an ``agent_cir.stages.imagine.EditedImage`` (None without it)."""
+    dual_paths: list[dict[str, Any]] = field(default_factory=list)
+    """Dual retrieval: per round, the ids each path (text, image) put in its top k (WISER's fusion reads them)."""
     artifacts_dir: Path | None = None
     """Where a stage may write files for the trace (grid images); None means do not write."""
     started: float = field(default_factory=time.time)

@@ -43,6 +43,7 @@ EXTRA_OF_MODULE = {
     "bitsandbytes": "quant",
     "gradio": "demo",
     "ray": "ray",
+    "diffusers": "edit",
     "pytest": "dev",
     "hypothesis": "dev",
     "nbclient": "dev",

@@ -14,6 +14,7 @@ from agent_cir.config.stages import (
     MODEL_STAGES,
     CacheConfig,
     CaptionConfig,
+    ImagineConfig,
     MultigrainConfig,
     OneStageConfig,
     PredicatesConfig,
@@ -97,6 +98,7 @@ class Recipe(_Strict):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     predicates: PredicatesConfig = Field(default_factory=PredicatesConfig)
     multigrain: MultigrainConfig = Field(default_factory=MultigrainConfig)
+    imagine: ImagineConfig = Field(default_factory=ImagineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
     circo: CircoOptions = Field(default_factory=CircoOptions)
@@ -114,6 +116,8 @@ class Recipe(_Strict):
         """The stages this recipe runs, in order: the one stage list every reader uses."""
         order = ["one_stage"] if self.one_stage.enabled else [
             name for name in ("caption", "rewrite") if getattr(self, name).enabled]
+        if self.imagine.enabled:
+            order.append("imagine")
         order.append("retrieve")
         order += [name for name in ("multigrain", "verify", "refine", "predicates", "rerank")
                   if getattr(self, name).enabled]
@@ -128,6 +132,24 @@ class Recipe(_Strict):
         if self.refine.enabled and not self.verify.enabled:
             raise ValueError("refine needs verify (it rewrites the queries the verifier did not accept): "
                              "enable verify, or disable refine")
+        return self
+
+    @model_validator(mode="after")
+    def _imagine_is_whole(self) -> Recipe:
+        retrieve = self.retrieve
+        if retrieve.mode == "dual" and not self.imagine.enabled:
+            raise ValueError("retrieve.mode 'dual' retrieves with the edited image: enable the imagine stage "
+                             "(imagine: {enabled: true, model: ...}) or choose another mode")
+        if retrieve.mode == "dual" and retrieve.dual_fusion == "wiser" and not self.verify.enabled:
+            raise ValueError("retrieve.dual_fusion 'wiser' orders by the verifier's confidences: enable verify, "
+                             "or use dual_fusion mix or rrf")
+        if retrieve.dual_image_text and not self.imagine.describe_model:
+            raise ValueError("retrieve.dual_image_text needs imagine.describe_model (the VLM that describes the "
+                             "edited image)")
+        describe = self.imagine.describe_model
+        if self.imagine.enabled and describe and describe not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ValueError(f"imagine.describe_model names {describe!r}, which is not under 'models:' (defined: {known})")
         return self
 
     @model_validator(mode="after")
@@ -212,6 +234,20 @@ def recipe_needs(recipe: Recipe) -> dict[str, Any]:
             servers.append(f"ollama ({model.base_url or 'localhost:11434'}) with {name} pulled")
         elif provider in ("hf", "hf-vlm"):
             weights.append(f"transformers {name}")
+    imagine = recipe.imagine
+    if imagine.enabled:
+        provider, _, name = imagine.model.partition(":")
+        if provider == "openai-images":
+            if imagine.base_url:
+                servers.append(f"OpenAI-compatible images server at {imagine.base_url} serving {name}")
+            else:
+                keys.append(imagine.api_key_env or "OPENAI_API_KEY")
+        else:
+            weights.append(f"image-edit {imagine.model} (pip install 'agent-cir[edit]')")
+        if imagine.describe_model and imagine.describe_model in recipe.models:
+            weights.append(f"describer {recipe.models[imagine.describe_model].spec}")
+    if recipe.retrieve.gallery_twins:
+        data.append("the index's synthetic twins (agent_cir.index.twins.build_twins)")
     captions = recipe.retrieve.gallery_captions
     if captions is not None:
         data.append(f"gallery captions JSON ({captions.path or '--gallery-captions'})")

@@ -90,9 +90,11 @@ class RetrieveConfig(_Strict):
       pdv       PDV-F of PDV-T = txt(ref caption) + alpha_T D and PDV-I = img + alpha_I D, D = txt - txt(ref caption)
       sqaf      SQUARE: normalise((1 - sqaf_weight) normalise((1 - alpha) img + alpha txt(modification))
                 + sqaf_weight txt(target description))
+      dual      two paths, text (q = txt) and image (q = img(edited image) from the imagine stage), fused by
+                ``dual_fusion`` with ``dual_weight`` w = the image path's weight (``agent_cir.retrieval.dual``)
     """
 
-    mode: Literal["text", "image", "fusion", "pdv", "weimocir", "sqaf"] = "text"
+    mode: Literal["text", "image", "fusion", "pdv", "weimocir", "sqaf", "dual"] = "text"
     alpha: float = Field(0.8, ge=0.0, le=1.0)
     """fusion / weimocir / sqaf: weight of the text in the image-text fusion (WeiMoCIR CLIP: 0.8)."""
     pdv_alpha_t: float = 1.0
@@ -129,6 +131,23 @@ class RetrieveConfig(_Strict):
     """HNSW indexes: search-time candidate list size, efSearch (None: the index's own setting)."""
     faiss_params: dict[str, float] = Field(default_factory=dict)
     """Any other faiss ParameterSpace setting of the image index, e.g. {"k_factor_rf": 4} for a refine stage."""
+    dual_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """mode dual: w, the image path's weight (1 - w weights the text path). Paracosm's lambda: 0.3."""
+    dual_fusion: Literal["mix", "rrf", "wiser"] = "mix"
+    """mode dual. mix: score = (1 - w) cos(q_txt, g) + w cos(q_img, g) over the whole gallery (one exact search
+    with the mixed query); rrf: (1 - w) / (rrf_k + rank_txt) + w / (rrf_k + rank_img) over both top-k lists;
+    wiser: the pool of both top-k lists (in rrf order) goes to the verifier, whose confidences make the final
+    order as WISER sums them (c_txt + c_img, docs/PROTOCOLS.md); needs verify."""
+    dual_rrf_k: int = Field(60, ge=0)
+    """mode dual, dual_fusion rrf: the reciprocal-rank constant."""
+    dual_image_text: bool = False
+    """mode dual: the image path's query is normalise(img(edited) + txt(description of the edited image)), as
+    Paracosm's mental image + its description (needs ``imagine.describe_model``); raw projections where the
+    encoder gives them."""
+    gallery_twins: bool = False
+    """Score every gallery item by its real + synthetic twin feature, normalise(normalise(real) + normalise(twin))
+    (Paracosm); the index needs its twins (``agent_cir.index.twins.build_twins``)."""
+
 
     @model_validator(mode="before")
     @classmethod
@@ -291,6 +310,49 @@ class MultigrainConfig(_Strict):
     object_template: str = "{}"
     """How an object phrase is put to the text encoder (e.g. "a photo of {}")."""
     max_objects: int = Field(8, ge=0, le=32)
+
+
+class ImagineConfig(_Strict):
+    """Consumed by ``agent_cir.stages.imagine``: the reference image edited into a picture of the target through
+    an image-edit backend (``agent_cir.backends.image_edit``), for ``retrieve.mode: dual``."""
+
+    enabled: bool = False
+    model: str = "diffusers:timbrooks/instruct-pix2pix"
+    """Backend spec: ``diffusers:ID_OR_PATH`` (any diffusers image-to-image or instruction-editing pipeline, in
+    process), ``openai-images:MODEL`` (an OpenAI-compatible images endpoint: images.edit), or a registered one."""
+    prompt: str = "imagine"
+    """Template of the edit instruction (variables: modification, description, caption)."""
+    source: Literal["modification", "description"] = "modification"
+    """What the instruction carries: the modification text, or the rewritten target description (falls back to
+    the modification when no description exists)."""
+    steps: int = Field(30, ge=1, le=1000)
+    guidance: float = Field(7.5, ge=0.0)
+    """Text guidance scale (diffusers guidance_scale; true_cfg_scale for pipelines that take it)."""
+    image_guidance: float | None = Field(1.5, ge=0.0)
+    """Image guidance (InstructPix2Pix's image_guidance_scale), passed only to pipelines that take it."""
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    """Image-to-image strength (img2img pipelines); None: the pipeline's default."""
+    negative_prompt: str | None = None
+    seed: int = 0
+    size: int | None = Field(512, ge=16, le=4096)
+    """Side of the square output (height = width); None: the pipeline's default."""
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    device: str | None = None
+    """diffusers: where the pipeline runs (cpu, cuda, cuda:1); None: cuda when available, else cpu."""
+    device_map: str | None = None
+    """diffusers: a pipeline-level device_map (e.g. balanced) instead of one device."""
+    cpu_offload: Literal["model", "sequential"] | None = None
+    """diffusers: enable_model_cpu_offload / enable_sequential_cpu_offload (large models on small GPUs)."""
+    base_url: str | None = None
+    """openai-images: the server (an OpenAI-compatible /v1)."""
+    api_key_env: str | None = None
+    """openai-images: the environment variable holding the key (default OPENAI_API_KEY; none needed locally)."""
+    timeout: float = Field(300.0, gt=0.0)
+    describe_model: str | None = None
+    """A chat VLM under ``models:`` that describes the edited image in one sentence (Paracosm's mental-image
+    description, prompt ``imagine_describe``); None: no description."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Passed through to the backend: diffusers call keyword arguments, or images.edit fields."""
 
 
 class CacheConfig(_Strict):

@@ -64,6 +64,14 @@ def prompt_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
         # Hash the file as it is now: a long-lived process may hold a template read before it was edited.
         current = text_hash(Path(template.path).read_text(encoding="utf-8"))
         hashes[stage] = {"name": template.name, "path": str(template.path), "hash": current}
+    if recipe.imagine.enabled:  # the edit instruction (and the edited image's description) are prompts too
+        extra = {"imagine": recipe.imagine.prompt}
+        if recipe.imagine.describe_model:
+            extra["imagine_describe"] = "imagine_describe"
+        for stage, name in extra.items():
+            template = load_prompt(name)
+            current = text_hash(Path(template.path).read_text(encoding="utf-8"))
+            hashes[stage] = {"name": template.name, "path": str(template.path), "hash": current}
     return hashes
 
 

@@ -47,6 +47,7 @@ from agent_cir.index.scan import scan_gallery
 
 if TYPE_CHECKING:
     from agent_cir.index.gallery_index import GalleryIndex
+    from agent_cir.index.twins import TwinsRequest
 
 log = logging.getLogger("agent_cir.index")
 
@@ -173,6 +174,7 @@ def build_index(
     wait: bool = False,
     engine: str | EncodeEngine = "local",
     engine_options: dict[str, Any] | None = None,
+    twins: TwinsRequest | None = None,
 ) -> GalleryIndex:
     from agent_cir import __version__
 
@@ -289,4 +291,12 @@ def build_index(
     index.build_summary = summary
     if summary.interrupted:
         raise KeyboardInterrupt
+    if twins is not None:  # after the publish, under the twins' own lock: a failure keeps the new index
+        from agent_cir.index.twins import build_twins
+
+        made = build_twins(index, twins.generator, twins.settings, captioner=twins.captioner, captions=twins.captions,
+                           cache=twins.cache, engine=twins.engine or engine,
+                           engine_options=twins.engine_options or engine_options, batch_size=batch_size,
+                           workers=workers, progress=progress, wait=wait)
+        summary.notes.append(f"twins: {made.generated} drawn, {made.reused} reused; seconds per image {made.seconds}")
     return index

@@ -194,6 +194,7 @@ class GalleryIndex:
         wait: bool = False,
         engine: str | EncodeEngine = "local",
         engine_options: dict[str, Any] | None = None,
+        twins: Any = None,
     ) -> GalleryIndex:
         """Index (or update the index of) ``images_dir`` into ``out_dir``; returns the loaded index, whose
         ``build_summary`` says what happened. Only new or changed files are encoded; removed ones are dropped.
@@ -202,6 +203,7 @@ class GalleryIndex:
         ``follow_symlinks``: also index file symlinks whose target lies outside ``images_dir``.
         ``wait``: when another process is writing ``out_dir``, wait for it instead of failing at once.
         ``engine``: an ``ENGINES`` name or an ``EncodeEngine`` (see encode.py); ``engine_options`` its settings.
+        ``twins``: an ``agent_cir.index.twins.TwinsRequest``: draw the synthetic twins (Paracosm) right after.
         The new index is published atomically; a killed run keeps its finished batches for the next run, and
         an interrupted one (Ctrl-C) publishes everything encoded so far, then re-raises.
         """
@@ -210,7 +212,7 @@ class GalleryIndex:
         return build_index(
             cls, images_dir, out_dir, encoder, batch_size=batch_size, workers=workers, index_type=index_type,
             files=files, progress=progress, follow_symlinks=follow_symlinks, wait=wait, engine=engine,
-            engine_options=engine_options,
+            engine_options=engine_options, twins=twins,
         )
 
 

@@ -86,6 +86,16 @@ def retrieval_heading(trace: TraceData) -> dict[str, Any]:
     return {"title": title, "detail": " · ".join(parts)}
 
 
+def _edited(trace: Any, images: ReportImages, base: str | None) -> dict[str, Any] | None:
+    """The imagine stage's picture of the target (shown beside the reference), or None without that stage."""
+    stage = trace.stage("imagine")
+    if stage is None or stage.skipped:
+        return None
+    output = stage.output
+    return {"image": images.grid(output.get("path"), base), "instruction": output.get("instruction"),
+            "model": output.get("model"), "seed": output.get("seed"), "description": output.get("description")}
+
+
 def query_context(view: QueryView, images: ReportImages, captions: dict[str, list[str]]) -> dict[str, Any]:
     trace = view.trace
     targets, subset = set(view.ground_truth), set(view.subset)
@@ -113,6 +123,7 @@ def query_context(view: QueryView, images: ReportImages, captions: dict[str, lis
         "reference_path": images.display_path(trace.image_path),
         "reference_caption": (captions.get(str(trace.reference_id)) or [None])[0],
         "caption_stage": trace.stage("caption"),
+        "edited": _edited(trace, images, base),
         "retrieval": trace.retrieval,
         "retrieval_heading": retrieval_heading(trace),
         "retrieve_rows": _rows(trace.retrieval.rows if trace.retrieval else [], images, targets, subset, captions),

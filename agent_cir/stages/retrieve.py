@@ -24,6 +24,7 @@ from agent_cir.fusion import (
     weighted_fusion,
     weimocir_query,
 )
+from agent_cir.retrieval.dual import check_dual_gallery, dual_query_rows, fuse_path_rankings
 from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
@@ -75,6 +76,10 @@ class _Plan:
     query: np.ndarray | None = None
     average_reference: bool = False
     """Average the text query with the reference image feature (``retrieve.reference_average_tasks``)."""
+    edited_vector: np.ndarray | None = None
+    """mode dual: the embedding of the imagine stage's picture (raw where the encoder gives it)."""
+    description: str | None = None
+    """mode dual with dual_image_text: the description of the edited picture."""
 
 
 class RetrieveStage:
@@ -120,6 +125,8 @@ class RetrieveStage:
         self.paired_slots: int | None = None
         if paired and gallery.has_captions:
             self.paired_slots = (captions_config.per_item if captions_config else None) or gallery.captions_per_item
+        if config.mode == "dual":
+            check_dual_gallery(gallery.has_images, self.caption_weight, self.paired_slots)
         self.search_settings: dict[str, float] = {}
         if gallery.has_images and (config.nprobe or config.ef_search or config.faiss_params):
             self.search_settings = gallery.engine.configure(config.nprobe, config.ef_search, config.faiss_params)
@@ -226,6 +233,17 @@ class RetrieveStage:
                         "reference_caption"
                     )
                 plan.reference_texts = captions
+        if plan.mode == "dual":
+            edited = state.edited_image
+            if edited is None:
+                plan.notes.append("dual: no edited image (the imagine stage did not run for this query): "
+                                  "retrieving with the text path alone")
+                plan.mode = "text"
+            elif config.dual_image_text:
+                plan.description = edited.description
+                if not plan.description:
+                    plan.notes.append("dual: the edited image has no description: its image vector alone is the "
+                                      "image path")
         plan.average_reference = plan.mode == "text" and query.meta.get("task") in config.reference_average_tasks
         if plan.mode in _IMAGE_MODES or plan.average_reference:
             if plan.reference_position is None or not self.gallery.has_images:
@@ -271,7 +289,10 @@ class RetrieveStage:
             plans[position].raw_image = raw_encode is not None
 
     def _gallery_image(self, plan: _Plan, raw: bool) -> np.ndarray:
-        vector = np.asarray(self.gallery.image_embeddings[plan.reference_position], dtype=np.float32)
+        # A twins gallery searches real + twin vectors, but a reference image is its real picture.
+        real = getattr(self.gallery, "real_embeddings", None)
+        source = real if real is not None else self.gallery.image_embeddings
+        vector = np.asarray(source[plan.reference_position], dtype=np.float32)
         norms = self.gallery.image_norms
         if raw and norms is not None:
             plan.raw_image = True
@@ -318,6 +339,8 @@ class RetrieveStage:
             extra.update({"alpha": config.alpha, "pairing": "paired", "captions_per_item": slots,
                           "raw_projections": image_raw and captions_raw})
             return query, extra
+        if plan.mode == "dual":
+            return self._dual_query(plan, text, stack)
         if plan.mode == "image":
             query = normalise(image if image is not None else self._gallery_image(plan, raw=False))
         elif plan.mode == "text":
@@ -350,6 +373,54 @@ class RetrieveStage:
                                     self.caption_weight, self.gallery.has_images)
         return query, extra
 
+    # ---------- dual paths (formulas: agent_cir.retrieval.dual) ----------
+    def _encode_edited(self, plans: list[_Plan], failures: dict[int, BaseException], raw: bool) -> None:
+        """One encoder call for every edited picture of the batch (mode dual), with the index's encoder."""
+        owners = [i for i, plan in enumerate(plans)
+                  if plan.mode == "dual" and i not in failures and plan.state.edited_image is not None]
+        if not owners:
+            return
+        pictures = [plans[i].state.edited_image.picture() for i in owners]
+        raw_encode = getattr(self.encoder, "encode_images_raw", None) if raw else None
+        vectors = np.asarray((raw_encode or self.encoder.encode_images)(pictures), dtype=np.float32)
+        for i, vector in zip(owners, vectors):
+            plans[i].edited_vector = vector
+
+    def _dual_query(self, plan: _Plan, text: dict[str, np.ndarray], stack: Any) -> tuple[np.ndarray, dict]:
+        config = self.config
+        description = text[plan.description] if plan.description else None
+        rows = dual_query_rows(mean_embedding(stack(plan.texts)), plan.edited_vector, description,
+                               config.dual_fusion, config.dual_weight)
+        extra: dict[str, Any] = {"dual_weight": config.dual_weight, "dual_fusion": config.dual_fusion}
+        if plan.description:
+            extra["edited_description"] = plan.description
+        return rows, extra
+
+    def _fuse_paths(self, plans: list[_Plan], searched: list[int], rankings: list[Ranking],
+                    extras: dict[int, dict[str, Any]]) -> tuple[list[int], list[Ranking]]:
+        """One ranking per query: the two path rankings of an rrf / wiser dual query fused into one."""
+        config = self.config
+        owners: list[int] = []
+        fused: list[Ranking] = []
+        position = 0
+        while position < len(searched):
+            i = searched[position]
+            two = position + 1 < len(searched) and searched[position + 1] == i
+            if not two:
+                owners.append(i)
+                fused.append(rankings[position])
+                position += 1
+                continue
+            ranking, paths = fuse_path_rankings(rankings[position], rankings[position + 1], config.dual_fusion,
+                                                config.dual_weight, config.dual_rrf_k)
+            fused.append(ranking)
+            extras[i]["paths"] = {name: ids[: TRACE_HEAD] for name, ids in paths.items()}
+            if config.dual_fusion == "wiser":
+                plans[i].state.dual_paths.append({"round": plans[i].state.round, **paths})
+            owners.append(i)
+            position += 2
+        return owners, fused
+
     # ---------- run ----------
     def run(self, state: QueryState) -> StageRecord:
         outcome = self.run_batch([state])[0]
@@ -370,11 +441,14 @@ class RetrieveStage:
                 plans.append(_Plan(state=state, mode=self.config.mode))
         live = [i for i in range(len(states)) if i not in failures]
         raw = self.config.mode == "weimocir"
+        raw = raw or (self.config.mode == "dual" and self.config.dual_image_text)
         strings = list(dict.fromkeys(
-            s for i in live for s in (*plans[i].texts, *plans[i].reference_texts, *plans[i].target_texts)
+            s for i in live for s in (*plans[i].texts, *plans[i].reference_texts, *plans[i].target_texts,
+                                      *([plans[i].description] if plans[i].description else []))
         ))
         text, raw_texts = self._encode_texts(strings, raw)
         self._encode_images(plans, failures, raw)
+        self._encode_edited(plans, failures, raw and raw_texts)
         extras: dict[int, dict[str, Any]] = {}
         rows: list[np.ndarray] = []
         searched: list[int] = []
@@ -388,8 +462,9 @@ class RetrieveStage:
                     f"query {plans[i].state.query.id}: {err}"
                 )
                 continue
-            rows.append(query)
-            searched.append(i)
+            for row in np.atleast_2d(query):  # a dual rrf / wiser query searches two rows, one per path
+                rows.append(row)
+                searched.append(i)
         rankings = []
         if searched:
             rankings = self.gallery.engine.search(
@@ -400,6 +475,7 @@ class RetrieveStage:
                 exclude=[plans[i].excluded for i in searched],
                 restrict=[plans[i].restrict for i in searched],
             )
+            searched, rankings = self._fuse_paths(plans, searched, rankings, extras)
         structure = self.gallery.engine.describe(self.caption_weight, self.paired_slots) if searched else ""
         outcomes: list[StageRecord | BaseException] = [failures.get(i) for i in range(len(states))]  # type: ignore[misc]
         for i, ranking in zip(searched, rankings):

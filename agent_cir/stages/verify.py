@@ -151,7 +151,12 @@ class VerifyStage:
 
     def _fuse(self, state: QueryState) -> dict[str, Any]:
         rounds = [list(zip(r["head"], r["confidences"], r["retrieval"])) for r in state.rounds]
-        fused = fuse_rounds(rounds, self.config.fusion, self.config.rrf_k)
+        if state.dual_paths:  # retrieve.dual_fusion wiser: the two paths' confidences summed
+            from agent_cir.retrieval.dual import wiser_fusion
+
+            fused = wiser_fusion(rounds, state.dual_paths)
+        else:
+            fused = fuse_rounds(rounds, self.config.fusion, self.config.rrf_k)
         ranking = state.ranking if state.ranking is not None else Ranking.from_candidates(state.candidates)
         positions = [ranking.lookup(item.id) for item in fused]
         kept = [(item, p) for item, p in zip(fused, positions) if p is not None]
@@ -160,7 +165,7 @@ class VerifyStage:
             verify=[item.confidence for item, _ in kept], final=[item.score for item, _ in kept],
         )
         state.candidates = state.ranking.head(max(len(state.candidates), len(kept)))
-        return {"fusion": self.config.fusion, "final_order": [item.id for item, _ in kept]}
+        return {"fusion": "wiser_paths" if state.dual_paths else self.config.fusion, "final_order": [item.id for item, _ in kept]}
 
     def next_stage(self, state: QueryState) -> str | None:
         """To ``refine`` when the query goes round again; else on past it."""

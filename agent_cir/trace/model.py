@@ -187,6 +187,32 @@ class RetrieveOutput(_Open):
     reference_texts: list[str] | None = None
     sqaf_weight: float | None = None
     target_texts: list[str] | None = None
+    dual_weight: float | None = None
+    """mode dual: the image path's weight."""
+    dual_fusion: str | None = None
+    paths: dict[str, list[Id]] | None = None
+    """mode dual: each path's own top ids (text, image)."""
+
+
+class ImagineOutput(_Open):
+    """The imagine stage's edit: the backend, the instruction it was given, the settings and the picture."""
+
+    model: str | None = None
+    """The image-edit backend spec (``diffusers:...``, ``openai-images:...``)."""
+    instruction: str | None = None
+    source: str | None = None
+    """modification | description: what the instruction carries."""
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    image_guidance: float | None = None
+    strength: float | None = None
+    size: int | None = None
+    image_sha256: str | None = None
+    path: str | None = None
+    """The edited image's file in the query's artifacts folder (None when the run keeps no artifacts)."""
+    description: str | None = None
+    """A VLM's one-sentence description of the edited image (``imagine.describe_model``)."""
 
 
 class GridRecord(_Open):
@@ -360,6 +386,11 @@ class RetrieveRecord(_StageRecordBase):
     output: RetrieveOutput = Field(default_factory=RetrieveOutput)
 
 
+class ImagineRecord(_StageRecordBase):
+    stage: Literal["imagine"] = "imagine"
+    output: ImagineOutput = Field(default_factory=ImagineOutput)
+
+
 class RerankRecord(_StageRecordBase):
     stage: Literal["rerank"] = "rerank"
     output: RerankOutput = Field(default_factory=RerankOutput)
@@ -396,6 +427,7 @@ _RECORD_CLASSES: dict[str, type[_StageRecordBase]] = {
     "rewrite": RewriteRecord,
     "one_stage": OneStageRecord,
     "retrieve": RetrieveRecord,
+    "imagine": ImagineRecord,
     "rerank": RerankRecord,
     "verify": VerifyRecord,
     "refine": RefineRecord,
@@ -415,6 +447,7 @@ AnyStageRecord: TypeAlias = Annotated[
         Annotated[RewriteRecord, Tag("rewrite")],
         Annotated[OneStageRecord, Tag("one_stage")],
         Annotated[RetrieveRecord, Tag("retrieve")],
+        Annotated[ImagineRecord, Tag("imagine")],
         Annotated[RerankRecord, Tag("rerank")],
         Annotated[VerifyRecord, Tag("verify")],
         Annotated[RefineRecord, Tag("refine")],
@@ -463,6 +496,8 @@ class Trace(_Open):
     def stage(self, name: Literal["one_stage"]) -> OneStageRecord | None: ...
     @overload
     def stage(self, name: Literal["retrieve"]) -> RetrieveRecord | None: ...
+    @overload
+    def stage(self, name: Literal["imagine"]) -> ImagineRecord | None: ...
     @overload
     def stage(self, name: Literal["rerank"]) -> RerankRecord | None: ...
     @overload

@@ -151,7 +151,8 @@ class Pipeline:
         trace's usual head, never more than retrieval returns."""
         recipe = self.recipe
         wanted = max(TRACE_HEAD, recipe.rerank.k if recipe.rerank.enabled else 0,
-                     recipe.verify.k if recipe.verify.enabled else 0)
+                     recipe.verify.k if recipe.verify.enabled else 0,
+                     recipe.predicates.k if recipe.predicates.enabled else 0)
         return min(recipe.retrieve.k, wanted)
 
     def reference_path(self, state: QueryState) -> str | None:
@@ -416,6 +417,8 @@ def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any
     """Chat-model handles for the models the enabled stages use; ``injected`` ones (fakes, shared
     instances) win over the recipe's specs."""
     needed = {getattr(recipe, stage).model for stage in recipe.model_stages()}
+    if recipe.predicates.enabled:
+        needed.add(recipe.predicates.reasoner)  # the predicates stage's second model (its propositions)
     if recipe.imagine.enabled and recipe.imagine.describe_model:
         needed.add(recipe.imagine.describe_model)
     if not needed:
@@ -488,6 +491,19 @@ def _rerank(pipe: Pipeline) -> Stage:
                        candidate_captions=pipe.gallery.captions or None)
 
 
+def _predicates(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.predicates import PredicatesStage
+
+    config = pipe.recipe.predicates
+    return PredicatesStage(config, pipe.models[config.model], pipe.models[config.reasoner], pipe.cache)
+
+
+def _multigrain(pipe: Pipeline) -> Stage:
+    from agent_cir.stages.multigrain import MultigrainStage
+
+    return MultigrainStage(pipe.recipe.multigrain, pipe.encoder, pipe.gallery)
+
+
 def _imagine(pipe: Pipeline) -> Stage:
     from agent_cir.backends.image_edit import create_image_editor
     from agent_cir.stages.imagine import ImagineStage
@@ -500,7 +516,7 @@ def _imagine(pipe: Pipeline) -> Stage:
 
 STAGE_BUILDERS: dict[str, Callable[[Pipeline], Stage]] = {
     "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "imagine": _imagine, "retrieve": _retrieve,
-    "verify": _verify, "refine": _refine, "rerank": _rerank,
+    "verify": _verify, "refine": _refine, "rerank": _rerank, "predicates": _predicates, "multigrain": _multigrain,
 }
 """Stage name (as ``Recipe.enabled_stages()`` lists it) -> how the pipeline builds it. Adding a stage: one entry
 here and one in ``Recipe.enabled_stages``."""

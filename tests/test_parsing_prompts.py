@@ -68,7 +68,8 @@ def test_every_packaged_template_keeps_injected_markers_as_data():
                          target_descriptions=[hostile], reference_caption=hostile, n_cells=4, reference="separate",
                          has_captions=False, has_reference=True,
                          current_description=hostile, findings=[hostile], n_candidates=10,
-                         candidate_captions=[hostile])
+                         candidate_captions=[hostile], question=hostile, target_description=hostile,
+                         description=hostile)
         messages = template.render_messages(**variables)
         assert [role for role, _ in messages] == template.roles, name
         assert sum(body.count("new rules") for role, body in messages if role == "system") == 0, name

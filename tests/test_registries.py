@@ -135,9 +135,9 @@ def test_the_eval_command_lists_exactly_the_registered_benchmarks():
 @pytest.mark.parametrize("backend", sorted(CHAT_BACKENDS))
 def test_every_chat_backend_declares_its_capabilities(backend):
     capabilities = CHAT_BACKENDS[backend].capabilities
-    # Only a server answers with top_logprobs; only an in-process VLM exposes logits; only servers have deadlines.
+    # Only a server answers with top_logprobs; only in-process models expose logits; only servers have deadlines.
     assert capabilities.logprobs == (backend == "openai")
-    assert capabilities.next_token_logits == (backend == "hf-vlm")
+    assert capabilities.next_token_logits == (backend in ("hf", "hf-vlm"))
     assert capabilities.remote == (backend in ("openai", "ollama"))
     assert capabilities.images == (backend != "hf")
 

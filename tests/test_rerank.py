@@ -667,7 +667,11 @@ def test_a_tournament_over_one_cell_grids_is_refused_not_run_forever() -> None:
 def test_judges_come_from_the_registry(rerank_candidates) -> None:
     from agent_cir.rerank import JUDGES, GridJudge, LogitJudge, PointwiseJudge
 
-    assert JUDGES == {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge}
+    from agent_cir.rerank.cotrr import CotrrJudge
+    from agent_cir.rerank.pairwise import PairwiseJudge
+
+    assert JUDGES == {"grid": GridJudge, "pointwise": PointwiseJudge, "logits": LogitJudge,
+                      "pairwise": PairwiseJudge, "cotrr": CotrrJudge}
     judge = scripted_judge(responses=["yes"])
     assert isinstance(_stage(judge).judge, GridJudge)
     assert type(_stage(judge, method="pointwise").judge) is PointwiseJudge  # fake: no logits

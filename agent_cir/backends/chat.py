@@ -461,7 +461,7 @@ CHAT_BACKENDS: dict[str, ChatBackend] = {
     "openai": ChatBackend(_openai, BackendCapabilities(**_SERVER, logprobs=True, invoke_retries=False)),
     "ollama": ChatBackend(_ollama, BackendCapabilities(**_SERVER, logprobs=False, invoke_retries=True)),
     "hf": ChatBackend(lambda config, model: _local(config, model, vision=False),
-                      BackendCapabilities(**_IN_PROCESS, images=False, next_token_logits=False), _LOCAL_ADVICE),
+                      BackendCapabilities(**_IN_PROCESS, images=False, next_token_logits=True), _LOCAL_ADVICE),
     "hf-vlm": ChatBackend(lambda config, model: _local(config, model, vision=True),
                           BackendCapabilities(**_IN_PROCESS, images=True, next_token_logits=True), _LOCAL_ADVICE),
     "fake": ChatBackend(_fake, BackendCapabilities(

@@ -295,6 +295,11 @@ class _LocalTransformersChat(BaseChatModel):
         generating: for callers that score with the logits (e.g. a yes/no judge). Hold ``weights.lock``."""
         return self._encode([self._render(messages)])
 
+    def prepare_inputs_many(self, conversations: list[list[BaseMessage]]) -> Any:
+        """Padded model inputs for several conversations at once (one row each, left padding), for one batched
+        scoring forward. Hold ``weights.lock``."""
+        return self._encode([self._render(messages) for messages in conversations])
+
     def _prepare_inputs(self, messages: list[BaseMessage]) -> Any:
         return self.prepare_inputs(messages)
 

@@ -69,9 +69,11 @@ def data_url(data: bytes, mime: str) -> str:
 
 
 def to_langchain_messages(
-    messages: Sequence[tuple[str, str]], image_urls: Sequence[str] = ()
+    messages: Sequence[tuple[str, str]], image_urls: Sequence[str] = (), image_labels: Sequence[str] | None = None
 ) -> list[BaseMessage]:
-    """Role/text pairs -> LangChain messages; images go into the last user message as ``image_url`` blocks."""
+    """Role/text pairs -> LangChain messages; images go into the last user message as ``image_url`` blocks.
+    With ``image_labels`` (one per image) the text comes first and each image follows its own text label
+    ("Image 1:"), as CoTRR shows its candidates."""
     converted: list[BaseMessage] = []
     last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=None)
     if image_urls and last_user is None:
@@ -82,6 +84,13 @@ def to_langchain_messages(
             converted.append(SystemMessage(content=text))
         elif role == "assistant":
             converted.append(AIMessage(content=text))
+        elif index == last_user and image_urls and image_labels is not None:
+            labelled: list[str | dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            for label, url in zip(image_labels, image_urls):
+                if label:
+                    labelled.append({"type": "text", "text": label})
+                labelled.append({"type": "image_url", "image_url": {"url": url}})
+            converted.append(HumanMessage(content=labelled))
         elif index == last_user and image_urls:
             # Images before the text: most VLM chat templates expect the picture first.
             blocks: list[str | dict[str, Any]] = [
@@ -409,9 +418,11 @@ class PreparedCall:
     started: float
     miss_status: str = "miss"
     """How a call the store could not answer is traced (eval/answers.RunAnswers, a run's own store: "off")."""
+    image_labels: list[str] | None = None
 
     def langchain_messages(self) -> list[BaseMessage]:
-        return to_langchain_messages(self.messages, [data_url(data, mime) for data, mime in self.encoded])
+        return to_langchain_messages(self.messages, [data_url(data, mime) for data, mime in self.encoded],
+                                     self.image_labels)
 
     def record(self, raw: str, cache: str, usage: dict[str, Any] | None, params: dict[str, Any]) -> ModelCall:
         cache = self.miss_status if cache == "miss" else cache
@@ -439,8 +450,13 @@ def prepare_call(
     images: Sequence[Any],
     cache: ModelCache | None,
     key_parts: dict[str, Any],
+    image_labels: Sequence[str] | None = None,
 ) -> PreparedCall:
     started = time.perf_counter()
+    if image_labels is not None:
+        if len(image_labels) != len(images):
+            raise ValueError(f"{len(image_labels)} image labels for {len(images)} images")
+        key_parts = {**key_parts, "image_labels": list(image_labels)}
     encoded = [image_bytes(image) for image in images]
     image_hashes = [bytes_hash(data) for data, _ in encoded]
     key = None
@@ -455,7 +471,8 @@ def prepare_call(
             **key_parts,
         )
     return PreparedCall(handle, prompt, list(messages), encoded, image_hashes, _render_prompt_text(messages), key,
-                        started, getattr(cache, "miss_status", "miss"))
+                        started, getattr(cache, "miss_status", "miss"),
+                        list(image_labels) if image_labels is not None else None)
 
 
 def lookup_cached(
@@ -485,8 +502,10 @@ def invoke(
     schema: type[BaseModel] | None = None,
     temperature: float | None = None,
     n_sample_index: int = 0,
+    image_labels: Sequence[str] | None = None,
 ) -> ModelCall:
     """Call ``handle``'s model with rendered ``messages`` (+ images), through the cache; return the trace record.
+    ``image_labels``: a text label before each image (see :func:`to_langchain_messages`).
 
     With ``schema`` and a backend that supports it, the answer is requested as JSON-schema structured output
     and ``ModelCall.raw`` holds its JSON text. Failures of that attempt:
@@ -503,7 +522,8 @@ def invoke(
     params = handle.sampling_params(temperature, n_sample_index)
     schema_hash = stable_hash(schema.model_json_schema()) if schema is not None else None
     prepared = prepare_call(handle, messages, prompt=prompt, images=images, cache=cache,
-                            key_parts={"kind": "chat", "params": params, "schema": schema_hash})
+                            key_parts={"kind": "chat", "params": params, "schema": schema_hash},
+                            image_labels=image_labels)
     cached, cache_note = lookup_cached(prepared, cache, _chat_value_ok)
     if cached is not None:
         return prepared.record(cached["raw"], "hit", None,  # no tokens were spent on a hit

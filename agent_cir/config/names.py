@@ -26,8 +26,12 @@ JUDGE_METHODS: dict[str, str] = {
     "grid": "listwise: the candidates tiled into numbered grids, the judge answers an order of cell numbers",
     "pointwise": "one yes/no question per candidate; P(yes) from next-token logits when the backend gives them, "
                  "else the parsed answer",
-    "logits": "one yes/no question per candidate, scored by P(yes) from next-token logits (a local hf-vlm: "
-              "model); refused for a backend without them",
+    "logits": "one yes/no question per candidate, scored by P(yes) from next-token logits (a local hf: or "
+              "hf-vlm: model); refused for a backend without them",
+    "pairwise": "ImageScope's evaluator: reference | candidate side by side, the top k in order until the first "
+                "yes, which moves to rank 1",
+    "cotrr": "CoTRR's one listwise chain-of-thought call, the reference and each candidate as separate labelled "
+             "images",
 }
 """``rerank.method`` -> what it does. Implemented by ``agent_cir.rerank.judges.JUDGES``."""
 

@@ -14,8 +14,10 @@ from agent_cir.config.stages import (
     MODEL_STAGES,
     CacheConfig,
     CaptionConfig,
-    OneStageConfig,
     ImagineConfig,
+    MultigrainConfig,
+    OneStageConfig,
+    PredicatesConfig,
     RefineConfig,
     RerankConfig,
     RetrieveConfig,
@@ -94,6 +96,8 @@ class Recipe(_Strict):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     refine: RefineConfig = Field(default_factory=RefineConfig)
+    predicates: PredicatesConfig = Field(default_factory=PredicatesConfig)
+    multigrain: MultigrainConfig = Field(default_factory=MultigrainConfig)
     imagine: ImagineConfig = Field(default_factory=ImagineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     max_concurrency: int = Field(4, ge=1)
@@ -115,7 +119,8 @@ class Recipe(_Strict):
         if self.imagine.enabled:
             order.append("imagine")
         order.append("retrieve")
-        order += [name for name in ("verify", "refine", "rerank") if getattr(self, name).enabled]
+        order += [name for name in ("multigrain", "verify", "refine", "predicates", "rerank")
+                  if getattr(self, name).enabled]
         return order
 
     def model_stages(self) -> list[str]:
@@ -156,6 +161,8 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"{stage_name}.model names {stage.model!r}, which is not under 'models:' (defined: {known})"
                 )
+        if self.predicates.enabled and self.predicates.reasoner not in self.models:
+            raise ValueError(f"predicates.reasoner names {self.predicates.reasoner!r}, which is not under 'models:'")
         if self.one_stage.enabled and (self.caption.enabled or self.rewrite.enabled):
             raise ValueError("one_stage replaces caption and rewrite: disable them (enabled: false) or one_stage")
         return self

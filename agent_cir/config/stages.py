@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from agent_cir.config.base import _Strict
 from agent_cir.config.names import AggregationMethod, JudgeMethod
 
-MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "rerank")
+MODEL_STAGES = ("caption", "rewrite", "one_stage", "verify", "refine", "predicates", "rerank")
 """Stages that call a chat model (recipe section name = stage name; each section names its model)."""
 
 
@@ -209,7 +209,10 @@ class RerankConfig(_Strict):
     """How many of the retrieved candidates the judge sees; the rest keep their retrieval order below them."""
     method: JudgeMethod = "grid"
     """A judge of ``agent_cir.rerank.judges.JUDGES`` (names: ``config/names.py`` JUDGE_METHODS): grid, pointwise
-    (P(yes) from logits where the backend gives them, else the parsed answer) or logits (logits required)."""
+    (P(yes) from logits where the backend gives them, else the parsed answer), logits (logits required), pairwise
+    (ImageScope's evaluator, ``pairwise_prompt``) or cotrr (CoTRR's listwise call, ``cotrr_prompt``)."""
+    pairwise_prompt: str = "imagescope_evaluate"
+    cotrr_prompt: str = "cotrr_listwise"
     grid: GridConfig = Field(default_factory=GridConfig)
     passes: int = Field(1, ge=1)
     """Position-bias control: pass 1 shows retrieval order, further passes seeded shuffles of the cells."""
@@ -238,9 +241,9 @@ class RerankConfig(_Strict):
 
 class VerifyConfig(_Strict):
     """Consumed by ``agent_cir.stages.verify``: a yes/no judgement of each of the top ``k`` candidates, "does it show
-    the reference changed as asked". Confidence = P(yes): next-token logits of a local ``hf-vlm:`` model, the
-    ``top_logprobs`` of an OpenAI-compatible server, else the parsed answer (1 / 0). With ``refine`` enabled, a
-    query whose best confidence is below ``threshold`` goes round again."""
+    the reference changed as asked". Confidence = P(yes): next-token logits of a local ``hf:`` / ``hf-vlm:`` model
+    (the k candidates in one batched forward), the ``top_logprobs`` of an OpenAI-compatible server, else the parsed
+    answer (1 / 0). With ``refine`` enabled, a query whose best confidence is below ``threshold`` goes round again."""
 
     enabled: bool = False
     model: str = "verifier"
@@ -277,6 +280,36 @@ class RefineConfig(_Strict):
     structured_output: bool = True
     findings: int = Field(3, ge=1, le=20)
     """How many of the verifier's best candidates (with its reasons) the refiner is shown."""
+
+
+class PredicatesConfig(_Strict):
+    """Consumed by ``agent_cir.stages.predicates``: ImageScope's stage 2. A text model (``reasoner``) splits the
+    modification into yes/no propositions with expected answers; an MLLM (``model``) answers each for each of the
+    top ``k`` candidates (image alone); the top k are stably sorted by the number of answers that match."""
+
+    enabled: bool = False
+    model: str = "verifier"
+    reasoner: str = "llm"
+    k: int = Field(20, ge=1, le=200)
+    prompt: str = "imagescope_propositions"
+    question_prompt: str = "imagescope_predicate"
+    scoring: Literal["answer", "auto"] = "answer"
+    """answer: the generated answer, yes when it contains "yes" (ImageScope); auto: P(yes) >= 0.5 where the
+    backend gives token probabilities (a local model: one batched forward), else the answer."""
+
+
+class MultigrainConfig(_Strict):
+    """Consumed by ``agent_cir.stages.multigrain``: CoTMR's multi-grained scoring. The description stage's answer
+    also lists objects that must be present / absent; the ranking is scored again with
+    S = mean cos(caption, v) + w_present * agg cos(present, v) - w_absent * agg cos(absent, v)."""
+
+    enabled: bool = False
+    present_weight: float = Field(1.0, ge=0.0)
+    absent_weight: float = Field(1.0, ge=0.0)
+    aggregate: Literal["mean", "sum", "max"] = "mean"
+    object_template: str = "{}"
+    """How an object phrase is put to the text encoder (e.g. "a photo of {}")."""
+    max_objects: int = Field(8, ge=0, le=32)
 
 
 class ImagineConfig(_Strict):

@@ -28,6 +28,8 @@ from agent_cir.parsing import extract_json
 from agent_cir.prompts import PromptTemplate, load_prompt
 from agent_cir.rerank.aggregate import aggregate_rankings, pass_agreement, rank_to_unit
 from agent_cir.rerank.context import RerankContext
+from agent_cir.rerank.cotrr import CotrrJudge
+from agent_cir.rerank.pairwise import PairwiseJudge
 from agent_cir.rerank.parse import parse_ranking, parse_yes_no
 from agent_cir.rerank.windows import listwise_order, pass_permutation
 from agent_cir.types import ModelCall
@@ -194,11 +196,13 @@ class LogitJudge(PointwiseJudge):
         return call, score, "logits"
 
 
-JUDGES: dict[str, type[_ModelJudge]] = {judge.name: judge for judge in (GridJudge, PointwiseJudge, LogitJudge)}
+JUDGES: dict[str, type[Any]] = {
+    judge.name: judge for judge in (GridJudge, PointwiseJudge, LogitJudge, PairwiseJudge, CotrrJudge)}
 """Judge name (``rerank.method``) -> class; the names are declared in ``agent_cir/config/names.py`` JUDGE_METHODS,
 which the recipe schema validates against (checked equal on import). ``pointwise`` asks for P(yes) from
 next-token logits when the backend exposes them (the ``logits`` judge), else parses the answer; ``logits``
-requires them."""
+requires them. ``pairwise`` (ImageScope's evaluator) and ``cotrr`` (CoTRR's listwise call) live in their own
+modules (``rerank/pairwise.py``, ``rerank/cotrr.py``)."""
 check_registry("rerank judges", JUDGE_METHODS, JUDGES, "agent_cir/rerank/judges.py JUDGES")
 
 
@@ -215,7 +219,7 @@ def judge_name(config: RerankConfig, model: Any) -> str:
     if config.method == "logits" and not supports_yes_probability(model):
         raise JudgeBackendError(
             f"rerank.method logits reads P(yes) from next-token logits, which model "
-            f"{getattr(model, 'id', type(model).__name__)} does not expose (a local hf-vlm: model does); "
+            f"{getattr(model, 'id', type(model).__name__)} does not expose (a local hf: or hf-vlm: model does); "
             "use rerank.method: pointwise (parsed yes/no answers) or grid"
         )
     return config.method
@@ -226,5 +230,5 @@ def judge_prompt_name(config: RerankConfig) -> str:
     return getattr(config, JUDGES[config.method].prompt_field)
 
 
-def make_judge(config: RerankConfig, model: Any, cache: Any) -> _ModelJudge:
+def make_judge(config: RerankConfig, model: Any, cache: Any) -> Any:
     return JUDGES[judge_name(config, model)](config, model, cache)

@@ -2,6 +2,10 @@
 ``top_logprobs`` of the first answer token (OpenAI-compatible servers: vLLM, SGLang, llama.cpp, OpenAI), or the
 parsed answer (1 for yes, 0 for no) where neither exists.
 
+:func:`ask_yes_no_many` asks several questions of one model: a local model scores them in one padded forward
+per ``batch_size`` questions (:func:`agent_cir.backends.logit_scoring.yes_probabilities`); other backends are
+asked one question at a time.
+
 Every path goes through the same cache, concurrency slot and ``ModelCall`` record as a chat answer. The result
 says where the confidence came from (``source``): ``logits``, ``logprobs``, ``answer`` or ``unparsed`` (no
 yes/no could be read: confidence None).
@@ -26,7 +30,7 @@ from agent_cir.backends.invoke import (
     lookup_cached,
     prepare_call,
 )
-from agent_cir.backends.logit_scoring import supports_yes_probability, yes_probability
+from agent_cir.backends.logit_scoring import supports_yes_probability, yes_probabilities, yes_probability
 from agent_cir.cache import ModelCache
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import bound_answer
@@ -165,3 +169,15 @@ def ask_yes_no(handle: Any, messages: list[tuple[str, str]], *, prompt: PromptTe
     if parsed is None:
         return YesNo(call, None, "unparsed", None, reason_of(call.raw))
     return YesNo(call, parsed, "answer", "yes" if parsed >= 0.5 else "no", reason_of(call.raw))
+
+
+def ask_yes_no_many(handle: Any, questions: Sequence[list[tuple[str, str]]], *, prompt: PromptTemplate,
+                    images: Sequence[Sequence[Any]] | None = None, cache: ModelCache | None = None,
+                    scoring: str = "auto") -> list[YesNo]:
+    """:func:`ask_yes_no` for each question, in order; batched into few forwards where the backend has logits."""
+    images = list(images) if images is not None else [()] * len(questions)
+    if scoring == "auto" and supports_yes_probability(handle):
+        scored = yes_probabilities(handle, list(questions), prompt=prompt, images=images, cache=cache)
+        return [YesNo(call, p, "logits", "yes" if p >= 0.5 else "no", None) for call, p in scored]
+    return [ask_yes_no(handle, messages, prompt=prompt, images=shown, cache=cache, scoring=scoring)
+            for messages, shown in zip(questions, images)]

@@ -22,7 +22,7 @@ from agent_cir.config import RefineConfig, VerifyConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.retrieval.gallery import captions_of
 from agent_cir.prompts import load_prompt
-from agent_cir.rerank.yes_no import YesNo, ask_yes_no
+from agent_cir.rerank.yes_no import YesNo, ask_yes_no_many
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.retrieval.round_fusion import fuse_rounds
 from agent_cir.types import Candidate, QueryState, StageRecord
@@ -65,20 +65,30 @@ class VerifyStage:
             return f"candidate {candidate.id} has no image file to verify"
         return None
 
-    def _ask(self, state: QueryState, candidate: Candidate, reference: str | None) -> YesNo:
+    def _question(self, state: QueryState, candidate: Candidate, reference: str | None
+                  ) -> tuple[list[tuple[str, str]], list[Any]]:
+        """The rendered messages and the images of the question about one candidate."""
         query = state.query
         caption = state.captions[0] if state.captions else query.reference_caption
         if self.config.input == "caption":
             captions = captions_of(self.candidate_captions, candidate.id, self.config.max_captions)
             messages = self.prompt.render_messages(modification=query.text, reference_caption=caption,
                                                    candidate_captions=captions)
-            images: list[Any] = []
-        else:
-            images = ([reference] if reference else []) + [candidate.path]
-            messages = self.prompt.render_messages(modification=query.text, reference_caption=caption,
-                                                   has_reference=bool(reference))
-        return ask_yes_no(self.model, messages, prompt=self.prompt, images=images, cache=self.cache,
-                          scoring=self.config.scoring)
+            return messages, []
+        images = ([reference] if reference else []) + [candidate.path]
+        messages = self.prompt.render_messages(modification=query.text, reference_caption=caption,
+                                               has_reference=bool(reference))
+        return messages, images
+
+    def _ask_all(self, state: QueryState, candidates: list[Candidate], reference: str | None) -> list[YesNo]:
+        """One verdict per candidate; a local model scores them all in one batched forward."""
+        questions = [self._question(state, candidate, reference) for candidate in candidates]
+        try:
+            return ask_yes_no_many(self.model, [m for m, _ in questions], prompt=self.prompt,
+                                   images=[i for _, i in questions], cache=self.cache, scoring=self.config.scoring)
+        except AgentCirError as err:
+            ids = ", ".join(c.id for c in candidates[:5])
+            raise type(err)(f"query {state.query.id}, verify stage, candidates {ids}: {err}") from err
 
     # ---------- the stage ----------
     def run(self, state: QueryState) -> StageRecord:
@@ -89,18 +99,17 @@ class VerifyStage:
         if reference and not Path(reference).is_file():
             reference = None
         items: list[dict[str, Any]] = []
+        askable = [c for c in head if self._missing_input(c) is None]
+        verdicts = dict(zip((c.id for c in askable), self._ask_all(state, askable, reference))) if askable else {}
         for candidate in head:
             item: dict[str, Any] = {"id": candidate.id, "retrieval": round(float(candidate.score), 6)}
-            missing = self._missing_input(candidate)
-            if missing is not None:
+            verdict = verdicts.get(candidate.id)
+            if verdict is None:
                 # nothing to show the verifier: no confidence for this candidate, recorded, the query goes on
-                item.update({"confidence": None, "source": "unparsed", "answer": None, "reason": missing})
+                item.update({"confidence": None, "source": "unparsed", "answer": None,
+                             "reason": self._missing_input(candidate)})
                 items.append(item)
                 continue
-            try:
-                verdict = self._ask(state, candidate, reference)
-            except AgentCirError as err:
-                raise type(err)(f"query {state.query.id}, verify stage, candidate {candidate.id}: {err}") from err
             verdict.call.parse_status = "ok" if verdict.confidence is not None else "fallback"  # type: ignore[assignment]
             record.calls.append(verdict.call)
             item.update({"confidence": None if verdict.confidence is None else round(float(verdict.confidence), 6),

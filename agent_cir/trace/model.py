@@ -282,6 +282,49 @@ class VerifyOutput(_Open):
     final_order: list[Id] = Field(default_factory=list)
 
 
+class Proposition(_Open):
+    """One atomic check of ImageScope's stage 2: a yes/no question and the answer the wanted image gives."""
+
+    question: str
+    expected: bool
+
+
+class PredicateCandidate(_Open):
+    id: Id
+    retrieval: float | None = None
+    answers: list[bool] | None = None
+    """The MLLM's yes (True) / no (False) per proposition; None when the candidate had no image to show."""
+    satisfied: int = 0
+    """How many answers equal the expected ones (the score the head is sorted by)."""
+
+
+class PredicatesOutput(_Open):
+    """The predicates stage (ImageScope's predicate verification of the top k)."""
+
+    k: int | None = None
+    propositions: list[Proposition] = Field(default_factory=list)
+    dropped: int = 0
+    """Entries of the proposition answer that were not a (question, True/False) pair."""
+    scoring: str | None = None
+    candidates: list[PredicateCandidate] = Field(default_factory=list)
+    """In the new order."""
+    final_order: list[Id] = Field(default_factory=list)
+
+
+class MultigrainOutput(_Open):
+    """The multigrain stage (CoTMR's multi-grained scoring of the ranking)."""
+
+    target_descriptions: list[str] = Field(default_factory=list)
+    present_objects: list[str] = Field(default_factory=list)
+    absent_objects: list[str] = Field(default_factory=list)
+    present_weight: float | None = None
+    absent_weight: float | None = None
+    aggregate: str | None = None
+    rescored: int = 0
+    """How many ranked entries were scored again (the whole ranking retrieval returned)."""
+    head: list[RankedItem] = Field(default_factory=list)
+
+
 class RefineOutput(_Open):
     previous_description: str | None = None
     target_descriptions: list[str] = Field(default_factory=list)
@@ -363,6 +406,16 @@ class RefineRecord(_StageRecordBase):
     output: RefineOutput = Field(default_factory=RefineOutput)
 
 
+class PredicatesRecord(_StageRecordBase):
+    stage: Literal["predicates"] = "predicates"
+    output: PredicatesOutput = Field(default_factory=PredicatesOutput)
+
+
+class MultigrainRecord(_StageRecordBase):
+    stage: Literal["multigrain"] = "multigrain"
+    output: MultigrainOutput = Field(default_factory=MultigrainOutput)
+
+
 class OtherStageRecord(_StageRecordBase):
     """A stage outside the five kinds (a user's own stage): its output stays a plain dict."""
 
@@ -378,6 +431,8 @@ _RECORD_CLASSES: dict[str, type[_StageRecordBase]] = {
     "rerank": RerankRecord,
     "verify": VerifyRecord,
     "refine": RefineRecord,
+    "predicates": PredicatesRecord,
+    "multigrain": MultigrainRecord,
 }
 
 
@@ -396,6 +451,8 @@ AnyStageRecord: TypeAlias = Annotated[
         Annotated[RerankRecord, Tag("rerank")],
         Annotated[VerifyRecord, Tag("verify")],
         Annotated[RefineRecord, Tag("refine")],
+        Annotated[PredicatesRecord, Tag("predicates")],
+        Annotated[MultigrainRecord, Tag("multigrain")],
         Annotated[OtherStageRecord, Tag("other")],
     ],
     Discriminator(_stage_kind),

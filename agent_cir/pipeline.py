@@ -94,9 +94,9 @@ class Pipeline:
         captions_path = gallery_captions or (recipe.retrieve.gallery_captions.path if recipe.retrieve.gallery_captions else None)
         index_obj = None
         if gallery is None and index is not None:
-            from agent_cir.index import GalleryIndex
+            from agent_cir.index.sharded_gallery import open_index
 
-            index_obj = index if isinstance(index, GalleryIndex) else GalleryIndex.load(index)
+            index_obj = open_index(index)  # a GalleryIndex, or a ShardedGallery for a sharded folder
         if index_obj is not None:
             if encoder is None:
                 if not use_index_encoder:

@@ -31,8 +31,9 @@ class _Structure:
     """A searchable faiss index plus how its rows map to gallery positions."""
 
     index: Any
-    vectors: np.ndarray
-    """Exact item vectors in gallery-position order (used for restriction and the exact fallback)."""
+    vectors: Any
+    """Exact item vectors in gallery-position order (used for restriction and the exact fallback): an array,
+    or a row source with ``shape``, ``rows[array]`` and ``scores(query)`` (a sharded index's exact vectors)."""
     row_to_position: np.ndarray | None
     """faiss row -> gallery position (-1: not in this gallery); None when rows are positions."""
     description: str
@@ -127,7 +128,10 @@ class SearchEngine:
             gallery = self.gallery
             if not gallery.has_images:
                 raise AgentCirError("this gallery has no image embeddings to search")
-            vectors = np.asarray(gallery.image_embeddings, dtype=np.float32)
+            vectors = gallery.image_embeddings
+            if isinstance(vectors, np.ndarray) or not hasattr(vectors, "scores"):
+                vectors = np.asarray(vectors, dtype=np.float32)
+            # else: a row source over data that does not fit in RAM (a sharded index's exact vectors)
             structure = self._index_structure(vectors)
             if structure is None:
                 index = _faiss().IndexFlatIP(vectors.shape[1])
@@ -142,9 +146,10 @@ class SearchEngine:
         index = getattr(gallery, "index", None)
         if index is None or not hasattr(index, "faiss_index"):
             return None
-        index_paths = [str(p) for p in index.paths]
         factory = str(getattr(index, "meta", {}).get("index_factory", "?"))
-        if index_paths == [str(p) for p in gallery.paths]:
+        shared = index.paths is gallery.paths  # one table (a sharded index): rows are positions, no 10M compare
+        index_paths = [] if shared else [str(p) for p in index.paths]
+        if shared or index_paths == [str(p) for p in gallery.paths]:
             mapping = None
             unmapped = 0
         else:
@@ -279,7 +284,9 @@ class SearchEngine:
 
     def _exact(self, structure: _Structure, query: np.ndarray, k: int, excluded: np.ndarray) -> Ranking:
         """Last resort for a query the ANN structure left short of k results: an exact scan."""
-        scores = np.asarray(structure.vectors @ query, dtype=np.float32)
+        vectors = structure.vectors
+        exact = vectors @ query if isinstance(vectors, np.ndarray) else vectors.scores(query)
+        scores = np.asarray(exact, dtype=np.float32)
         positions = np.arange(len(scores), dtype=np.int64)
         if len(excluded):
             keep = ~np.isin(positions, excluded)

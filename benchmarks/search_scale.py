@@ -11,6 +11,15 @@ reference image would be).
     nice -n 10 python benchmarks/search_scale.py --structures ivfpq   # 1M x 512, 1,000 queries
     nice -n 10 python benchmarks/search_scale.py --n 200000 --structures hnsw
     python benchmarks/search_scale.py --n 20000 --centroids 200  # quick sanity check (~20 s)
+
+``--sharded-cli DIR``: the same question through ``agent-cir search -i DIR`` over a sharded on-disk IVF-PQ index
+(``agent_cir.index.sharded``, vectors from ``benchmarks/index_scale.py``'s generator, built with the item table
+and the encoder record so that the CLI can open it): each search is a fresh ``agent-cir`` process (wall, CPU
+and peak RSS of the child), and the same query in-process through ``RetrievalGallery.from_index`` ->
+``SearchEngine`` (open time, ms per query). The encoder is a random-init ViT-B-32 (d = 512, no download):
+the rankings mean nothing, the costs are the real ones.
+
+    nice -n 10 python benchmarks/search_scale.py --sharded-cli /tmp/sharded_1m --n 1000000 --nlist 1024
 """
 
 from __future__ import annotations
@@ -152,8 +161,82 @@ def run(args: argparse.Namespace) -> dict:
             "rows": rows}
 
 
+def sharded_cli(args: argparse.Namespace) -> dict:
+    """Build (or reuse) a searchable sharded index in ``args.sharded_cli``, then time ``agent-cir search`` on it."""
+    import os
+    import resource
+    import subprocess
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import index_scale  # the 10M benchmark's data generator (benchmarks/ is on sys.path when run as a script)
+
+    from agent_cir.config import EncoderConfig
+    from agent_cir.encoders import create_encoder
+    from agent_cir.index.sharded import META_NAME, build_sharded
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # OpenMP threads spin-wait: on a loaded machine 1 can train 50x faster
+    folder = Path(args.sharded_cli)
+    report: dict = {"n": args.n, "factory": f"IVF{args.nlist}_HNSW32,PQ64"}
+    report["seconds_generate"] = round(index_scale.generate(folder, args.n, args.shard_size), 1)
+    if not (folder / "index" / META_NAME).is_file():
+        encoder = create_encoder(EncoderConfig(backend="open_clip", model="ViT-B-32", pretrained="none"))
+        shards = index_scale.open_shards(folder, args.n, args.shard_size)
+        ids = [f"images/{row:08d}.jpg" for row in range(args.n)]
+        build = build_sharded(shards, folder / "index", factory=report["factory"], train_size=args.train_size,
+                              progress=True, ids=ids, encoder_info=encoder.info)
+        report.update({"seconds_train": round(build.seconds_train, 1), "seconds_add": round(build.seconds_add, 1),
+                       "seconds_merge": round(build.seconds_merge, 1),
+                       "bytes_per_vector": round(build.bytes_per_vector, 1)})
+        del encoder
+    index_dir = str(folder / "index")
+    command = [sys.executable, "-m", "agent_cir.cli", "search", "-i", index_dir, "--text", "a red dress with long sleeves",
+               "-k", "50", "--json"]
+    runs = []
+    for _ in range(args.cli_runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise SystemExit(f"agent-cir search failed:\n{done.stderr[-2000:]}")
+        answer = json.loads(done.stdout[done.stdout.index("{"):])
+        runs.append({"wall_s": round(wall, 2),
+                     "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+                     "peak_rss_mb": round(after.ru_maxrss / 1024, 0), "results": len(answer["results"])})
+        print(json.dumps(runs[-1]), flush=True)
+    report["cli_runs"] = runs
+
+    from agent_cir.retrieval.gallery import RetrievalGallery
+
+    started = time.perf_counter()
+    gallery = RetrievalGallery.from_index(index_dir)
+    engine = gallery.engine
+    engine.configure(nprobe=16)
+    report["seconds_open_in_process"] = round(time.perf_counter() - started, 3)
+    queries = np.load(folder / "queries.npy")[:200]
+    engine.search(queries[:5], 50, exclude=[[0]] * 5)  # warm the pages
+    started = time.perf_counter()
+    for query in queries:
+        engine.search(query[None, :], 50, exclude=[[0]])
+    report["ms_per_query_single_through_engine"] = round(1000 * (time.perf_counter() - started) / len(queries), 2)
+    started = time.perf_counter()
+    engine.search(queries, 50, exclude=[[0]] * len(queries))
+    report["ms_per_query_batched_through_engine"] = round(1000 * (time.perf_counter() - started) / len(queries), 2)
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sharded-cli", type=Path, default=None, help="build/reuse a sharded index here and "
+                        "time `agent-cir search` on it (see the docstring)")
+    parser.add_argument("--shard-size", type=int, default=500_000)
+    parser.add_argument("--train-size", type=int, default=100_000)
+    parser.add_argument("--cli-runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--centroids", type=int, default=10_000)
@@ -172,6 +255,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.nlist is None:
         args.nlist = 1024 if args.n >= 500_000 else max(16, int(2 * np.sqrt(args.n)))
+    if args.sharded_cli is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        report = sharded_cli(args)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return
     result = run(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

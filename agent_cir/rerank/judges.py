@@ -109,7 +109,7 @@ class GridJudge(_ModelJudge):
             messages = self.prompt.render_messages(
                 **ctx.variables, n_cells=n, reference=prompt_reference, has_captions=bool(ctx.captions)
             )
-            call = self._invoke(ctx, messages, images_prefix + [grid.png], GridJudgement if use_schema else None)
+            call = self._invoke(ctx, messages, images_prefix + [grid.data], GridJudgement if use_schema else None)
             # Cells in retrieval order: the cell showing the best-retrieved item first.
             cell_of_local = {local: j + 1 for j, local in enumerate(permutation)}
             retrieval_cells = [cell_of_local[local] for local in range(n)]

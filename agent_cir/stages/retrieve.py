@@ -247,14 +247,15 @@ class RetrieveStage:
         return dict(zip(strings, rows)), raw_encode is not None
 
     def _encode_images(self, plans: list[_Plan], failures: dict[int, BaseException], raw: bool) -> None:
-        from agent_cir.index.decode import BadImageError, load_image
+        from agent_cir.index.image_memo import image_file
+        from agent_cir.index.reasons import BadImageError
 
         pictures, owners = [], []
         for position, plan in enumerate(plans):
             if plan.image_file is None or position in failures:
                 continue
             try:
-                pictures.append(load_image(plan.image_file))
+                pictures.append(image_file(plan.image_file).rgb())  # the query's one decode, shared
             except BadImageError as err:
                 failures[position] = QueryInputError(
                     f"query {plan.state.query.id}: cannot read reference image {plan.image_file}: {err}"

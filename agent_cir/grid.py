@@ -13,6 +13,7 @@ upload), and the numbers and pictures look the same side by side (benchmarks/RES
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -117,22 +118,25 @@ def grid_shape(n_cells: int, config: GridConfig) -> tuple[int, int]:
     return rows, cols
 
 
+@functools.lru_cache(maxsize=64)
 def load_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled scalable font (Pillow >= 10.1 with FreeType): no system font, so output is portable."""
+    """Pillow's bundled scalable font (Pillow >= 10.1 with FreeType): no system font, so output is portable.
+    Loaded once per size (each grid cell asks for its badge's font)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):  # pragma: no cover - old Pillow or no FreeType
         return ImageFont.load_default()
 
 
-def _open_rgb(source: ImageInput) -> Image.Image | None:
-    """A file through the one decoder (EXIF, pixel limits), decoded once per file version (``image_memo``)."""
+def _cell_picture(source: ImageInput, size: int) -> Image.Image | None:
+    """The letterboxed picture of one cell. A file goes through the one decoder (EXIF, pixel limits) and is
+    decoded and resized once per file version and cell size (``image_memo``); None when it cannot be used."""
     if source is None:
         return None
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _letterbox(source.convert("RGB"), size, size)
     try:
-        return image_file(source).rgb()
+        return image_file(source).derived(("grid-cell", size), lambda rgb: _letterbox(rgb, size, size))
     except BadImageError:
         return None
 
@@ -245,13 +249,12 @@ def render_grid(
         row, col = divmod(position, cols)
         x0 = gap + col * (size + gap)
         y0 = gap + row * (cell_height + gap)
-        picture = _open_rgb(source)
-        readable = picture is not None
-        if picture is None:
+        fitted = _cell_picture(source, size)
+        readable = fitted is not None
+        if fitted is None:
             if item is not None:
                 unreadable.append(item)
-            picture = Image.new("RGB", (size, size), _PLACEHOLDER_FILL)
-        fitted = _letterbox(picture, size, size)
+            fitted = Image.new("RGB", (size, size), _PLACEHOLDER_FILL)
         px = x0 + (size - fitted.width) // 2
         py = y0 + (size - fitted.height) // 2
         canvas.paste(fitted, (px, py))

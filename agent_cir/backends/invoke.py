@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import time
@@ -483,6 +484,13 @@ def _chat_value_ok(value: dict[str, Any]) -> bool:
         value.get("usage") is None or isinstance(value.get("usage"), dict))
 
 
+@functools.lru_cache(maxsize=128)
+def _schema_hash(schema: type[BaseModel]) -> str:
+    """The cache-key hash of a structured-output schema, once per schema class (pydantic rebuilds the JSON
+    schema on every ``model_json_schema()`` call: ~1 ms)."""
+    return stable_hash(schema.model_json_schema())
+
+
 def invoke(
     handle: ChatModelHandle,
     messages: list[tuple[str, str]],
@@ -509,7 +517,7 @@ def invoke(
     ``parse_status`` is left for the caller to set.
     """
     params = handle.sampling_params(temperature, n_sample_index)
-    schema_hash = stable_hash(schema.model_json_schema()) if schema is not None else None
+    schema_hash = _schema_hash(schema) if schema is not None else None
     prepared = prepare_call(handle, messages, prompt=prompt, images=images, cache=cache,
                             key_parts={"kind": "chat", "params": params, "schema": schema_hash})
     cached, cache_note = lookup_cached(prepared, cache, _chat_value_ok)

@@ -50,6 +50,7 @@ class ImageFile:
         self._sha256: str | None = None
         self._format: str | None | bool = False  # False: not probed yet
         self._rgb: Image.Image | None = None
+        self._derived: dict[Any, Image.Image] = {}
         self._error: BadImageError | None = None
         self.memo_key: Any = None
         self.on_growth: Any = None
@@ -92,10 +93,25 @@ class ImageFile:
                     self.on_growth(self, 3 * self._rgb.width * self._rgb.height)
             return self._rgb
 
+    def derived(self, key: Any, make: Any) -> Image.Image:
+        """``make(self.rgb())`` once per ``key`` (a grid cell's letterboxed picture at one cell size: the same
+        candidate in another grid is not resized again)."""
+        with self._lock:
+            kept = self._derived.get(key)
+        if kept is not None:
+            return kept
+        picture = make(self.rgb())
+        with self._lock:
+            kept = self._derived.setdefault(key, picture)
+        if kept is picture and self.on_growth is not None:
+            self.on_growth(self, 3 * picture.width * picture.height)
+        return kept
+
     @property
     def nbytes(self) -> int:
         held = len(self._data) if self._data is not None else 0
-        return held + (3 * self._rgb.width * self._rgb.height if self._rgb is not None else 0)
+        pictures = ([self._rgb] if self._rgb is not None else []) + list(self._derived.values())
+        return held + sum(3 * p.width * p.height for p in pictures)
 
 
 def _read(path: str) -> bytes:

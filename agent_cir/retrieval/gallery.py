@@ -127,8 +127,6 @@ class RetrievalGallery:
     """The GalleryIndex this gallery came from, when it came from one (its faiss structure is searched)."""
     caption_slot: np.ndarray | None = None
     """For each caption row, its order j among its item's captions (0-based): WeiMoCIR pairs caption j with j."""
-    image_norms: np.ndarray | None = None
-    """Raw (pre-normalisation) norm of each image embedding, when known (WeiMoCIR fuses raw projections)."""
     lookup: Any = None
     """Answers ``position(id)`` and ``positions_of_hash(hash)`` in place of in-memory dicts (a sharded index's
     memory-mapped item table: 10M ids never become a dict). None: dicts built from ``ids`` and ``hashes``."""
@@ -200,7 +198,6 @@ class RetrievalGallery:
             encoder_info=dict(index.encoder_info),
             source=str(getattr(index, "root", "")),
             index=index,
-            image_norms=getattr(index, "norms", None),
         )
 
     @classmethod

@@ -138,3 +138,14 @@ def test_hostile_model_inputs_are_clear_errors(tmp_path, spy):
     with pytest.raises(BadImageError):
         image_memo.decoded(b"\x89PNG\r\n\x1a\n garbage")
     assert render_grid([str(text)]).unreadable == [0]  # a placeholder, the numbering kept
+
+
+def test_a_file_over_the_memo_limit_is_streamed_by_the_decoder_and_not_kept(tmp_path, spy, monkeypatch):
+    reads, decodes = spy
+    monkeypatch.setattr(image_memo, "MAX_MEMO_FILE_BYTES", 100)
+    path = _picture(tmp_path / "big.png", (1, 2, 3))
+    assert path.stat().st_size > 100
+    picture = image_file(path).rgb()
+    assert picture.size == (64, 48)
+    assert reads[str(path.resolve())] == 0 and decodes == []  # load_image streamed it; nothing read whole
+    assert len(image_memo.MEMO) == 0

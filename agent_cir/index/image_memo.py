@@ -10,7 +10,8 @@ bytes (a local VLM's base64 blocks), keyed by their sha256.
 The memo is a least-recently-used table bounded by the bytes it holds (``AGENT_CIR_IMAGE_MEMO_MB``, default
 256 MB: encoded bytes plus 3 bytes per decoded pixel), so a query's reference stays while the query's stages
 run (a chunk of CIRR-sized references fits many times over) and nothing grows without bound; an image larger
-than the budget is still decoded once per reader call, never kept. Gallery indexing does not come here (it
+than the budget is still decoded once per reader call, never kept; a file over ``MAX_MEMO_FILE_BYTES`` is
+never read whole into memory to be decoded (the decoder streams it from disk, as for gallery files). Gallery indexing does not come here (it
 reads each file once anyway). Decoded images are shared: readers must not modify them (PIL's resizing and
 the encoders' preprocessing return new objects).
 """
@@ -31,6 +32,8 @@ from agent_cir.index.files import open_regular
 from agent_cir.index.reasons import REASON_UNREADABLE, BadImageError, one_line
 
 DEFAULT_BUDGET_MB = 256
+MAX_MEMO_FILE_BYTES = 64 * 1024 * 1024
+"""Files larger than this are not memoised: decoded straight from disk each time, their bytes read on demand."""
 
 
 def _budget_bytes() -> int:
@@ -79,13 +82,14 @@ class ImageFile:
     def rgb(self) -> Image.Image:
         """Decoded 8-bit RGB (EXIF orientation, pixel limits: ``decode``). Raises ``BadImageError``; a bad file
         raises the same error again without being decoded again."""
-        data = self.data
+        streamed = self._data is None and self.memo_key is None  # a large file outside the memo
+        data = None if streamed else self.data
         with self._lock:
             if self._error is not None:
                 raise self._error
             if self._rgb is None:
                 try:
-                    self._rgb = decode.decode_bytes(data)
+                    self._rgb = decode.load_image(self.path) if data is None else decode.decode_bytes(data)
                 except BadImageError as err:
                     self._error = err
                     raise
@@ -170,6 +174,8 @@ class ImageMemo:
             stat = os.stat(name)
         except OSError as err:
             raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
+        if stat.st_size > MAX_MEMO_FILE_BYTES:
+            return ImageFile(name)  # not kept; decoded from disk, bytes read only if a caller asks
         key = ("file", os.path.abspath(name), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         return self._get(key, lambda: ImageFile(name, data=_read(name)))
 

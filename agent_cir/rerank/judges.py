@@ -103,7 +103,7 @@ class GridJudge(_ModelJudge):
             entry: dict[str, Any] = {"path": None, "cells": cells, "pass": pass_index, "window": window,
                                      "kind": kind, "round": round_index}
             if ctx.state.artifacts_dir is not None:
-                path = Path(ctx.state.artifacts_dir) / f"rerank_w{window:02d}_p{pass_index}.png"
+                path = Path(ctx.state.artifacts_dir) / f"rerank_w{window:02d}_p{pass_index}{grid.suffix}"
                 entry["path"] = str(grid.save(path))
             ctx.grids.append(entry)
             messages = self.prompt.render_messages(

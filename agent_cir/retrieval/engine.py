@@ -38,6 +38,9 @@ class _Structure:
     """faiss row -> gallery position (-1: not in this gallery); None when rows are positions."""
     description: str
     unmapped_rows: int = 0
+    tuned: Any = None
+    """The faiss index that search-time settings (nprobe, efSearch) apply to, when ``index`` wraps it (a
+    sharded index searched with exact re-scoring); None: ``index`` itself."""
 
 
 def _faiss() -> Any:
@@ -116,7 +119,8 @@ class SearchEngine:
         if nprobe is None and ef_search is None and not faiss_params:
             return self.settings
         structure = self._image_structure()
-        self.settings = apply_search_settings(structure.index, nprobe, ef_search, faiss_params)
+        tuned = structure.tuned if structure.tuned is not None else structure.index
+        self.settings = apply_search_settings(tuned, nprobe, ef_search, faiss_params)
         return self.settings
 
     # ------------------------------------------------------------------ structures
@@ -163,6 +167,10 @@ class SearchEngine:
         faiss_index = index.faiss_index
         if faiss_index.d != vectors.shape[1]:
             return None
+        searcher = getattr(index, "searcher", None)  # e.g. codes + exact re-scoring of a sharded index
+        if searcher is not None:
+            return _Structure(searcher, vectors, mapping, f"index {factory} ({describe_index(faiss_index)}, "
+                              f"{searcher.description})", unmapped, tuned=faiss_index)
         return _Structure(faiss_index, vectors, mapping, f"index {factory} ({describe_index(faiss_index)})", unmapped)
 
     def _composite_structure(self, caption_weight: float, paired_slots: int | None) -> _Structure:

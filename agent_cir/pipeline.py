@@ -22,7 +22,8 @@ from agent_cir.encoders.recipe_identity import check_recipe_encoder, encoder_for
 from agent_cir.engine import Job, Outcome, RoundEngine, Workers, chunks, run_stage, stage_concurrency
 from agent_cir.errors import AgentCirError
 from agent_cir.retrieval.gallery import RetrievalGallery
-from agent_cir.hashing import content_hash
+from agent_cir.index.image_memo import image_file
+from agent_cir.index.reasons import BadImageError
 from agent_cir.query_text import repair_text, safe_name
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.stages.retrieve import TRACE_HEAD, QueryInputError, RetrieveStage
@@ -94,9 +95,9 @@ class Pipeline:
         captions_path = gallery_captions or (recipe.retrieve.gallery_captions.path if recipe.retrieve.gallery_captions else None)
         index_obj = None
         if gallery is None and index is not None:
-            from agent_cir.index import GalleryIndex
+            from agent_cir.index.sharded_gallery import open_index
 
-            index_obj = index if isinstance(index, GalleryIndex) else GalleryIndex.load(index)
+            index_obj = open_index(index)  # a GalleryIndex, or a ShardedGallery for a sharded folder
         if index_obj is not None:
             if encoder is None:
                 if not use_index_encoder:
@@ -199,7 +200,10 @@ class Pipeline:
             image_path = Path(query.image).expanduser()
             if not image_path.is_file():
                 raise QueryInputError(f"query {query.id}: reference image {image_path} does not exist")
-            state.image_hash = content_hash(image_path)
+            try:  # read once for every stage of the query (index.image_memo)
+                state.image_hash = image_file(image_path).sha256
+            except BadImageError as err:
+                raise QueryInputError(f"query {query.id}: reference image {image_path} cannot be read ({err})") from err
         if query.reference_caption:
             state.captions = [query.reference_caption]
         if query.target_text:

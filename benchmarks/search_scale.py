@@ -11,6 +11,15 @@ reference image would be).
     nice -n 10 python benchmarks/search_scale.py --structures ivfpq   # 1M x 512, 1,000 queries
     nice -n 10 python benchmarks/search_scale.py --n 200000 --structures hnsw
     python benchmarks/search_scale.py --n 20000 --centroids 200  # quick sanity check (~20 s)
+
+``--sharded-cli DIR``: the same question through ``agent-cir search -i DIR`` over a sharded on-disk IVF-PQ index
+(``agent_cir.index.sharded``, vectors from ``benchmarks/index_scale.py``'s generator, built with the item table
+and the encoder record so that the CLI can open it): each search is a fresh ``agent-cir`` process (wall, CPU
+and peak RSS of the child), and the same query in-process through ``RetrievalGallery.from_index`` ->
+``SearchEngine`` (open time, ms per query). The encoder is a random-init ViT-B-32 (d = 512, no download):
+the rankings mean nothing, the costs are the real ones.
+
+    nice -n 10 python benchmarks/search_scale.py --sharded-cli /tmp/sharded_1m --n 1000000 --nlist 1024
 """
 
 from __future__ import annotations
@@ -152,8 +161,89 @@ def run(args: argparse.Namespace) -> dict:
             "rows": rows}
 
 
+def sharded_cli(args: argparse.Namespace) -> dict:
+    """Build (or reuse) a searchable sharded index in ``args.sharded_cli``, then time ``agent-cir search`` on it."""
+    import os
+    import subprocess
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import index_scale  # the 10M benchmark's data generator (benchmarks/ is on sys.path when run as a script)
+
+    from agent_cir.config import EncoderConfig
+    from agent_cir.encoders import create_encoder
+    from agent_cir.index.sharded import META_NAME, build_sharded
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # OpenMP threads spin-wait: on a loaded machine 1 can train 50x faster
+    folder = Path(args.sharded_cli)
+    report: dict = {"n": args.n, "factory": f"IVF{args.nlist}_HNSW32,PQ64"}
+    report["seconds_generate"] = round(index_scale.generate(folder, args.n, args.shard_size), 1)
+    if not (folder / "index" / META_NAME).is_file():
+        encoder = create_encoder(EncoderConfig(backend="open_clip", model="ViT-B-32", pretrained="none"))
+        shards = index_scale.open_shards(folder, args.n, args.shard_size)
+        ids = [f"images/{row:08d}.jpg" for row in range(args.n)]
+        build = build_sharded(shards, folder / "index", factory=report["factory"], train_size=args.train_size,
+                              progress=True, ids=ids, encoder_info=encoder.info)
+        report.update({"seconds_train": round(build.seconds_train, 1), "seconds_add": round(build.seconds_add, 1),
+                       "seconds_merge": round(build.seconds_merge, 1),
+                       "bytes_per_vector": round(build.bytes_per_vector, 1)})
+        del encoder
+    index_dir = str(folder / "index")
+    command = [sys.executable, "-m", "agent_cir.cli", "search", "-i", index_dir, "--text", "a red dress with long sleeves",
+               "-k", "50", "--json"]
+    # A small wrapper process runs the CLI and reports ITS child's peak RSS: measured from this (large) process,
+    # a forked child counts the parent's pages until it execs.
+    wrapper = ("import re, resource, subprocess, sys, time; t = time.perf_counter(); "
+               "d = subprocess.run(sys.argv[1:], capture_output=True, text=True); w = time.perf_counter() - t; "
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "m = re.search(r'models ready in ([0-9.]+) s', d.stderr); "
+               "print(d.returncode, round(w, 2), round(u.ru_utime + u.ru_stime, 2), u.ru_maxrss // 1024, "
+               "m.group(1) if m else -1, d.stdout.count('\"rank\"'), file=sys.stderr); sys.stderr.write(d.stderr[-2000:])")
+    runs = []
+    for _ in range(args.cli_runs):
+        done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        code, wall, cpu, peak, ready, results = done.stderr.splitlines()[0].split()
+        if code != "0":
+            raise SystemExit(f"agent-cir search failed:\n{done.stderr[-2000:]}")
+        runs.append({"wall_s": float(wall), "cpu_s": float(cpu), "peak_rss_mb": int(peak),
+                     "models_ready_s": float(ready), "after_models_s": round(float(wall) - float(ready), 2),
+                     "results": int(results)})
+        print(json.dumps(runs[-1]), flush=True)
+    report["cli_runs"] = runs
+
+    from agent_cir.index.sharded_gallery import ShardedGallery
+    from agent_cir.retrieval.gallery import RetrievalGallery
+
+    queries = np.load(folder / "queries.npy")[:200]
+    for refine in (None, 10):  # the codes' order, then the default: 10 x k candidates re-scored exactly
+        started = time.perf_counter()
+        gallery = RetrievalGallery.from_index(ShardedGallery(index_dir, refine_factor=refine))
+        engine = gallery.engine
+        engine.configure(nprobe=16)
+        name = f"refine_{refine}" if refine else "codes_only"
+        report[f"{name}_seconds_open_in_process"] = round(time.perf_counter() - started, 3)
+        engine.search(queries[:5], 50, exclude=[[0]] * 5)  # warm the pages
+        started = time.perf_counter()
+        for query in queries:
+            engine.search(query[None, :], 50, exclude=[[0]])
+        report[f"{name}_ms_per_query_single"] = round(1000 * (time.perf_counter() - started) / len(queries), 2)
+        started = time.perf_counter()
+        engine.search(queries, 50, exclude=[[0]] * len(queries))
+        report[f"{name}_ms_per_query_batched"] = round(1000 * (time.perf_counter() - started) / len(queries), 2)
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sharded-cli", type=Path, default=None, help="build/reuse a sharded index here and "
+                        "time `agent-cir search` on it (see the docstring)")
+    parser.add_argument("--shard-size", type=int, default=500_000)
+    parser.add_argument("--train-size", type=int, default=100_000)
+    parser.add_argument("--cli-runs", type=int, default=3)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--centroids", type=int, default=10_000)
@@ -172,6 +262,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.nlist is None:
         args.nlist = 1024 if args.n >= 500_000 else max(16, int(2 * np.sqrt(args.n)))
+    if args.sharded_cli is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        report = sharded_cli(args)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return
     result = run(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -192,28 +192,15 @@ def test_weimocir_excludes_the_reference_and_needs_gallery_captions():
         RetrieveStage(RetrieveConfig(mode="weimocir"), encoder, gallery)
 
 
-class RawTableEncoder(TableEncoder):
-    """Also exposes raw (unnormalised) projections, as WeiMoCIR's official code fuses them."""
-
-    def __init__(self, table, image_raw):
-        super().__init__(table)
-        self.image_raw = np.asarray(image_raw, dtype=np.float32)
-
-    def encode_texts_raw(self, texts):
-        self.text_calls.append(list(texts))
-        return np.stack([self.table[text] for text in texts]).astype(np.float32)
-
-    def encode_images_raw(self, images):
-        return np.stack([self.image_raw for _ in images])
-
-
-def test_weimocir_fuses_raw_projections_when_the_encoder_gives_them(tmp_path):
-    gallery, _ = _weimocir_gallery()
-    table = {"make it blue": 0.5 * E[1], "a blue thing": 4.0 * E[0] + E[3]}
-    image_raw = 3.0 * E[0] + 1.0 * E[2]
-    encoder = RawTableEncoder({**table, **{k: v for k, v in _weimocir_gallery()[1].table.items() if k not in table}},
-                              image_raw)
-    encoder.info = dict(_weimocir_gallery()[1].info)  # the gallery's caption embeddings stay valid
+def test_weimocir_fuses_unit_vectors_the_declared_difference(tmp_path):
+    """The official code fuses raw projections; ours normalises each side first (recipes/weimocir.yaml
+    ``differences``), whatever norms the encoder's rows have, and the record says raw_projections: false."""
+    gallery, base = _weimocir_gallery()
+    table = {"make it blue": 0.5 * E[1], "a blue thing": 4.0 * E[0] + E[3]}  # norms 0.5 and 4.1: not unit
+    encoder = TableEncoder({**base.table, **table})
+    encoder.info = dict(base.info)  # the gallery's caption embeddings stay valid
+    image = 3.0 * E[0] + 1.0 * E[2]
+    encoder.encode_images = lambda images: np.stack([image for _ in images])
     from PIL import Image
 
     path = tmp_path / "ref.png"
@@ -223,9 +210,9 @@ def test_weimocir_fuses_raw_projections_when_the_encoder_gives_them(tmp_path):
                             gallery_captions=GalleryCaptionsConfig(weight=beta))
     state = QueryState(query=Query(id="q", text="make it blue", image=str(path), reference_caption="a blue thing"))
     record = RetrieveStage(config, encoder, gallery).run(state)
-    assert record.output["raw_projections"] is True
-    m, c = table["make it blue"], table["a blue thing"]
-    q_img = unit((1 - alpha) * image_raw + alpha * m)
+    assert record.output["raw_projections"] is False
+    m, c = unit(table["make it blue"]), unit(table["a blue thing"])
+    q_img = unit((1 - alpha) * unit(image) + alpha * m)
     q_cap = unit((1 - alpha) * c + alpha * m)  # one reference caption: it fills both slots
     slots = {"A": [E[0], E[3]], "B": [E[3], E[1]], "C": [E[2], E[2]]}
     images = {"A": E[0], "B": E[1], "C": E[2]}

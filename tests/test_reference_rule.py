@@ -54,7 +54,7 @@ def test_genecis_focus_attribute_queries_are_averaged_with_the_reference_as_cire
         state = QueryState(query=Query(id=task, text="the colour", reference_id="x.png", meta={"task": task}))
         plan = stage._plan(state)
         text = {"the colour": np.asarray(rng.standard_normal(8), dtype=np.float32)}
-        vector, extra = stage._query_vector(plan, text, False)
+        vector, extra = stage._query_vector(plan, text)
         plans[task] = (vector, extra, text["the colour"])
     vector, extra, text = plans["focus_attribute"]
     expected = reference_averaged_query(normalise(text), gallery.image_embeddings[2])[0]

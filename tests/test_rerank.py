@@ -465,7 +465,8 @@ def test_openai_server_gets_one_request_per_grid_with_the_grid_as_data_url(
     for request, grid in zip(requests, record.output["grids"]):
         urls = request.image_urls()
         assert len(urls) == 2  # the reference, then the grid
-        assert urls[0].startswith("data:image/png;base64,") and urls[1].startswith("data:image/png;base64,")
+        # the reference as given (a PNG file), the grid as JPEG
+        assert urls[0].startswith("data:image/png;base64,") and urls[1].startswith("data:image/jpeg;base64,")
         assert base64.b64decode(urls[0].split(",", 1)[1]) == reference_image.read_bytes()
         assert base64.b64decode(urls[1].split(",", 1)[1]) == Path(grid["path"]).read_bytes()
         assert request.body["response_format"]["type"] == "json_schema"  # structured output was asked for

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +155,8 @@ def _prepare_padding(processor: Any) -> None:
 
 def _decode_image(block: dict[str, Any]) -> Any:
     """A PIL image from a LangChain image content block (data URL, base64 or a local path/file URL)."""
-    from PIL import Image
+    from agent_cir.index.image_memo import decoded
+    from agent_cir.index.reasons import BadImageError
 
     url: str | None = None
     data: str | None = None
@@ -181,8 +181,10 @@ def _decode_image(block: dict[str, Any]) -> Any:
             )
     except (binascii.Error, IndexError, OSError) as err:
         raise LocalModelError(f"image block could not be decoded ({err})") from err
-    image = Image.open(io.BytesIO(raw))
-    return image.convert("RGB")
+    try:
+        return decoded(raw)  # the one decoder (EXIF, pixel limits), once per distinct image (image_memo)
+    except BadImageError as err:
+        raise LocalModelError(f"image block is not a usable image ({err})") from err
 
 
 def _is_image_block(part: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import time
@@ -33,35 +34,41 @@ class ImageInputError(AgentCirError, ValueError):
 
 
 def image_bytes(image: Any) -> tuple[bytes, str]:
-    """(bytes, mime type) of an image given as raw bytes, a PIL image or a file path."""
-    from PIL import Image, UnidentifiedImageError
+    """(bytes, mime type) of an image given as raw bytes, a PIL image or a file path. A file is read once per
+    version for every call that sends it (``index.image_memo``: the caption, judge and verify calls of a query
+    share the reference's bytes); formats chat APIs do not take are decoded by the one decoder and sent as PNG."""
+    from PIL import Image
+
+    from agent_cir.index.image_memo import ImageFile, image_file
+    from agent_cir.index.reasons import BadImageError
 
     if isinstance(image, (str, Path)):
-        path = Path(image)
         try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise ImageInputError(f"image {path} cannot be read ({err.strerror or err}); check the path") from err
+            entry = image_file(image)
+        except BadImageError as err:
+            raise ImageInputError(f"image {image} cannot be read ({err.detail or err.reason}); check the path") from err
     elif isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
+        entry = ImageFile("<bytes>", data=bytes(image))
     elif isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")  # lossless and deterministic: same pixels, same hash
         return buffer.getvalue(), "image/png"
     else:
         raise ImageInputError(f"an image must be bytes, a PIL image or a file path, got {type(image).__name__}")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
-    except (UnidentifiedImageError, OSError) as err:
+    fmt = entry.format
+    if fmt is None:
         where = f" {image}" if isinstance(image, (str, Path)) else ""
-        raise ImageInputError(f"image{where} is not a readable image file") from err
+        raise ImageInputError(f"image{where} is not a readable image file")
     if fmt not in _MIME:  # formats chat APIs do not take (TIFF, ...): send PNG
-        with Image.open(io.BytesIO(data)) as img:
-            buffer = io.BytesIO()
-            img.convert("RGB").save(buffer, format="PNG")
+        try:
+            picture = entry.rgb()
+        except BadImageError as err:
+            raise ImageInputError(f"image {image if isinstance(image, (str, Path)) else ''} cannot be decoded "
+                                  f"({err})") from err
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
         return buffer.getvalue(), "image/png"
-    return data, _MIME[fmt]
+    return entry.data, _MIME[fmt]
 
 
 def data_url(data: bytes, mime: str) -> str:
@@ -492,6 +499,13 @@ def _chat_value_ok(value: dict[str, Any]) -> bool:
         value.get("usage") is None or isinstance(value.get("usage"), dict))
 
 
+@functools.lru_cache(maxsize=128)
+def _schema_hash(schema: type[BaseModel]) -> str:
+    """The cache-key hash of a structured-output schema, once per schema class (pydantic rebuilds the JSON
+    schema on every ``model_json_schema()`` call: ~1 ms)."""
+    return stable_hash(schema.model_json_schema())
+
+
 def invoke(
     handle: ChatModelHandle,
     messages: list[tuple[str, str]],
@@ -520,7 +534,7 @@ def invoke(
     ``parse_status`` is left for the caller to set.
     """
     params = handle.sampling_params(temperature, n_sample_index)
-    schema_hash = stable_hash(schema.model_json_schema()) if schema is not None else None
+    schema_hash = _schema_hash(schema) if schema is not None else None
     prepared = prepare_call(handle, messages, prompt=prompt, images=images, cache=cache,
                             key_parts={"kind": "chat", "params": params, "schema": schema_hash},
                             image_labels=image_labels)

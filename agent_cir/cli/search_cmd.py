@@ -83,12 +83,13 @@ def fetched_reference(url: str, max_bytes: int = URL_MAX_BYTES, timeout: float =
 
 
 def check_reference_image(path: Path, shown_as: str) -> None:
-    """Decode the reference before any model loads, so that a text file given as --image costs nothing."""
-    from agent_cir.index.decode import load_image
+    """Decode the reference before any model loads, so that a text file given as --image costs nothing. The
+    decode is memoised (``index.image_memo``): the stages reuse it instead of decoding the file again."""
+    from agent_cir.index.image_memo import image_file
     from agent_cir.index.reasons import BadImageError
 
     try:
-        load_image(path)
+        image_file(path).rgb()
     except BadImageError as err:
         detail = re.sub(r"<_io\.\w+ name=[^>]*>", "", err.detail).strip(" :")
         raise AgentCirError(f"reference image {shown_as} cannot be used: {err.reason}"

@@ -142,8 +142,8 @@ class RetrieveConfig(_Strict):
     """mode dual, dual_fusion rrf: the reciprocal-rank constant."""
     dual_image_text: bool = False
     """mode dual: the image path's query is normalise(img(edited) + txt(description of the edited image)), as
-    Paracosm's mental image + its description (needs ``imagine.describe_model``); raw projections where the
-    encoder gives them."""
+    Paracosm's mental image + its description (needs ``imagine.describe_model``); both on unit vectors (Paracosm sums raw
+    projections; no encoder here gives them: a declared difference)."""
     gallery_twins: bool = False
     """Score every gallery item by its real + synthetic twin feature, normalise(normalise(real) + normalise(twin))
     (Paracosm); the index needs its twins (``agent_cir.index.twins.build_twins``)."""

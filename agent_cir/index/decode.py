@@ -22,6 +22,7 @@ Modes: everything becomes 8-bit RGB; 16-bit greyscale is scaled down (>> 8) rath
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import warnings
@@ -54,6 +55,8 @@ __all__ = [
     "REASON_TRUNCATED",
     "REASON_UNREADABLE",
     "BadImageError",
+    "decode_bytes",
+    "image_format",
     "load_image",
     "to_rgb",
 ]
@@ -139,35 +142,56 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _decode(handle: BinaryIO) -> Image.Image:
+    """Decode an open binary file under the limits above (first frame, EXIF orientation, 8-bit RGB)."""
+    try:
+        if not handle.read(1):
+            raise BadImageError(REASON_EMPTY, "0 bytes")
+        handle.seek(0)
+    except OSError as err:
+        raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
+    # PIL's own bomb warning fires at 89 MP; the limits above decide instead (its hard error at 179 MP
+    # is above MAX_IMAGE_PIXELS and stays as a backstop for callers that raise MAX_IMAGE_PIXELS).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(handle) as image:
+                image.seek(0)
+                _fit_decode_budget(image)
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                return to_rgb(image)
+        except BadImageError:
+            raise
+        except Image.DecompressionBombError as err:
+            raise BadImageError(REASON_BOMB, one_line(err)) from err
+        except UnidentifiedImageError as err:
+            raise BadImageError(REASON_NOT_IMAGE, _unidentified(handle)) from err
+        except _DECODE_ERRORS as err:
+            reason = REASON_TRUNCATED if "truncated" in str(err).lower() else REASON_CORRUPT
+            raise BadImageError(reason, _readable(one_line(err))) from err
+        except Exception as err:  # noqa: BLE001 - a hostile file may raise anything from a decoder plugin
+            raise BadImageError(REASON_CORRUPT, _readable(f"{type(err).__name__}: {one_line(err)}")) from err
+
+
 def load_image(path: str | Path, root: str | Path | None = None) -> Image.Image:
     """Open, decode and convert to RGB (first frame, EXIF orientation applied, within the pixel limits).
     ``root``: refuse a file that, at open time, lies outside this folder (files.open_regular)."""
     with open_regular(path, root) as handle:
+        return _decode(handle)
+
+
+def decode_bytes(data: bytes) -> Image.Image:
+    """``load_image`` for an image already in memory (a data URL's bytes, a download): the same limits."""
+    return _decode(io.BytesIO(data))
+
+
+def image_format(data: bytes) -> str | None:
+    """The PIL format name of encoded image bytes from their header (nothing decoded); None: not an image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if not handle.read(1):
-                raise BadImageError(REASON_EMPTY, "0 bytes")
-            handle.seek(0)
-        except OSError as err:
-            raise BadImageError(REASON_UNREADABLE, one_line(err)) from err
-        # PIL's own bomb warning fires at 89 MP; the limits above decide instead (its hard error at 179 MP
-        # is above MAX_IMAGE_PIXELS and stays as a backstop for callers that raise MAX_IMAGE_PIXELS).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                with Image.open(handle) as image:
-                    image.seek(0)
-                    _fit_decode_budget(image)
-                    image.load()
-                    image = ImageOps.exif_transpose(image) or image
-                    return to_rgb(image)
-            except BadImageError:
-                raise
-            except Image.DecompressionBombError as err:
-                raise BadImageError(REASON_BOMB, one_line(err)) from err
-            except UnidentifiedImageError as err:
-                raise BadImageError(REASON_NOT_IMAGE, _unidentified(handle)) from err
-            except _DECODE_ERRORS as err:
-                reason = REASON_TRUNCATED if "truncated" in str(err).lower() else REASON_CORRUPT
-                raise BadImageError(reason, _readable(one_line(err))) from err
-            except Exception as err:  # noqa: BLE001 - a hostile file may raise anything from a decoder plugin
-                raise BadImageError(REASON_CORRUPT, _readable(f"{type(err).__name__}: {one_line(err)}")) from err
+            with Image.open(io.BytesIO(data)) as probe:
+                return probe.format
+        except Exception:  # noqa: BLE001 - any failure to read a header means "not an image we can use"
+            return None

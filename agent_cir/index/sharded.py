@@ -7,7 +7,12 @@ Layout of a sharded index folder::
                          skips shards whose file is complete, so adding shards is incremental
     merged.ivfdata       every shard's inverted lists merged into faiss ``OnDiskInvertedLists``
     merged.index         the index header pointing at merged.ivfdata (read memory-mapped)
-    sharded.json         factory, dimension, count, shard list, bytes per vector
+    sharded.json         factory, dimension, count, shard list, bytes per vector; and what search needs
+                         beyond rows: the encoder record, the images folder, the exact vector files
+    items/               the item table (ids, content hashes; ``sharded_items``), when built with ids
+
+``agent-cir search -i FOLDER`` searches a sharded index like any other (``sharded_gallery.ShardedGallery``)
+when it was built with ``ids=`` and ``encoder_info=``; without them it says which is missing.
 
 Search memory-maps the inverted lists, so resident memory is the coarse centroids, the codebooks and the
 pages the OS keeps of the lists that queries visit, not 4 x d bytes per vector. ``refine`` re-scores an
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ import numpy as np
 
 from agent_cir.atomic import write_text_atomic
 from agent_cir.errors import AgentCirError
+from agent_cir.index.sharded_items import write_items
 
 TRAINED_NAME = "trained.index"
 MERGED_NAME = "merged.index"
@@ -96,11 +102,20 @@ def build_sharded(
     train_size: int = 200_000,
     seed: int = 0,
     progress: bool = False,
+    ids: Sequence[str] | None = None,
+    hashes: Sequence[str | None] | None = None,
+    images_dir: str | Path | None = None,
+    encoder_info: Mapping[str, Any] | None = None,
 ) -> ShardedBuild:
     """Train on a sample drawn across ``shards`` (arrays or memory maps, one per shard, in row order), add
     each shard into its own populated index, then merge them into on-disk inverted lists.
 
     Shard files already complete from an earlier run with the same trained index are reused.
+
+    What makes the folder searchable by ``agent-cir search`` (``ShardedGallery``): ``ids`` (one gallery id per
+    row, e.g. paths relative to ``images_dir``), ``hashes`` (sha256 of each file, for reference exclusion),
+    ``encoder_info`` (the ``Encoder.info`` that made the vectors). Shards given as ``np.load(..., mmap_mode=
+    "r")`` memory maps are recorded as the exact vectors (restricted search, a reference found in the gallery).
     """
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
@@ -112,6 +127,8 @@ def build_sharded(
     total = int(sum(sizes))
     if total == 0:
         raise ShardedIndexError("no vectors to index")
+    if ids is not None and len(ids) != total:
+        raise ShardedIndexError(f"{len(ids)} ids for {total} vectors: give one id per row, in shard order")
 
     started = time.perf_counter()
     trained_path = folder / TRAINED_NAME
@@ -157,12 +174,49 @@ def build_sharded(
     _atomic_write_index(merged, folder / MERGED_NAME)
     seconds_merge = time.perf_counter() - started
 
+    if ids is not None:
+        write_items(folder, ids, hashes)
     bytes_on_disk = ivfdata.stat().st_size + (folder / MERGED_NAME).stat().st_size
-    write_text_atomic(folder / META_NAME, json.dumps({
+    meta: dict[str, Any] = {
         "factory": factory, "dim": int(merged.d), "count": total, "shards": sizes,
         "bytes_on_disk": bytes_on_disk, "bytes_per_vector": bytes_on_disk / total,
-    }, indent=2))
+        "items": ids is not None,
+        "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
+        "encoder": dict(encoder_info) if encoder_info is not None else None,
+        "exact_vectors": _exact_files(shards, folder),
+    }
+    write_text_atomic(folder / META_NAME, json.dumps(meta, indent=2))
     return ShardedBuild(folder, total, len(shards), reused, seconds_train, seconds_add, seconds_merge, bytes_on_disk)
+
+
+def _exact_files(shards: Sequence[np.ndarray], folder: Path) -> list[str] | None:
+    """The .npy files behind memory-mapped shards (relative to ``folder`` when inside it), or None when any
+    shard is an in-memory array (its vectors are gone after the build)."""
+    files: list[str] = []
+    for shard in shards:
+        name = getattr(shard, "filename", None)
+        if not isinstance(shard, np.memmap) or not name or not str(name).endswith(".npy"):
+            return None
+        path = Path(name).resolve()
+        try:
+            files.append(str(path.relative_to(folder.resolve())))
+        except ValueError:
+            files.append(str(path))
+    return files
+
+
+def open_exact_vectors(folder: str | Path, meta: Mapping[str, Any]) -> list[np.ndarray] | None:
+    """The exact vector shards a sharded index recorded, memory-mapped; None when it recorded none."""
+    files = meta.get("exact_vectors")
+    if not files:
+        return None
+    shards = []
+    for name in files:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise ShardedIndexError(f"{folder}: its exact vectors {path} are gone; put them back or rebuild")
+        shards.append(np.load(path, mmap_mode="r"))
+    return shards
 
 
 class ShardedIndex:

@@ -107,13 +107,13 @@ class GridJudge(_ModelJudge):
             entry: dict[str, Any] = {"path": None, "cells": cells, "pass": pass_index, "window": window,
                                      "kind": kind, "round": round_index}
             if ctx.state.artifacts_dir is not None:
-                path = Path(ctx.state.artifacts_dir) / f"rerank_w{window:02d}_p{pass_index}.png"
+                path = Path(ctx.state.artifacts_dir) / f"rerank_w{window:02d}_p{pass_index}{grid.suffix}"
                 entry["path"] = str(grid.save(path))
             ctx.grids.append(entry)
             messages = self.prompt.render_messages(
                 **ctx.variables, n_cells=n, reference=prompt_reference, has_captions=bool(ctx.captions)
             )
-            call = self._invoke(ctx, messages, images_prefix + [grid.png], GridJudgement if use_schema else None)
+            call = self._invoke(ctx, messages, images_prefix + [grid.data], GridJudgement if use_schema else None)
             # Cells in retrieval order: the cell showing the best-retrieved item first.
             cell_of_local = {local: j + 1 for j, local in enumerate(permutation)}
             retrieval_cells = [cell_of_local[local] for local in range(n)]

@@ -46,7 +46,8 @@ def mix_query(text_query: np.ndarray, image_query: np.ndarray, weight: float) ->
 
 
 def paracosm_image_query(image_vector: np.ndarray, description_vector: np.ndarray | None) -> np.ndarray:
-    """normalise(f(mental image) + f(description)): Paracosm's image-side query (raw projections where given)."""
+    """normalise(f(mental image) + f(description)): Paracosm's image-side query (on unit vectors: no encoder here
+    gives raw projections)."""
     image_vector = np.asarray(image_vector, dtype=np.float32)
     if description_vector is None:
         return normalise(image_vector)
@@ -142,7 +143,7 @@ def with_twins(gallery: Any, index: Any) -> Any:
         from agent_cir.errors import AgentCirError
 
         raise AgentCirError("with_twins needs the gallery of the index itself (the same items in the same order)")
-    twin_gallery = replace(gallery, image_embeddings=twin_vectors(real, synthetic), index=None, image_norms=None,
+    twin_gallery = replace(gallery, image_embeddings=twin_vectors(real, synthetic), index=None,
                            source=f"{gallery.source} + synthetic twins")
     twin_gallery.real_embeddings = real  # what a reference that is a gallery item is embedded as
     return twin_gallery

@@ -31,12 +31,16 @@ class _Structure:
     """A searchable faiss index plus how its rows map to gallery positions."""
 
     index: Any
-    vectors: np.ndarray
-    """Exact item vectors in gallery-position order (used for restriction and the exact fallback)."""
+    vectors: Any
+    """Exact item vectors in gallery-position order (used for restriction and the exact fallback): an array,
+    or a row source with ``shape``, ``rows[array]`` and ``scores(query)`` (a sharded index's exact vectors)."""
     row_to_position: np.ndarray | None
     """faiss row -> gallery position (-1: not in this gallery); None when rows are positions."""
     description: str
     unmapped_rows: int = 0
+    tuned: Any = None
+    """The faiss index that search-time settings (nprobe, efSearch) apply to, when ``index`` wraps it (a
+    sharded index searched with exact re-scoring); None: ``index`` itself."""
 
 
 def _faiss() -> Any:
@@ -115,7 +119,8 @@ class SearchEngine:
         if nprobe is None and ef_search is None and not faiss_params:
             return self.settings
         structure = self._image_structure()
-        self.settings = apply_search_settings(structure.index, nprobe, ef_search, faiss_params)
+        tuned = structure.tuned if structure.tuned is not None else structure.index
+        self.settings = apply_search_settings(tuned, nprobe, ef_search, faiss_params)
         return self.settings
 
     # ------------------------------------------------------------------ structures
@@ -127,7 +132,10 @@ class SearchEngine:
             gallery = self.gallery
             if not gallery.has_images:
                 raise AgentCirError("this gallery has no image embeddings to search")
-            vectors = np.asarray(gallery.image_embeddings, dtype=np.float32)
+            vectors = gallery.image_embeddings
+            if isinstance(vectors, np.ndarray) or not hasattr(vectors, "scores"):
+                vectors = np.asarray(vectors, dtype=np.float32)
+            # else: a row source over data that does not fit in RAM (a sharded index's exact vectors)
             structure = self._index_structure(vectors)
             if structure is None:
                 index = _faiss().IndexFlatIP(vectors.shape[1])
@@ -142,9 +150,10 @@ class SearchEngine:
         index = getattr(gallery, "index", None)
         if index is None or not hasattr(index, "faiss_index"):
             return None
-        index_paths = [str(p) for p in index.paths]
         factory = str(getattr(index, "meta", {}).get("index_factory", "?"))
-        if index_paths == [str(p) for p in gallery.paths]:
+        shared = index.paths is gallery.paths  # one table (a sharded index): rows are positions, no 10M compare
+        index_paths = [] if shared else [str(p) for p in index.paths]
+        if shared or index_paths == [str(p) for p in gallery.paths]:
             mapping = None
             unmapped = 0
         else:
@@ -158,6 +167,10 @@ class SearchEngine:
         faiss_index = index.faiss_index
         if faiss_index.d != vectors.shape[1]:
             return None
+        searcher = getattr(index, "searcher", None)  # e.g. codes + exact re-scoring of a sharded index
+        if searcher is not None:
+            return _Structure(searcher, vectors, mapping, f"index {factory} ({describe_index(faiss_index)}, "
+                              f"{searcher.description})", unmapped, tuned=faiss_index)
         return _Structure(faiss_index, vectors, mapping, f"index {factory} ({describe_index(faiss_index)})", unmapped)
 
     def _composite_structure(self, caption_weight: float, paired_slots: int | None) -> _Structure:
@@ -279,7 +292,9 @@ class SearchEngine:
 
     def _exact(self, structure: _Structure, query: np.ndarray, k: int, excluded: np.ndarray) -> Ranking:
         """Last resort for a query the ANN structure left short of k results: an exact scan."""
-        scores = np.asarray(structure.vectors @ query, dtype=np.float32)
+        vectors = structure.vectors
+        exact = vectors @ query if isinstance(vectors, np.ndarray) else vectors.scores(query)
+        scores = np.asarray(exact, dtype=np.float32)
         positions = np.arange(len(scores), dtype=np.int64)
         if len(excluded):
             keep = ~np.isin(positions, excluded)

@@ -127,15 +127,18 @@ class RetrievalGallery:
     """The GalleryIndex this gallery came from, when it came from one (its faiss structure is searched)."""
     caption_slot: np.ndarray | None = None
     """For each caption row, its order j among its item's captions (0-based): WeiMoCIR pairs caption j with j."""
-    image_norms: np.ndarray | None = None
-    """Raw (pre-normalisation) norm of each image embedding, when known (WeiMoCIR fuses raw projections)."""
+    lookup: Any = None
+    """Answers ``position(id)`` and ``positions_of_hash(hash)`` in place of in-memory dicts (a sharded index's
+    memory-mapped item table: 10M ids never become a dict). None: dicts built from ``ids`` and ``hashes``."""
 
     def __post_init__(self) -> None:
-        self._position = {gallery_id: i for i, gallery_id in enumerate(self.ids)}
+        self._position: dict[str, int] = {}
         self._by_hash: dict[str, list[int]] = {}
-        for position, digest in enumerate(self.hashes):
-            if digest:
-                self._by_hash.setdefault(digest, []).append(position)
+        if self.lookup is None:
+            self._position = {gallery_id: i for i, gallery_id in enumerate(self.ids)}
+            for position, digest in enumerate(self.hashes):
+                if digest:
+                    self._by_hash.setdefault(digest, []).append(position)
         self._engine: Any = None
 
     def __len__(self) -> int:
@@ -150,10 +153,14 @@ class RetrievalGallery:
         return self.caption_embeddings is not None and len(self.caption_embeddings) > 0
 
     def position(self, gallery_id: str) -> int | None:
+        if self.lookup is not None:
+            return self.lookup.position(gallery_id)
         return self._position.get(gallery_id)
 
     def positions_of_hash(self, content_hash: str | None) -> list[int]:
         """Every gallery position holding this content (byte-identical copies share a hash)."""
+        if self.lookup is not None:
+            return self.lookup.positions_of_hash(content_hash)
         return list(self._by_hash.get(content_hash, ())) if content_hash else []
 
     def copies_of(self, position: int) -> list[int]:
@@ -173,11 +180,15 @@ class RetrievalGallery:
     # ---------- construction ----------
     @classmethod
     def from_index(cls, index: Any, encoder: Any = None) -> RetrievalGallery:
-        """An image gallery from an ``agent-cir index`` folder or a loaded GalleryIndex."""
-        from agent_cir.index import GalleryIndex
+        """An image gallery from an index folder (``agent-cir index``, or a sharded one) or an opened index."""
+        from agent_cir.index.sharded_gallery import ShardedGallery, open_index
 
-        if not isinstance(index, GalleryIndex):
-            index = GalleryIndex.load(index)
+        index = open_index(index)
+        if isinstance(index, ShardedGallery):
+            # Same object for paths: the engine sees rows == positions without comparing 10M strings.
+            return cls(ids=index.ids, paths=index.paths, hashes=index.hashes,  # type: ignore[arg-type]
+                       image_embeddings=index.embeddings, encoder_info=dict(index.encoder_info),  # type: ignore[arg-type]
+                       source=str(index.root), index=index, lookup=index)
         embeddings = np.asarray(index.embeddings, dtype=np.float32)
         return cls(
             ids=list(index.ids),
@@ -187,7 +198,6 @@ class RetrievalGallery:
             encoder_info=dict(index.encoder_info),
             source=str(getattr(index, "root", "")),
             index=index,
-            image_norms=getattr(index, "norms", None),
         )
 
     @classmethod

@@ -72,12 +72,11 @@ class _Plan:
     excluded: list[int] = field(default_factory=list)
     restrict: list[int] | None = None
     image_vector: np.ndarray | None = None
-    raw_image: bool = False
     query: np.ndarray | None = None
     average_reference: bool = False
     """Average the text query with the reference image feature (``retrieve.reference_average_tasks``)."""
     edited_vector: np.ndarray | None = None
-    """mode dual: the embedding of the imagine stage's picture (raw where the encoder gives it)."""
+    """mode dual: the embedding of the imagine stage's picture (a unit vector, like every query side here)."""
     description: str | None = None
     """mode dual with dual_image_text: the description of the edited picture."""
 
@@ -256,23 +255,23 @@ class RetrieveStage:
         return plan
 
     # ---------- batched encoding ----------
-    def _encode_texts(self, strings: list[str], raw: bool) -> tuple[dict[str, np.ndarray], bool]:
-        """One encoder call for every string of the batch; raw (unnormalised) rows when asked and available."""
+    def _encode_texts(self, strings: list[str]) -> dict[str, np.ndarray]:
+        """One encoder call for every string of the batch."""
         if not strings:
-            return {}, raw
-        raw_encode = getattr(self.encoder, "encode_texts_raw", None) if raw else None
-        rows = np.asarray((raw_encode or self.encoder.encode_texts)(strings), dtype=np.float32)
-        return dict(zip(strings, rows)), raw_encode is not None
+            return {}
+        rows = np.asarray(self.encoder.encode_texts(strings), dtype=np.float32)
+        return dict(zip(strings, rows))
 
-    def _encode_images(self, plans: list[_Plan], failures: dict[int, BaseException], raw: bool) -> None:
-        from agent_cir.index.decode import BadImageError, load_image
+    def _encode_images(self, plans: list[_Plan], failures: dict[int, BaseException]) -> None:
+        from agent_cir.index.image_memo import image_file
+        from agent_cir.index.reasons import BadImageError
 
         pictures, owners = [], []
         for position, plan in enumerate(plans):
             if plan.image_file is None or position in failures:
                 continue
             try:
-                pictures.append(load_image(plan.image_file))
+                pictures.append(image_file(plan.image_file).rgb())  # the query's one decode, shared
             except BadImageError as err:
                 failures[position] = QueryInputError(
                     f"query {plan.state.query.id}: cannot read reference image {plan.image_file}: {err}"
@@ -282,22 +281,15 @@ class RetrieveStage:
             owners.append(position)
         if not pictures:
             return
-        raw_encode = getattr(self.encoder, "encode_images_raw", None) if raw else None
-        vectors = np.asarray((raw_encode or self.encoder.encode_images)(pictures), dtype=np.float32)
+        vectors = np.asarray(self.encoder.encode_images(pictures), dtype=np.float32)
         for position, vector in zip(owners, vectors):
             plans[position].image_vector = vector
-            plans[position].raw_image = raw_encode is not None
 
-    def _gallery_image(self, plan: _Plan, raw: bool) -> np.ndarray:
+    def _gallery_image(self, plan: _Plan) -> np.ndarray:
         # A twins gallery searches real + twin vectors, but a reference image is its real picture.
         real = getattr(self.gallery, "real_embeddings", None)
         source = real if real is not None else self.gallery.image_embeddings
-        vector = np.asarray(source[plan.reference_position], dtype=np.float32)
-        norms = self.gallery.image_norms
-        if raw and norms is not None:
-            plan.raw_image = True
-            return vector * float(norms[plan.reference_position])
-        return vector
+        return np.asarray(source[plan.reference_position], dtype=np.float32)
 
     # ---------- query vectors ----------
     def _text_query(self, vectors: np.ndarray) -> np.ndarray:
@@ -305,31 +297,24 @@ class RetrieveStage:
             return mean_score_query(vectors)
         return mean_embedding(vectors)
 
-    def _query_vector(self, plan: _Plan, text: dict[str, np.ndarray], raw_texts: bool) -> tuple[np.ndarray, dict]:
+    def _query_vector(self, plan: _Plan, text: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """The search row for one plan, laid out for the engine's structure; plus record fields."""
         config = self.config
         extra: dict[str, Any] = {}
         image = plan.image_vector
         if (plan.mode in _IMAGE_MODES or plan.average_reference) and image is None:
-            image = self._gallery_image(plan, raw=plan.mode == "weimocir")
+            image = self._gallery_image(plan)
         stack = (lambda strings: np.stack([text[s] for s in strings])) if text else None
         if plan.mode == "weimocir":
-            # Raw projections are fused only where both sides are raw; otherwise both sides are unit vectors
-            # (a raw vector beside a unit one would silently change the effective alpha).
-            raw_modification = stack(plan.texts).mean(axis=0)
-            unit_modification = mean_embedding(stack(plan.texts))
-            image_raw = bool(raw_texts and plan.raw_image)
-            image_query = weimocir_query(image if image_raw else normalise(image),
-                                         raw_modification if image_raw else unit_modification, config.alpha)
+            # The official code fuses raw CLIP projections; encoders and indexes here hold unit vectors, so
+            # both sides are unit vectors (the recipe's declared difference; the record says raw_projections).
+            modification = mean_embedding(stack(plan.texts))
+            image_query = weimocir_query(normalise(image), modification, config.alpha)
             slots = self.paired_slots or 1
-            captions_raw = bool(raw_texts and plan.reference_texts)
             if plan.reference_texts:
-                reference_captions = stack(plan.reference_texts)
+                reference_captions = normalise(stack(plan.reference_texts))
             else:
-                reference_captions = self.gallery.caption_rows_of(plan.reference_position)
-            if not captions_raw:
-                reference_captions = normalise(reference_captions)
-            modification = raw_modification if captions_raw else unit_modification
+                reference_captions = normalise(self.gallery.caption_rows_of(plan.reference_position))
             # Slot j pairs the reference's j-th caption with each item's j-th caption (official
             # validate_clip.py:107-123); a reference with fewer captions reuses the mean of its own.
             fill = reference_captions.mean(axis=0)
@@ -337,12 +322,12 @@ class RetrieveStage:
             caption_queries = np.stack([weimocir_query(row, modification, config.alpha) for row in rows])
             query = composite_query(image_query, caption_queries, self.caption_weight, self.gallery.has_images)
             extra.update({"alpha": config.alpha, "pairing": "paired", "captions_per_item": slots,
-                          "raw_projections": image_raw and captions_raw})
+                          "raw_projections": False})
             return query, extra
         if plan.mode == "dual":
             return self._dual_query(plan, text, stack)
         if plan.mode == "image":
-            query = normalise(image if image is not None else self._gallery_image(plan, raw=False))
+            query = normalise(image if image is not None else self._gallery_image(plan))
         elif plan.mode == "text":
             query = self._text_query(stack(plan.texts))
             if plan.average_reference:
@@ -374,15 +359,14 @@ class RetrieveStage:
         return query, extra
 
     # ---------- dual paths (formulas: agent_cir.retrieval.dual) ----------
-    def _encode_edited(self, plans: list[_Plan], failures: dict[int, BaseException], raw: bool) -> None:
+    def _encode_edited(self, plans: list[_Plan], failures: dict[int, BaseException]) -> None:
         """One encoder call for every edited picture of the batch (mode dual), with the index's encoder."""
         owners = [i for i, plan in enumerate(plans)
                   if plan.mode == "dual" and i not in failures and plan.state.edited_image is not None]
         if not owners:
             return
         pictures = [plans[i].state.edited_image.picture() for i in owners]
-        raw_encode = getattr(self.encoder, "encode_images_raw", None) if raw else None
-        vectors = np.asarray((raw_encode or self.encoder.encode_images)(pictures), dtype=np.float32)
+        vectors = np.asarray(self.encoder.encode_images(pictures), dtype=np.float32)
         for i, vector in zip(owners, vectors):
             plans[i].edited_vector = vector
 
@@ -440,15 +424,13 @@ class RetrieveStage:
                 failures[position] = err
                 plans.append(_Plan(state=state, mode=self.config.mode))
         live = [i for i in range(len(states)) if i not in failures]
-        raw = self.config.mode == "weimocir"
-        raw = raw or (self.config.mode == "dual" and self.config.dual_image_text)
         strings = list(dict.fromkeys(
             s for i in live for s in (*plans[i].texts, *plans[i].reference_texts, *plans[i].target_texts,
                                       *([plans[i].description] if plans[i].description else []))
         ))
-        text, raw_texts = self._encode_texts(strings, raw)
-        self._encode_images(plans, failures, raw)
-        self._encode_edited(plans, failures, raw and raw_texts)
+        text = self._encode_texts(strings)
+        self._encode_images(plans, failures)
+        self._encode_edited(plans, failures)
         extras: dict[int, dict[str, Any]] = {}
         rows: list[np.ndarray] = []
         searched: list[int] = []
@@ -456,7 +438,7 @@ class RetrieveStage:
             if i in failures:
                 continue
             try:
-                query, extras[i] = self._query_vector(plans[i], text, raw_texts)
+                query, extras[i] = self._query_vector(plans[i], text)
             except (AgentCirError, ValueError) as err:
                 failures[i] = err if isinstance(err, AgentCirError) else QueryInputError(
                     f"query {plans[i].state.query.id}: {err}"
@@ -499,10 +481,8 @@ class RetrieveStage:
             if plan.mode == "text" and len(plan.texts) > 1:
                 output["description_scoring"] = self.config.description_scoring
             output.update(extras.get(i, {}))
-            if plan.mode == "weimocir" and not output.get("raw_projections"):
-                plan.notes.append(
-                    "WeiMoCIR fuses raw CLIP projections; this encoder/index gives unit vectors only, so the "
-                    "fusion used unit vectors"
-                )
+            if plan.mode == "weimocir":
+                plan.notes.append("WeiMoCIR fuses raw CLIP projections; agent_cir fuses unit vectors (the recipe's "
+                                  "declared difference)")
             outcomes[i] = StageRecord(stage=self.name, output=output, notes=plan.notes)
         return outcomes

@@ -37,6 +37,7 @@ from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_ta
 from agent_cir.eval.run_lock import RunFolderLock
 from agent_cir.hashing import content_hash
 from agent_cir.trace.io import TraceWriter, read_typed_traces
+from agent_cir.trace.model import EvalRecord, Trace
 from agent_cir.types import Query, Result
 
 __all__ = ["EvalInputError", "EvalOutcome", "RunMismatchError", "read_query_ids", "repair_torn_tail", "run_eval"]
@@ -275,7 +276,7 @@ def _run_eval(
                     f"{traces_path}: query {trace.query_id} was run under run identity {recorded}, not "
                     f"{identity['hash']}; use another --out"
                 )
-            finished[trace.query_id] = _slim(trace.to_dict())
+            finished[trace.query_id] = _slim(trace)
 
     session: dict[str, Any] = {"started": _now(), "queries_run": 0, "failed": 0, "model_calls": 0, "cache_hits": 0,
                                "recipe_hash": effective.hash}
@@ -369,14 +370,13 @@ def _run_pending(
             def record(result: Result, part: BenchmarkSplit = part) -> None:
                 query = by_id[result.query_id]
                 trace = result.trace  # already holds only the head of each ranking
-                trace["eval"] = benchmark.eval_record(part, query, result.ranking)
-                trace["eval"]["identity"] = identity_hash
+                trace.eval = EvalRecord(**benchmark.eval_record(part, query, result.ranking), identity=identity_hash)
                 writer.write(trace)
                 finished[query.id] = _slim(trace)
                 failures.pop(query.id, None)
                 session["queries_run"] += 1
-                session["model_calls"] += trace.get("totals", {}).get("model_calls", 0)
-                session["cache_hits"] += trace.get("totals", {}).get("cache_hits", 0)
+                session["model_calls"] += trace.totals.model_calls
+                session["cache_hits"] += trace.totals.cache_hits
                 if on_query is not None:
                     on_query(result)
 
@@ -401,9 +401,10 @@ def persist_chunk(recipe: Recipe, max_concurrency: int | None) -> int | None:
     return min(recipe.chunk_size, max(UNCACHED_CHUNK, 2 * (max_concurrency or recipe.max_concurrency)))
 
 
-def _slim(trace: dict[str, Any]) -> dict[str, Any]:
-    """What metrics and summaries need from a finished trace (keeps memory flat on long runs)."""
-    return {key: trace.get(key) for key in ("query_id", "eval", "totals", "recipe")}
+def _slim(trace: Trace) -> dict[str, Any]:
+    """What metrics and summaries need from a finished trace, as plain data (keeps memory flat on long runs)."""
+    return {"query_id": trace.query_id, "eval": trace.eval.model_dump() if trace.eval is not None else None,
+            "totals": trace.totals.model_dump(), "recipe": trace.recipe.model_dump()}
 
 
 def _rankings(queries: Sequence[Query], finished: Mapping[str, dict[str, Any]]) -> dict[str, list[str] | None]:

@@ -27,6 +27,7 @@ from agent_cir.fusion import (
 from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
+from agent_cir.trace.model import RetrieveOutput
 from agent_cir.types import QueryState, StageRecord
 
 _IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
@@ -428,5 +429,5 @@ class RetrieveStage:
                     "WeiMoCIR fuses raw CLIP projections; this encoder/index gives unit vectors only, so the "
                     "fusion used unit vectors"
                 )
-            outcomes[i] = StageRecord(stage=self.name, output=output, notes=plan.notes)
+            outcomes[i] = StageRecord(stage=self.name, output=RetrieveOutput.model_validate(output), notes=plan.notes)
         return outcomes

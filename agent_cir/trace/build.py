@@ -48,7 +48,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent_cir.trace.load import check_built, salvage_trace
+from agent_cir.trace.load import check_built, load_stage, salvage_trace
 from agent_cir.trace.model import RECORD_CLASSES, TRACE_SCHEMA_VERSION, Trace
 
 
@@ -127,6 +127,11 @@ def stage_entry(record: Any) -> dict[str, Any]:
     }
 
 
+def stage_json(record: Any) -> dict[str, Any]:
+    """One stage record as the trace file holds it (JSON data, dumped through its typed record class)."""
+    return load_stage(stage_entry(record), strict=True).model_dump(mode="json", exclude_unset=True)
+
+
 def round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]:
     """A finished round as the trace keeps it: what it searched, what the verifier found, what was decided, and
     what it cost (the calls and seconds of that round's records)."""
@@ -159,4 +164,4 @@ def partial_trace(state: Any) -> tuple[Trace, list[str]]:
     })
 
 
-__all__ = ["build_trace", "partial_trace", "round_summary", "stage_entry"]
+__all__ = ["build_trace", "partial_trace", "round_summary", "stage_entry", "stage_json"]

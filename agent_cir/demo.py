@@ -31,7 +31,8 @@ from agent_cir.report.render import RANDOM_ENCODER_BANNER
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
 from agent_cir.trace.build import partial_trace
 from agent_cir.trace.load import salvage_trace
-from agent_cir.trace.model import RankedItem, Trace
+from agent_cir.trace.model import Trace
+from agent_cir.trace.outputs import RankedItem
 from agent_cir.types import Query, QueryState, Result, StageRecord
 
 DEMO_CSS = """

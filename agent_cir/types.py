@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from agent_cir.trace.model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, Trace
+from agent_cir.trace.model import ParseStatus, Trace
+from agent_cir.trace.outputs import DescriptionSource
 
 
 @dataclass

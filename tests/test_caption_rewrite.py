@@ -20,7 +20,7 @@ from agent_cir.stages.caption import CaptionStage
 from agent_cir.stages.one_stage import OneStageStage
 from agent_cir.stages.rewrite import RewriteStage
 from agent_cir.trace.build import stage_json
-from agent_cir.trace.model import CaptionOutput
+from agent_cir.trace.outputs import CaptionOutput
 from agent_cir.types import Query, QueryState
 from tests.fixtures.chat import fake_model
 

@@ -19,19 +19,17 @@ from agent_cir.trace.io import TraceWriter, read_typed_traces
 from agent_cir.trace.build import build_trace
 from agent_cir.trace.load import TraceFormatError, load_trace, salvage_trace
 from agent_cir.trace.model import (
-    CaptionOutput,
     CaptionRecord,
     OneStageRecord,
     OtherStageRecord,
-    RerankOutput,
     RerankRecord,
-    RetrieveOutput,
     RetrieveRecord,
-    RewriteOutput,
     RewriteRecord,
+    TRACE_SCHEMA_VERSION,
     Trace,
 )
-from agent_cir.types import TRACE_SCHEMA_VERSION, Candidate, Query, QueryState, StageRecord
+from agent_cir.trace.outputs import CaptionOutput, RerankOutput, RetrieveOutput, RewriteOutput
+from agent_cir.types import Candidate, Query, QueryState, StageRecord
 from tests.fixtures.chat import fake_model
 from tests.fixtures.report import DEMO_MODIFICATION, DEMO_TARGET
 
@@ -243,7 +241,7 @@ def test_result_trace_is_the_typed_trace_the_stages_built(demo_pipeline):
 
 
 def test_a_stage_record_keeps_the_output_object_the_stage_built(tmp_path):
-    from agent_cir.trace.model import OneStageOutput
+    from agent_cir.trace.outputs import OneStageOutput
 
     state = QueryState(query=Query(id="q1", text="make it red"))
     output = OneStageOutput(target_descriptions=["a red square"], reasoning="r", description_source="one_stage",

@@ -12,7 +12,8 @@ from agent_cir.report.analyse import STATUS_LABELS, STATUSES, QueryView
 from agent_cir.report.chart import rank_chart
 from agent_cir.report.images import ReportImages
 from agent_cir.report.served import readable_name
-from agent_cir.trace.model import RankedItem, StageRecordBase, Trace
+from agent_cir.trace.model import StageRecordBase, Trace
+from agent_cir.trace.outputs import RankedItem
 
 RANDOM_ENCODER_BANNER = "random-init encoder: rankings are meaningless"
 _HEAVY_OUTPUT_KEYS = {"candidates", "grids", "repairs"}

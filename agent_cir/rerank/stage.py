@@ -22,7 +22,7 @@ from agent_cir.rerank.context import RerankContext
 from agent_cir.rerank.judges import make_judge
 from agent_cir.rerank.windows import check_can_progress
 from agent_cir.retrieval.ranking import Ranking
-from agent_cir.trace.model import RerankOutput
+from agent_cir.trace.outputs import RerankOutput
 from agent_cir.types import QueryState, StageRecord
 
 

@@ -12,7 +12,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.parsing import parse_caption, worst_status
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import CaptionOutput
+from agent_cir.trace.outputs import CaptionOutput
 from agent_cir.types import QueryState, StageRecord
 
 

@@ -13,7 +13,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import OneStageOutput
+from agent_cir.trace.outputs import OneStageOutput
 from agent_cir.types import QueryState, StageRecord
 
 

@@ -16,7 +16,7 @@ from agent_cir.config import RefineConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import answer_schema, parse_target_descriptions
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import RefineOutput
+from agent_cir.trace.outputs import RefineOutput
 from agent_cir.types import QueryState, StageRecord
 
 

@@ -27,7 +27,7 @@ from agent_cir.fusion import (
 from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
-from agent_cir.trace.model import RetrieveOutput
+from agent_cir.trace.outputs import RetrieveOutput
 from agent_cir.types import QueryState, StageRecord
 
 _IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")

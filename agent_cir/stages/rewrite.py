@@ -18,7 +18,7 @@ from agent_cir.config import RewriteConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import RewriteOutput
+from agent_cir.trace.outputs import RewriteOutput
 from agent_cir.types import ModelCall, QueryState, StageRecord
 
 

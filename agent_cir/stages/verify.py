@@ -25,7 +25,7 @@ from agent_cir.prompts import load_prompt
 from agent_cir.rerank.yes_no import YesNo, ask_yes_no
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.retrieval.round_fusion import fuse_rounds
-from agent_cir.trace.model import VerifyOutput
+from agent_cir.trace.outputs import VerifyOutput
 from agent_cir.types import Candidate, QueryState, StageRecord
 
 CaptionSource = Mapping[str, Any] | Callable[[str], Any]

@@ -1,23 +1,23 @@
-"""The trace as pydantic models: one ``Trace`` per query, one typed record class per stage kind.
+"""The trace as pydantic models: one ``Trace`` per query, one typed record class per stage kind, each holding its
+stage's typed output (``agent_cir.trace.outputs``).
 
-The stages build their outputs as these classes (``CaptionOutput`` ... ``RerankOutput``), ``agent_cir.trace.build``
-assembles the ``Trace`` of a finished query (schema ``3.0``) and the writer dumps it; readers of files go through
-``agent_cir.trace.load`` (``load_trace``, ``salvage_trace``), which loads 3.x, 2.x and 1.x records (every field but ``query_id`` has a default; 3.0 adds
-fields and changes none: per-record ``round``, ``ordered_by``, ``rounds``, per-candidate ``judge_score`` /
-``verify_score`` / ``final_score``, the verify and refine records, and the retrieve record's
-``candidates_total`` beside its head). The JSON layout is the 1.0 layout, so old readers of plain dicts keep
-working.
+``agent_cir.trace.build`` assembles the ``Trace`` of a finished query (schema ``3.0``) and the writer dumps it;
+readers of files go through ``agent_cir.trace.load`` (``load_trace``, ``salvage_trace``), which loads 3.x, 2.x and
+1.x records (every field but ``query_id`` has a default; 3.0 adds fields and changes none: per-record ``round``,
+``ordered_by``, ``rounds``, per-candidate ``judge_score`` / ``verify_score`` / ``final_score``, the verify and
+refine records, and the retrieve record's ``candidates_total`` beside its head). The JSON layout is the 1.0
+layout, so old readers of plain dicts keep working.
 
 Every model keeps keys it does not know (``extra="allow"``): a trace written by a newer agent_cir, or a
 stage that adds an output field, still loads, and dumping it back loses nothing. ``stages`` is a union
-discriminated on ``stage``; a stage name outside the five kinds (a user's own stage) loads as
+discriminated on ``stage``; a stage name outside the seven kinds (a user's own stage) loads as
 :class:`OtherStageRecord` with an untyped ``output``.
 
 Typed down to the fields consumers read. Left as plain dicts/lists on purpose: the query's ``meta``
 (caller-owned), a model call's ``usage`` and ``params`` (backend-specific), and the rerank stage's
 per-judge ``parsed`` / ``windows`` entries (their keys differ between grid, pointwise and logit judges).
 
-The small properties (``Trace.ground_truth``, ``RetrieveOutput.rows``, ``RerankOutput.repair_lines`` ...) are the
+The small properties (``Trace.ground_truth``, ``Trace.retrieval``, ``RoundRecord.head_confidences`` ...) are the
 derived values the report and the demo show, computed from the record rather than copied into other types.
 """
 
@@ -26,25 +26,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeAlias, Union, overload
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag
+
+from agent_cir.trace.outputs import (
+    CaptionOutput,
+    DescriptionSource,
+    Id,
+    OneStageOutput,
+    OpenModel,
+    RankedItem,
+    RefineOutput,
+    RerankOutput,
+    RetrieveOutput,
+    RewriteOutput,
+    VerifyOutput,
+    ranked_rows,
+)
 
 TRACE_SCHEMA_VERSION = "3.0"
 ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
-DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption", "refine"]
-
-
-def _id_text(value: Any) -> Any:
-    # Gallery and query ids are strings; a JSON number written by another tool is read as its text.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-Id = Annotated[str, BeforeValidator(_id_text)]
-
-
-class _Open(BaseModel):
-    """Unknown keys are kept (and dumped back), so newer fields survive a round trip through older code."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 def as_id_list(value: Any) -> list[str]:
@@ -61,27 +61,7 @@ def as_id_list(value: Any) -> list[str]:
 # ------------------------------------------------------------------------------------------- parts
 
 
-class RankedItem(_Open):
-    """One row of a ranking: the final ``results`` ({rank, id, path, score}) or retrieval ``candidates``."""
-
-    rank: int = 0
-    id: Id
-    path: str | None = None
-    score: float | None = None
-    """The retrieval score."""
-    judge_score: float | None = None
-    verify_score: float | None = None
-    final_score: float | None = None
-    """Written (3.0) only where that stage scored the item; ``Trace.ordered_by`` names the one the order follows."""
-
-
-def ranked_rows(rows: list[RankedItem], sort: bool = False) -> list[RankedItem]:
-    """``rows`` with a rank on each (a row without one, rank 0, gets a copy ranked by its position)."""
-    read = [row if row.rank else row.model_copy(update={"rank": position}) for position, row in enumerate(rows, 1)]
-    return sorted(read, key=lambda row: row.rank) if sort else read
-
-
-class ModelCallRecord(_Open):
+class ModelCallRecord(OpenModel):
     """One chat-model call (``agent_cir.types.ModelCall`` as written)."""
 
     backend: str = ""
@@ -99,7 +79,7 @@ class ModelCallRecord(_Open):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class QueryRecord(_Open):
+class QueryRecord(OpenModel):
     id: Id | None = None
     text: str = ""
     image_path: str | None = None
@@ -111,12 +91,12 @@ class QueryRecord(_Open):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-class RecipeRef(_Open):
+class RecipeRef(OpenModel):
     name: str | None = None
     hash: str | None = None
 
 
-class EncoderRecord(_Open):
+class EncoderRecord(OpenModel):
     """The encoder that embedded the query (``agent_cir.provenance.encoder_provenance``)."""
 
     backend: str | None = None
@@ -131,13 +111,13 @@ class EncoderRecord(_Open):
     """True when the weights are a random init: the rankings then mean nothing."""
 
 
-class Totals(_Open):
+class Totals(OpenModel):
     seconds: float = 0.0
     model_calls: int = 0
     cache_hits: int = 0
 
 
-class EvalRecord(_Open):
+class EvalRecord(OpenModel):
     """What `agent-cir eval` adds to each trace: the scored ranking and the official target rank."""
 
     dataset: str | None = None
@@ -151,165 +131,7 @@ class EvalRecord(_Open):
     """The run identity hash the query ran under (resume refuses a mismatch)."""
 
 
-# ------------------------------------------------------------------------------------ stage outputs
-
-
-class CaptionOutput(_Open):
-    captions: list[str] = Field(default_factory=list)
-
-
-class RewriteOutput(_Open):
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    description_source: DescriptionSource | None = None
-
-
-class OneStageOutput(_Open):
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    reference_description: str | None = None
-    description_source: DescriptionSource | None = None
-
-
-class RetrieveOutput(_Open):
-    """``mode`` .. ``search`` are always written; the rest only by the modes or settings that use them."""
-
-    mode: str | None = None
-    k: int | None = None
-    query_texts: list[str] = Field(default_factory=list)
-    caption_weight: float | None = None
-    excluded: list[Id] = Field(default_factory=list)
-    """Gallery ids left out of the ranking (every copy of the reference)."""
-    candidates: list[RankedItem] = Field(default_factory=list)
-    candidates_total: int | None = None
-    """How many entries the ranking has (3.0: always; ``candidates`` holds its head). In 2.0 traces: set by
-    `agent-cir eval` when it trimmed ``candidates``."""
-    search: str | None = None
-    """The faiss structure that was searched."""
-    search_settings: dict[str, Any] | None = None
-    restricted_to: int | None = None
-    description_scoring: str | None = None
-    alpha: float | None = None
-    pairing: str | None = None
-    captions_per_item: int | None = None
-    raw_projections: bool | None = None
-    pdv_alpha_t: float | None = None
-    pdv_alpha_i: float | None = None
-    pdv_beta: float | None = None
-    reference_texts: list[str] | None = None
-    sqaf_weight: float | None = None
-    target_texts: list[str] | None = None
-
-    @property
-    def rows(self) -> list[RankedItem]:
-        """The head in rank order (a row without a rank takes its position in the list)."""
-        return ranked_rows(self.candidates, sort=True)
-
-    @property
-    def ranked(self) -> int:
-        """How many entries the ranking has (``candidates_total``; the rows kept when a trace lacks it)."""
-        return self.candidates_total if self.candidates_total is not None else len(self.candidates)
-
-
-class GridRecord(_Open):
-    path: str | None = None
-    cells: dict[str, Id] = Field(default_factory=dict)
-    """Cell number (as text) -> the gallery id shown in it."""
-
-    @property
-    def ordered_cells(self) -> list[tuple[str, str]]:
-        """(cell number, gallery id) in cell order."""
-        return sorted(self.cells.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
-
-
-class RerankScore(_Open):
-    id: Id
-    retrieval: float | None = None
-    judge: float | None = None
-    final: float | None = None
-
-
-class AgreementSummary(_Open):
-    kendall_tau_mean: float | None = None
-    top1_agreement: float | None = None
-    windows: int | None = None
-
-
-class RerankOutput(_Open):
-    method: str | None = None
-    judge: str | None = None
-    k: int | None = None
-    input_order: list[Id] = Field(default_factory=list)
-    final_order: list[Id] = Field(default_factory=list)
-    grids: list[GridRecord] = Field(default_factory=list)
-    raw: list[str] = Field(default_factory=list)
-    parsed: list[dict[str, Any]] = Field(default_factory=list)
-    repairs: list[dict[str, Any] | str] = Field(default_factory=list)
-    """One entry per judge call ({window, pass or item, repairs: [...], details}); plain strings in old traces."""
-    passes: int | None = None
-    aggregation: str | None = None
-    agreement: AgreementSummary | None = None
-    windows: list[dict[str, Any]] = Field(default_factory=list)
-    fusion_weight: float | None = None
-    scores: list[RerankScore] = Field(default_factory=list)
-    calls: int | None = None
-    """How many judge calls were made (the calls themselves are the record's ``calls``)."""
-    images_sent: int | None = None
-    seconds: float | None = None
-
-    @property
-    def repair_lines(self) -> list[str]:
-        """The repairs as readable lines; entries that repaired nothing are left out (plain strings in old traces
-        are kept as they are)."""
-        lines: list[str] = []
-        for entry in self.repairs:
-            if not isinstance(entry, dict):
-                lines.append(str(entry))
-                continue
-            done = entry.get("repairs") if isinstance(entry.get("repairs"), list) else []
-            if not done:
-                continue
-            where = ", ".join(f"{key} {entry[key]}" for key in ("window", "pass", "item") if key in entry)
-            details = "; ".join(f"{key}: {entry[key]}" for key in ("out_of_range", "duplicates", "not_numbers",
-                                                                     "appended") if entry.get(key))
-            lines.append(f"{where}: {', '.join(map(str, done))}" + (f" ({details})" if details else ""))
-        return lines
-
-
-class VerifyItem(_Open):
-    id: Id
-    confidence: float | None = None
-    """P(yes) in [0, 1]: from token probabilities, or 1/0 from a parsed answer (``source`` says which)."""
-    source: str | None = None
-    """logits | logprobs | answer | unparsed"""
-    answer: str | None = None
-    reason: str | None = None
-    retrieval: float | None = None
-
-
-class VerifyOutput(_Open):
-    input: str | None = None
-    """image | caption: what the verifier was shown for each candidate."""
-    k: int | None = None
-    threshold: float | None = None
-    items: list[VerifyItem] = Field(default_factory=list)
-    best_confidence: float | None = None
-    decision: str | None = None
-    """accept | refine | stopped (no rounds left) | unverified (no refine stage)"""
-    fusion: str | None = None
-    """Set when the loop ended and the rounds were fused into the final order."""
-    final_order: list[Id] = Field(default_factory=list)
-
-
-class RefineOutput(_Open):
-    previous_description: str | None = None
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    findings: list[str] = Field(default_factory=list)
-    """What the verifier said the candidates miss (the refiner's input)."""
-
-
-class RoundRecord(_Open):
+class RoundRecord(OpenModel):
     """One finished round of the retrieve -> verify (-> refine) loop."""
 
     round: int
@@ -331,7 +153,7 @@ class RoundRecord(_Open):
 # ------------------------------------------------------------------------------------ stage records
 
 
-class StageRecordBase(_Open):
+class StageRecordBase(OpenModel):
     """Fields every stage record has (``agent_cir.types.StageRecord`` as written)."""
 
     stage: str
@@ -431,7 +253,7 @@ AnyStageRecord: TypeAlias = Annotated[
 # ------------------------------------------------------------------------------------------ the trace
 
 
-class Trace(_Open):
+class Trace(OpenModel):
     """One query's trace record. Field order is the JSON layout ``build_trace`` writes."""
 
     schema_version: str = "1.0"
@@ -554,10 +376,8 @@ class Trace(_Open):
 
 
 __all__ = [
-    "AgreementSummary", "AnyStageRecord", "CaptionOutput", "CaptionRecord", "EncoderRecord", "EvalRecord",
-    "GridRecord", "ModelCallRecord", "OneStageOutput", "OneStageRecord", "OtherStageRecord", "QueryRecord",
-    "RECORD_CLASSES", "RankedItem", "RecipeRef", "RefineOutput", "RefineRecord", "RerankOutput", "RerankRecord",
-    "RerankScore", "RetrieveOutput", "RetrieveRecord", "RewriteOutput", "RewriteRecord", "RoundRecord",
-    "StageRecordBase", "TRACE_SCHEMA_VERSION", "Totals", "Trace", "VerifyItem", "VerifyOutput", "VerifyRecord",
-    "as_id_list", "ranked_rows",
+    "AnyStageRecord", "CaptionRecord", "EncoderRecord", "EvalRecord", "ModelCallRecord", "OneStageRecord",
+    "OtherStageRecord", "ParseStatus", "QueryRecord", "RECORD_CLASSES", "RecipeRef", "RefineRecord", "RerankRecord",
+    "RetrieveRecord", "RewriteRecord", "RoundRecord", "StageRecordBase", "TRACE_SCHEMA_VERSION", "Totals", "Trace",
+    "VerifyRecord", "as_id_list",
 ]

@@ -328,3 +328,72 @@ def test_the_report_says_which_records_and_fields_it_could_not_read(tmp_path):
     assert traces[0].retrieval.output.rows[0].id == "b.jpg", "the rest of the retrieve record is shown"
     assert any("1 record(s) of traces.jsonl cannot be read" in n and "'4.0'" in n for n in notes)
     assert any("1 field(s) of the wrong type were left out" in n and "stages[2].output.k" in n for n in notes)
+
+
+# ------------------------------------------------------------------------------------------- the one reader
+
+
+def test_one_reader_strict_or_salvaging(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    bad_field = copy.deepcopy(HAND_WRITTEN_1_0)
+    bad_field["query_id"] = "bad-field"
+    bad_field["captions"] = "not a list"
+    path.write_bytes(json.dumps(HAND_WRITTEN_1_0).encode() + b"\n" + b'{"query_id": "x", "t": "\xff"}\n'
+                     + json.dumps(bad_field).encode() + b"\n" + b'["not", "a", "trace"]\n' + b'{"query_id": "torn"')
+    with pytest.raises(TraceFormatError, match=r"traces\.jsonl, line 2: not valid UTF-8"):
+        list(read_typed_traces(path))  # strict (resume, compare): the file and the line, never a traceback
+    notes: list[str] = []
+    traces = list(read_typed_traces(path, salvage=True, notes=notes))
+    assert [t.query_id for t in traces] == ["dev-42", "bad-field"] and traces[1].captions == []
+    assert traces[1].target_descriptions == ["a red car"], "only the bad field is left out"
+    assert any("not valid UTF-8" in n and "line 2" in n for n in notes)
+    assert any("not complete JSON" in n and "line 5" in n for n in notes)
+    assert any("not trace records" in n for n in notes)
+    assert any("wrong type were left out" in n and "captions" in n for n in notes)
+
+
+def test_the_partial_trace_of_a_running_query_is_built_in_trace_build():
+    from agent_cir.trace.build import partial_trace
+
+    state = QueryState(query=Query(id="q", text="make it red"))
+    state.captions = ["a blue car"]
+    state.records.append(StageRecord(stage="caption", output=CaptionOutput(captions=["a blue car"]), seconds=0.2))
+    state.records.append(StageRecord(stage="retrieve", output={"mode": "text", "k": "many"}))  # a bad field
+    trace, notes = partial_trace(state)
+    assert isinstance(trace, Trace) and not trace.has_results and trace.captions == ["a blue car"]
+    assert trace.stage("caption").output.captions == ["a blue car"]
+    assert trace.stage("retrieve").output.mode == "text" and trace.stage("retrieve").output.k is None
+    assert notes == ["trace '': dropped stages[1].output.k: Input should be a valid integer, unable to parse string "
+                     "as an integer"]
+
+
+def test_the_derived_values_the_report_shows():
+    record = copy.deepcopy(HAND_WRITTEN_1_0)
+    record["query"]["meta"] = {"ground_truth": "b.jpg", "subset": [7, "c.jpg"], "note": "x"}
+    record["stages"][2]["output"]["candidates"] = [{"id": "z", "score": 0.1, "rank": 2}, {"id": "y", "score": 0.2}]
+    record["stages"].append({"stage": "rerank", "output": {
+        "grids": [{"path": None, "cells": {"10": "j", "9": "i", "1": "a"}}],
+        "repairs": ["an old plain line", {"window": 0, "pass": 1, "repairs": []},
+                    {"window": 1, "item": 2, "repairs": ["appended_missing"], "appended": [3]}]}})
+    trace = load_trace(record)
+    assert trace.ground_truth == ["b.jpg"] and trace.subset == ["7", "c.jpg"] and trace.other_meta == {"note": "x"}
+    # a row without a rank takes its position; the retrieval head is shown in rank order
+    assert [(r.rank, r.id) for r in trace.retrieval.output.rows] == [(2, "z"), (2, "y")], "a stable sort"
+    assert trace.retrieval.output.ranked == 2 and trace.retrieval.output.candidates[1].rank == 0, "not changed"
+    rerank = trace.rerank
+    assert rerank.output.grids[0].ordered_cells == [("1", "a"), ("9", "i"), ("10", "j")]
+    assert rerank.output.repair_lines == ["an old plain line", "window 1, item 2: appended_missing (appended: [3])"]
+    assert trace.final_order_by == "judge" and trace.ordered_by is None, "a 1.0 trace: judge after a rerank"
+    assert trace.has_results and trace.error is None
+
+
+def test_rounds_and_the_refine_that_started_each():
+    record = {"schema_version": "3.0", "query_id": "q", "stages": [
+        # the engine stamps a record with the state's round after the stage ran: refine has started round 1
+        {"stage": "refine", "round": 1, "output": {"previous_description": "a car", "target_descriptions": ["a red car"],
+                                                   "findings": ["not red"]}}],
+        "rounds": [{"round": 0, "head": ["a", "b"], "confidences": [0.2, None], "decision": "refine"},
+                   {"round": 1, "head": ["c"], "confidences": [0.9], "decision": "accept"}]}
+    trace = load_trace(record)
+    assert trace.rounds[0].head_confidences == [("a", 0.2), ("b", None)]
+    assert trace.refine_before(1).findings == ["not red"] and trace.refine_before(0) is None

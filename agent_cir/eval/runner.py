@@ -370,7 +370,9 @@ def _run_pending(
             def record(result: Result, part: BenchmarkSplit = part) -> None:
                 query = by_id[result.query_id]
                 trace = result.trace  # already holds only the head of each ranking
-                trace.eval = EvalRecord(**benchmark.eval_record(part, query, result.ranking), identity=identity_hash)
+                # built here from the ranking's arrays: constructed, not validated again (the file's readers do)
+                trace.eval = EvalRecord.model_construct(**benchmark.eval_record(part, query, result.ranking),
+                                                        identity=identity_hash)
                 writer.write(trace)
                 finished[query.id] = _slim(trace)
                 failures.pop(query.id, None)
@@ -383,9 +385,11 @@ def _run_pending(
             def failed(query: Query, error: Exception) -> None:
                 failures[query.id] = str(error)
 
+            # each result is persisted (and slimmed) by on_result: the run keeps no Result, so a long run's memory
+            # (and the garbage collector's work) stays flat
             pipe.run_batch(
                 queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed,
-                chunk_size=persist_chunk(recipe, max_concurrency),
+                chunk_size=persist_chunk(recipe, max_concurrency), keep_results=False,
             )
 
 
@@ -403,8 +407,8 @@ def persist_chunk(recipe: Recipe, max_concurrency: int | None) -> int | None:
 
 def _slim(trace: Trace) -> dict[str, Any]:
     """What metrics and summaries need from a finished trace, as plain data (keeps memory flat on long runs)."""
-    return {"query_id": trace.query_id, "eval": trace.eval.model_dump() if trace.eval is not None else None,
-            "totals": trace.totals.model_dump(), "recipe": trace.recipe.model_dump()}
+    return {"query_id": trace.query_id, "eval": dict(trace.eval) if trace.eval is not None else None,
+            "totals": dict(trace.totals), "recipe": dict(trace.recipe)}
 
 
 def _rankings(queries: Sequence[Query], finished: Mapping[str, dict[str, Any]]) -> dict[str, list[str] | None]:

@@ -390,8 +390,8 @@ def test_the_derived_values_the_report_shows():
 def test_rounds_and_the_refine_that_started_each():
     record = {"schema_version": "3.0", "query_id": "q", "stages": [
         # the engine stamps a record with the state's round after the stage ran: refine has started round 1
-        {"stage": "refine", "round": 1, "output": {"previous_description": "a car", "target_descriptions": ["a red car"],
-                                                   "findings": ["not red"]}}],
+        {"stage": "refine", "round": 1, "output": {"previous_description": "a car",
+                                                   "target_descriptions": ["a red car"], "findings": ["not red"]}}],
         "rounds": [{"round": 0, "head": ["a", "b"], "confidences": [0.2, None], "decision": "refine"},
                    {"round": 1, "head": ["c"], "confidences": [0.9], "decision": "accept"}]}
     trace = load_trace(record)

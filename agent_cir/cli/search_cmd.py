@@ -291,7 +291,8 @@ def _search(
     result = pipeline.run(query)
     typed = result.trace
     if image is not None and is_url(image):
-        typed.image = image  # type: ignore[attr-defined]  # an extra key: the temporary download is gone after this command; the URL is not
+        # an extra key of the trace: the temporary download is gone after this command; the URL is not
+        typed.image = image  # type: ignore[attr-defined]
     encoder = encoder_provenance(pipeline.encoder.info)
     if typed.encoder is None:
         typed.encoder = EncoderRecord.model_validate(encoder)

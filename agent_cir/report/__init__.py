@@ -1,7 +1,8 @@
 """Interpretable query inspection: the static HTML report (``build_report``). The demo is ``agent_cir.demo``.
 
 Modules, in the order a report is made: ``load`` (the run folder and its traces, read as
-``agent_cir.trace.model.Trace``), ``analyse`` (statuses, ranks by stage, stage totals), ``chart`` (rank-by-stage SVG), ``images``
+``agent_cir.trace.model.Trace``), ``analyse`` (statuses, ranks by stage, stage totals), ``chart`` (rank-by-stage
+SVG), ``images``
 and ``thumbs`` (which images may be shown, and their thumbnails), ``render`` (page contexts, jinja2),
 ``folder`` (the output folder's marker and atomic writes), ``build`` (``build_report``).
 """

@@ -1,5 +1,6 @@
 """HTML of the report: jinja2 templates (autoescaped: trace text is data, never markup) fed with page contexts
-built from ``QueryView``s, their ``Trace`` (``agent_cir.trace.model``) and the checked images (``images.ReportImages``)."""
+built from ``QueryView``s, their ``Trace`` (``agent_cir.trace.model``) and the checked images
+(``images.ReportImages``)."""
 
 from __future__ import annotations
 

@@ -26,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from agent_cir.errors import AgentCirError
-from agent_cir.report.load import Row, encoder_identity, read_trace
+from agent_cir.provenance import has_random_weights
 from agent_cir.report.render import RANDOM_ENCODER_BANNER
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
-from agent_cir.trace.build import round_summary
-from agent_cir.types import Query, QueryState, Result, StageRecord, record_to_dict
+from agent_cir.trace.build import partial_trace
+from agent_cir.trace.load import salvage_trace
+from agent_cir.trace.model import Trace
+from agent_cir.trace.outputs import RankedItem
+from agent_cir.types import Query, QueryState, Result, StageRecord
 
 DEMO_CSS = """
 #retrieval .caption-label, #final .caption-label { white-space: normal; max-width: 100%; opacity: 0.9; font-size: 12px; }
@@ -64,7 +67,7 @@ class DemoView:
     warning: str = ""
     """Set when the trace says the encoder has random weights (the rankings mean nothing)."""
     trace: dict[str, Any] | None = None
-    """The full trace record, once the query finished."""
+    """The full trace record as JSON data, once the query finished."""
 
 
 def item_label(rank: int, score: float | None, item_id: str, ground_truth: bool = False) -> str:
@@ -73,22 +76,23 @@ def item_label(rank: int, score: float | None, item_id: str, ground_truth: bool 
     return f"#{rank}{score_text} · {readable_name(item_id)}" + (" ★ ground truth" if ground_truth else "")
 
 
-def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: set[str] | None = None,
+def view_from_trace(trace: Trace | dict[str, Any], gallery: Any = None, ground_truth: set[str] | None = None,
                     served: ServedImages | None = None) -> DemoView:
-    """Turn a (partial or finished) trace into what the page shows; images are written into ``served``."""
+    """Turn a (partial or finished) trace into what the page shows; images are written into ``served``. A plain
+    record is read for display (``salvage_trace``)."""
     ground_truth = ground_truth or set()
     served = served or default_served()
-    data = read_trace(trace)
+    data = trace if isinstance(trace, Trace) else salvage_trace({"query_id": "", **trace})[0]
 
-    def path_of(row: Row) -> str | None:
+    def path_of(row: RankedItem) -> str | None:
         if gallery is not None:  # the gallery's own path for the id: a trace path is not trusted on its own
             position = gallery.position(row.id)
             if position is not None:
                 return gallery.paths[position]
             return None
-        return row.path
+        return row.path or None
 
-    def items(rows: list[Row]) -> list[tuple[str, str]]:
+    def items(rows: list[RankedItem]) -> list[tuple[str, str]]:
         return [(served.image(path_of(row), readable_name(row.id)),
                  item_label(row.rank, row.score, row.id, row.id in ground_truth)) for row in rows]
 
@@ -102,66 +106,54 @@ def view_from_trace(trace: dict[str, Any], gallery: Any = None, ground_truth: se
             parse = f", parse: {record.parse_status}" if record.parse_status not in ("", "not_applicable") else ""
             lines.append(f"- **{record.stage}**: done in {record.seconds:.2f} s, {record.model_calls} model call(s), "
                          f"{record.cache_hits} cache hit(s){parse}")
-    lines += round_lines(data.rounds)
-    if data.has_results and data.ordered_by != "retrieval":
-        lines.append(f"- final order: by the {data.ordered_by} score (the gallery shows retrieval scores)")
+    lines += round_lines(data)
+    if data.has_results and data.final_order_by != "retrieval":
+        lines.append(f"- final order: by the {data.final_order_by} score (the gallery shows retrieval scores)")
     if data.retrieval is not None:
-        view.retrieval = items(data.retrieval.rows)
-    if data.rerank is not None and not data.rerank.skipped:
-        grids = [g.path for g in data.rerank.grids if g.path]
+        view.retrieval = items(data.retrieval.output.rows)
+    rerank = data.rerank
+    if rerank is not None and not rerank.skipped:
+        grids = [g.path for g in rerank.output.grids if g.path]
         view.grid = served.image(grids[0], "grid", max_side=GRID_SIDE) if grids else None
-        view.judge = "\n\n".join(call.raw for call in data.rerank.calls)
-        if data.rerank.repairs:
-            view.judge += "\n\nrepairs:\n" + "\n".join(data.rerank.repairs)
+        view.judge = "\n\n".join(call.raw for call in rerank.calls)
+        if rerank.output.repair_lines:
+            view.judge += "\n\nrepairs:\n" + "\n".join(rerank.output.repair_lines)
     imagine = data.stage("imagine")
-    if imagine is not None and not imagine.skipped and imagine.output.get("path"):
-        view.edited = served.image(imagine.output["path"], "imagined target", max_side=GRID_SIDE)
+    if imagine is not None and not imagine.skipped and imagine.output.path:
+        view.edited = served.image(imagine.output.path, "imagined target", max_side=GRID_SIDE)
     view.log = "\n".join(lines)
     view.captions = "\n".join(data.captions)
-    view.reasoning = data.reasoning
-    view.description = "\n".join(data.descriptions)
-    view.description_source = data.description_source
+    view.reasoning = data.reasoning or ""
+    view.description = "\n".join(data.target_descriptions)
+    view.description_source = data.description_source or ""
     if data.encoder is not None and data.encoder.random_weights:
         view.warning = f"**{RANDOM_ENCODER_BANNER}** (the encoder has random, untrained weights)"
     if data.has_results:
-        view.final = items(data.results)
-        view.trace = data.record
+        view.final = items(data.result_rows)
+        view.trace = data.to_json_dict()
     return view
 
 
 def gallery_has_random_encoder(pipeline: Any) -> bool:
     """Whether the pipeline's gallery says it was embedded by an encoder with random weights."""
     info = getattr(getattr(pipeline, "gallery", None), "encoder_info", None)
-    identity = encoder_identity(info)
-    return identity is not None and identity.random_weights
+    return isinstance(info, dict) and bool(info) and has_random_weights(info)
 
 
-def round_lines(rounds: list[dict[str, Any]]) -> list[str]:
+def round_lines(trace: Trace) -> list[str]:
     """The loop as a timeline for the stage log: per round, what it searched, what the verifier decided, why."""
     lines = []
-    for entry in rounds:
-        best = entry.get("best_confidence")
+    for entry in trace.rounds:
+        best = entry.best_confidence
         best_text = "no readable answer" if best is None else f"best P(yes) {best:.2f}"
-        lines.append(f"- **round {entry.get('round')}**: {best_text} -> {entry.get('decision')} "
-                     f"({entry.get('calls', 0)} call(s), {float(entry.get('seconds') or 0):.2f} s)")
-        refine = entry.get("refine")
-        if refine:
-            lines.append(f"  - refined from \"{refine.get('previous_description')}\" to "
-                         f"\"{' | '.join(refine.get('target_descriptions') or [])}\"")
-            lines += [f"  - {finding}" for finding in (refine.get("findings") or [])[:3]]
+        lines.append(f"- **round {entry.round}**: {best_text} -> {entry.decision} "
+                     f"({entry.calls} call(s), {entry.seconds:.2f} s)")
+        refine = trace.refine_before(entry.round)
+        if refine is not None:
+            lines.append(f"  - refined from \"{refine.previous_description}\" to "
+                         f"\"{' | '.join(refine.target_descriptions)}\"")
+            lines += [f"  - {finding}" for finding in refine.findings[:3]]
     return lines
-
-
-def _partial_trace(state: QueryState) -> dict[str, Any]:
-    records = [record_to_dict(record) for record in state.records]
-    return {
-        "rounds": [round_summary(summary, state.records) for summary in state.rounds],
-        "captions": list(state.captions),
-        "reasoning": state.reasoning,
-        "target_descriptions": list(state.target_descriptions),
-        "description_source": state.description_source,
-        "stages": records,
-    }
 
 
 def supports_stage_callback(pipeline: Any) -> bool:
@@ -187,7 +179,7 @@ def stream_query(pipeline: Any, query: Query, ground_truth: set[str] | None = No
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def on_stage(record: StageRecord, state: QueryState) -> None:
-        events.put(("stage", _partial_trace(state)))
+        events.put(("stage", partial_trace(state)[0]))
 
     def work() -> None:
         try:

@@ -318,8 +318,8 @@ class Pipeline:
         trace = build_trace(state, self.recipe.name, self.recipe_hash, seconds, encoder=self.encoder_info,
                             ranking=ranking, head=head, shown=shown)
         with self._lock:
-            self._model_calls += trace["totals"]["model_calls"]
-            self._cache_hits += trace["totals"]["cache_hits"]
+            self._model_calls += trace.totals.model_calls
+            self._cache_hits += trace.totals.cache_hits
         return Result(query_id=job.query.id, trace=trace, ranking=ranking)
 
     def run(

@@ -189,6 +189,7 @@ def _run_recipe(recipe: Any, folder: Path, gallery: Path, query: ExampleQuery,
     from agent_cir.index import GalleryIndex
     from agent_cir.pipeline import Pipeline
     from agent_cir.provenance import encoder_provenance
+    from agent_cir.trace.model import EncoderRecord
     from agent_cir.types import Query
 
     recipe = recipe if isinstance(recipe, Recipe) else recipe_from_dict(recipe, source="quickstart")
@@ -206,7 +207,8 @@ def _run_recipe(recipe: Any, folder: Path, gallery: Path, query: ExampleQuery,
         meta={"ground_truth": [query.target], "example": True},
     ))
     provenance = encoder_provenance(encoder.info)
-    result.trace.setdefault("encoder", provenance)
+    if result.trace.encoder is None:
+        result.trace.encoder = EncoderRecord.model_validate(provenance)
     return recipe, result, provenance
 
 
@@ -247,7 +249,7 @@ def run_quickstart(
     run_dir = folder / "run"
     run_dir.mkdir(exist_ok=True)
     trace_path = run_dir / "traces.jsonl"
-    write_text_atomic(trace_path, json.dumps(result.trace, ensure_ascii=False, default=str) + "\n")
+    write_text_atomic(trace_path, json.dumps(result.trace.to_json_dict(), ensure_ascii=False, default=str) + "\n")
     offline_note = (
         f"OFFLINE RUN ({reason}): random-init CLIP and scripted models stand in for the real ones; the "
         "ranking shows the pipeline working, not its quality. Run `agent-cir quickstart` with network access "

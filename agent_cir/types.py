@@ -2,17 +2,20 @@
 
 A ``QueryState`` is handed to each enabled stage in order (and round after round where the recipe loops, see
 ``agent_cir.engine``); a stage reads what earlier stages wrote, fills its own fields and returns a
-``StageRecord`` for the trace.
+``StageRecord`` for the trace, whose ``output`` is that stage's typed output (``agent_cir.trace.model``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from agent_cir.trace.model import TRACE_SCHEMA_VERSION, DescriptionSource, ParseStatus, load_trace, stage_of
+from pydantic import BaseModel
+
+from agent_cir.trace.model import ParseStatus, Trace
+from agent_cir.trace.outputs import DescriptionSource
 
 
 @dataclass
@@ -117,7 +120,9 @@ class StageRecord:
     """A stage's part of the per-query trace."""
 
     stage: str
-    output: dict[str, Any] = field(default_factory=dict)
+    output: BaseModel | dict[str, Any] = field(default_factory=dict)
+    """The stage's typed output (``CaptionOutput`` ... ``RerankOutput`` of ``agent_cir.trace.model``, keeping any
+    extra field); a user's own stage may give a plain dict."""
     calls: list[ModelCall] = field(default_factory=list)
     parse_status: ParseStatus = "not_applicable"
     notes: list[str] = field(default_factory=list)
@@ -182,17 +187,19 @@ class Stage(Protocol):
 
 
 class Result:
-    """What a query returns: the final ranking, the score that ordered it, and the full trace record.
+    """What a query returns: the final ranking, the score that ordered it, and its trace.
 
     ``ranking`` is the whole final ranking (column-wise, ``agent_cir.retrieval.ranking.Ranking``);
     ``candidates`` its first ``shown`` entries as objects (built on first use); ``ordered_by`` names the score
     the order follows: ``retrieval``, ``judge``, ``fused`` (judge fused with retrieval) or ``verifier``.
+    ``trace`` is the typed trace (``agent_cir.trace.model.Trace``) that ``agent_cir.trace.io.TraceWriter``
+    writes: ``result.trace.stage("retrieve").output.candidates[0].id``.
     """
 
-    def __init__(self, query_id: str, candidates: list[Candidate] | None = None, trace: dict[str, Any] | None = None,
+    def __init__(self, query_id: str, candidates: list[Candidate] | None = None, trace: Trace | None = None,
                  *, ranking: Any = None, ordered_by: str | None = None, shown: int | None = None) -> None:
         self.query_id = query_id
-        self.trace: dict[str, Any] = trace if trace is not None else {}
+        self.trace: Trace = trace if trace is not None else Trace(query_id=query_id)
         self.ranking = ranking
         self.shown = shown
         self._candidates = list(candidates) if candidates is not None else None
@@ -213,28 +220,5 @@ class Result:
 
     def stage(self, name: str) -> Any:
         """The typed trace record of stage ``name`` (``agent_cir.trace.model.RerankRecord`` for "rerank", ...),
-        or None when it did not run: ``result.stage("retrieve").output.candidates[0].id``. With a loop, the
-        record of the last round."""
-        return stage_of(self.trace, name)
-
-    def typed_trace(self) -> Any:
-        """The whole trace as an ``agent_cir.trace.model.Trace`` (validated now: ``trace`` is a plain dict that
-        callers may have changed)."""
-        return load_trace(self.trace)
-
-
-def record_to_dict(record: StageRecord) -> dict[str, Any]:
-    """A stage record as a JSON-ready dict. ``output`` is copied one level deep only: it is already plain
-    JSON data, and a whole-gallery ranking (thousands of entries) would cost more to deep-copy than to compute."""
-    return {
-        "stage": record.stage,
-        "output": dict(record.output),
-        "calls": [asdict(call) for call in record.calls],
-        "parse_status": record.parse_status,
-        "notes": list(record.notes),
-        "seconds": record.seconds,
-        "skipped": record.skipped,
-        "round": record.round,
-        "model_calls": record.model_calls,
-        "cache_hits": record.cache_hits,
-    }
+        or None when it did not run. With a loop, the record of the last round."""
+        return self.trace.stage(name)

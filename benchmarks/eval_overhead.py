@@ -124,7 +124,7 @@ def cost_breakdown(encoder, annotations: Path, captions_file: Path, out: Path, l
     timed(RetrieveStage, "run", "retrieve stage (encode 1 text, score, rank the gallery)")
     if hasattr(RetrieveStage, "run_batch"):
         timed(RetrieveStage, "run_batch", "retrieve stage (batched)")
-    timed(pipeline, "build_trace", "pipeline: build the trace dict")
+    timed(pipeline, "build_trace", "pipeline: build the typed trace (validated once)")
     from agent_cir.eval.benchmarks import Benchmark
 
     timed(runner, "trim_trace", "eval runner: trim the trace (engines before the column-wise Ranking)")

@@ -120,12 +120,12 @@ def main() -> int:
     print(f"process CPU (pipeline + in-process fake server): {cpu:.2f} s ({cpu / args.queries * 1000:.0f} ms per query) on {os.cpu_count()} cores")
     stage_seconds: dict[str, float] = {}
     for result in results:
-        for stage in result.trace["stages"]:
-            stage_seconds[stage["stage"]] = stage_seconds.get(stage["stage"], 0.0) + stage["seconds"]
+        for stage in result.trace.stages:
+            stage_seconds[stage.stage] = stage_seconds.get(stage.stage, 0.0) + stage.seconds
     print("mean stage seconds per query: " + ", ".join(f"{k} {v / len(results):.3f}" for k, v in stage_seconds.items()))
     assert not pipe.failures, pipe.failures[:3]
     assert len(server.requests) == calls, f"{len(server.requests)} requests, expected {calls}"
-    judged = sum(1 for r in results if any(s["stage"] == "rerank" and s["calls"] for s in r.trace["stages"]))
+    judged = sum(1 for r in results if any(s.stage == "rerank" and s.calls for s in r.trace.stages))
     assert judged == args.queries, f"only {judged} queries reached the judge"
     return 0 if ratio <= GOAL else 1
 

@@ -12,34 +12,23 @@ import json
 import sys
 from pathlib import Path
 
+from agent_cir.trace.io import read_typed_traces
+
 COLUMNS = ["recall@1", "recall@5", "recall@10", "recall@50", "recall_subset@1", "recall_subset@2", "recall_subset@3"]
 HEADERS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"]
 
 
 def query_ids(run: Path) -> list[str]:
-    ids = []
-    with open(run / "traces.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                ids.append(json.loads(line)["query_id"])
-            except (json.JSONDecodeError, KeyError):
-                continue
-    return sorted(ids)
+    return sorted(trace.query_id for trace in read_typed_traces(run / "traces.jsonl", salvage=True))
 
 
 def loop_summary(run: Path) -> tuple[str, str]:
     """(queries refined at least once, mean model calls + cache hits per query) from the traces' rounds."""
     refined = total = calls = 0
-    with open(run / "traces.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                trace = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            total += 1
-            refined += any(r.get("decision") == "refine" for r in trace.get("rounds") or [])
-            totals = trace.get("totals") or {}
-            calls += (totals.get("model_calls") or 0) + (totals.get("cache_hits") or 0)
+    for trace in read_typed_traces(run / "traces.jsonl", salvage=True):
+        total += 1
+        refined += any(r.decision == "refine" for r in trace.rounds)
+        calls += trace.totals.model_calls + trace.totals.cache_hits
     if not total:
         return "-", "-"
     return f"{100 * refined / total:.0f}%", f"{calls / total:.1f}"

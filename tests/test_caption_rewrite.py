@@ -19,7 +19,9 @@ from agent_cir.prompts import load_prompt
 from agent_cir.stages.caption import CaptionStage
 from agent_cir.stages.one_stage import OneStageStage
 from agent_cir.stages.rewrite import RewriteStage
-from agent_cir.types import Query, QueryState, record_to_dict
+from agent_cir.trace.build import stage_json
+from agent_cir.trace.outputs import CaptionOutput
+from agent_cir.types import Query, QueryState
 from tests.fixtures.chat import fake_model
 
 MODIFICATION = "make it two cats on the grass"
@@ -54,7 +56,7 @@ def test_caption_sends_the_image_and_fills_captions(reference: Path) -> None:
     state = _state(reference)
     record = CaptionStage(CaptionConfig(), model).run(state)
     assert state.captions == ["A brown dog lying on a sofa."]
-    assert record.parse_status == "repaired" and record.output == {"captions": state.captions}
+    assert record.parse_status == "repaired" and record.output == CaptionOutput(captions=state.captions)
     (messages,) = model.chat.received
     assert messages[0].type == "system" and "captions" in messages[0].content
     (url,) = _image_urls(messages)
@@ -137,7 +139,7 @@ def test_rewrite_tolerates_malformed_answers(raw: str, status: str, descriptions
     record = RewriteStage(RewriteConfig(), fake_model([raw])).run(state)
     assert record.parse_status == status == record.calls[0].parse_status
     assert state.target_descriptions == descriptions
-    assert state.description_source == source == record.output["description_source"]
+    assert state.description_source == source == record.output.description_source
     if status == "fallback":
         # as CIReVL and OSrCIR do: the modification text alone, never caption + modification
         assert state.reasoning is None and any("modification text alone" in note for note in record.notes)
@@ -203,7 +205,7 @@ def test_second_run_makes_zero_model_calls_and_trace_is_json(tmp_path: Path) -> 
     assert (second.model_calls, second.cache_hits) == (0, 1)
     assert second_state.target_descriptions == first_state.target_descriptions
     assert len(model.chat.received) == 1
-    record = json.loads(json.dumps(record_to_dict(second)))
+    record = json.loads(json.dumps(stage_json(second)))
     call = record["calls"][0]
     assert call["cache"] == "hit" and call["prompt_hash"] == load_prompt("rewrite_cot").hash
     assert call["parse_status"] == "ok" and call["raw"] == json.dumps(GOOD)
@@ -251,7 +253,7 @@ def test_one_stage_reads_image_and_returns_reasoning(reference: Path) -> None:
     assert state.target_descriptions == ["two cats on the grass."] and state.description_source == "one_stage"
     # the reference description is one_stage's own field; captions belong to the caption stage
     assert state.reasoning == "dog -> two cats" and state.reference_description == "a brown dog on a sofa."
-    assert state.captions == [] and record.output["reference_description"] == "a brown dog on a sofa."
+    assert state.captions == [] and record.output.reference_description == "a brown dog on a sofa."
     assert record.parse_status == "ok" and record.calls[0].images == [content_hash(reference)]
     (messages,) = model.chat.received
     assert len(_image_urls(messages)) == 1 and MODIFICATION in messages[-1].content[-1]["text"]

@@ -171,7 +171,7 @@ def test_weimocir_caption_pairing_on_three_images_by_hand():
     expected = {"A": 0.5 * r + 0.5 * r, "B": 0.5 * r + 0.5 * (r / 2), "C": 0.0}
     assert [c.id for c in state.candidates] == ["A", "B", "C"]
     assert {c.id: c.score for c in state.candidates} == pytest.approx(expected, abs=1e-6)
-    assert record.output["pairing"] == "paired" and record.output["captions_per_item"] == 2
+    assert record.output.pairing == "paired" and record.output.captions_per_item == 2
     # Scoring every caption against the image-fused query (the old behaviour) would tie A and B: 0.75 r each.
     unpaired = RetrieveConfig(mode="fusion", alpha=0.5, k=3, exclude_reference=False, text_source="modification",
                               gallery_captions=GalleryCaptionsConfig(weight=0.5))
@@ -210,7 +210,7 @@ def test_weimocir_fuses_unit_vectors_the_declared_difference(tmp_path):
                             gallery_captions=GalleryCaptionsConfig(weight=beta))
     state = QueryState(query=Query(id="q", text="make it blue", image=str(path), reference_caption="a blue thing"))
     record = RetrieveStage(config, encoder, gallery).run(state)
-    assert record.output["raw_projections"] is False
+    assert record.output.raw_projections is False
     m, c = unit(table["make it blue"]), unit(table["a blue thing"])
     q_img = unit((1 - alpha) * unit(image) + alpha * m)
     q_cap = unit((1 - alpha) * c + alpha * m)  # one reference caption: it fills both slots
@@ -236,7 +236,7 @@ def test_any_modification_text_either_retrieves_or_fails_clearly_and_never_embed
     seen.clear()
     outcome = stage.run_batch([QueryState(query=Query(id="q", text=text))])[0]
     if text.strip():
-        assert not isinstance(outcome, BaseException) and len(outcome.output["candidates"]) == 2
+        assert not isinstance(outcome, BaseException) and len(outcome.output.candidates) == 2
     else:
         assert isinstance(outcome, QueryInputError)
     assert all(s.strip() for s in seen)

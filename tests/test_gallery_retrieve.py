@@ -87,9 +87,9 @@ def test_no_llm_text_sources(bow_encoder, text_source, expected):
     state.captions = [state.query.reference_caption]
     state.target_descriptions = ["a blue car on a street"]
     record = stage.run(state)
-    assert record.output["query_texts"] == expected
+    assert record.output.query_texts == expected
     assert "red_car" not in [c.id for c in state.candidates], "the reference must be excluded"
-    assert record.output["excluded"] == ["red_car"]
+    assert record.output.excluded == ["red_car"]
 
 
 def test_target_descriptions_are_ensembled_and_missing_ones_fall_back(bow_encoder):
@@ -142,7 +142,7 @@ def test_pipeline_runs_caption_gallery_and_writes_a_complete_trace(bow_encoder):
     recipe = {"name": "t", "retrieve": {"k": 3, "text_source": "caption+modification"}}
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder)
     result = pipe.run(Query(id="q/1", text="but blue", reference_caption="a red car", reference_id="red_car"))
-    trace = result.trace
+    trace = result.trace.to_json_dict()  # what the writer writes
     assert trace["schema_version"] == TRACE_SCHEMA_VERSION
     assert trace["query"]["reference_caption"] == "a red car" and trace["captions"] == ["a red car"]
     assert [s["stage"] for s in trace["stages"]] == ["retrieve"]
@@ -156,8 +156,8 @@ def test_manual_target_text_is_recorded_as_an_intervention(bow_encoder):
     gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
     pipe = Pipeline.from_config({"name": "t"}, gallery=gallery, encoder=bow_encoder)
     result = pipe.run(Query(id="q", text="make it a dog", target_text="a grey cat on a sofa"))
-    assert result.trace["description_source"] == "manual"
-    assert result.trace["target_descriptions"] == ["a grey cat on a sofa"]
+    assert result.trace.description_source == "manual"
+    assert result.trace.target_descriptions == ["a grey cat on a sofa"]
     assert result.candidates[0].id == "cat_sofa"
 
 
@@ -191,7 +191,7 @@ def test_candidate_ids_restrict_the_ranking_to_a_per_query_gallery(bow_encoder):
     state = _state(text="a red car", candidate_ids=["dog_grass", "cat_sofa", "unknown_id"])
     record = stage.run(state)
     assert sorted(c.id for c in state.candidates) == ["cat_sofa", "dog_grass"]
-    assert record.output["restricted_to"] == 2
+    assert record.output.restricted_to == 2
     assert any("unknown_id" in note for note in record.notes)
     unrestricted = _state(text="a red car")
     stage.run(unrestricted)

@@ -78,7 +78,7 @@ def test_the_reference_is_read_and_decoded_once_per_query(tmp_path, bow_encoder,
     reference = _picture(tmp_path / "reference.png", (250, 10, 10))
     pipeline = Pipeline.from_config(_recipe(reference_in), gallery=gallery, encoder=bow_encoder)
     result = pipeline.run(Query(text="make it green", image=str(reference)))
-    stages = [s["stage"] for s in result.trace["stages"]]
+    stages = [s.stage for s in result.trace.stages]
     assert stages == ["caption", "rewrite", "retrieve", "rerank"]
     # hashed by the pipeline, sent to the captioner, decoded for the encoder, sent to (or drawn for) the judge
     assert reads[str(reference.resolve())] == 1

@@ -75,11 +75,11 @@ def test_mix_ranks_by_the_weighted_sum_of_the_two_cosines(weight: float) -> None
     text_cos, image_cos = _independent_scores(encoder, gallery, "blue sea", (250, 10, 10))
     expected = {gallery.ids[n]: (1 - weight) * text_cos[n] + weight * image_cos[n] for n in range(len(gallery.ids))}
     order = sorted(expected, key=lambda g: (-expected[g], gallery.ids.index(g)))
-    got = [row["id"] for row in record.output["candidates"]]
+    got = [row.id for row in record.output.candidates]
     assert got == order
-    for row in record.output["candidates"]:
-        assert row["score"] == pytest.approx(expected[row["id"]], abs=1e-5)
-    assert record.output["mode"] == "dual" and record.output["dual_weight"] == weight
+    for row in record.output.candidates:
+        assert row.score == pytest.approx(expected[row.id], abs=1e-5)
+    assert record.output.mode == "dual" and record.output.dual_weight == weight
 
 
 def test_the_image_path_moves_the_ranking_towards_the_edited_picture() -> None:
@@ -89,8 +89,8 @@ def test_the_image_path_moves_the_ranking_towards_the_edited_picture() -> None:
         _state("blue sea", (250, 10, 10)))
     image_only = RetrieveStage(RetrieveConfig(mode="dual", dual_weight=1.0, k=8), encoder, gallery).run(
         _state("blue sea", (250, 10, 10)))
-    assert text_only.output["candidates"][0]["id"] == "item2.png"  # the words
-    assert image_only.output["candidates"][0]["id"] == "item0.png"  # the red picture
+    assert text_only.output.candidates[0].id == "item2.png"  # the words
+    assert image_only.output.candidates[0].id == "item0.png"  # the red picture
 
 
 def _rrf_independent(text_ids, image_ids, weight, k):
@@ -112,10 +112,10 @@ def test_rrf_through_the_stage_matches_the_formula() -> None:
     text_cos, image_cos = _independent_scores(encoder, gallery, "blue sea", (250, 10, 10))
     top = lambda cos: [gallery.ids[n] for n in sorted(range(8), key=lambda n: (-cos[n], n))[:k]]  # noqa: E731
     order, scores = _rrf_independent(top(text_cos), top(image_cos), 0.7, 10)
-    assert [row["id"] for row in record.output["candidates"]] == order
-    assert record.output["paths"] == {"text": top(text_cos), "image": top(image_cos)}
-    for row in record.output["candidates"]:
-        assert row["score"] == pytest.approx(scores[row["id"]], abs=1e-6)
+    assert [row.id for row in record.output.candidates] == order
+    assert record.output.paths == {"text": top(text_cos), "image": top(image_cos)}
+    for row in record.output.candidates:
+        assert row.score == pytest.approx(scores[row.id], abs=1e-6)
 
 
 def _ranking(ids: list[str], universe: list[str]) -> Ranking:
@@ -185,7 +185,7 @@ def test_dual_without_an_edited_image_retrieves_with_the_text_and_says_so() -> N
     state = _state("blue sea", (250, 10, 10))
     state.edited_image = None
     record = RetrieveStage(RetrieveConfig(mode="dual", k=3), encoder, gallery).run(state)
-    assert record.output["mode"] == "text" and any("no edited image" in note for note in record.notes)
+    assert record.output.mode == "text" and any("no edited image" in note for note in record.notes)
 
 
 def test_dual_refuses_caption_only_galleries() -> None:

@@ -37,7 +37,7 @@ def test_edit_artifact_trace_cache_and_dual_ranking(tiny_index, tiny_pix2pix_dir
     recipe = _recipe(tiny_pix2pix_dir, tmp_path / "cache.sqlite")
     first = Pipeline.from_config(recipe, index=tiny_index, use_index_encoder=True,
                                  artifacts_dir=tmp_path / "artifacts").run(query)
-    imagine = first.typed_trace().stage("imagine")
+    imagine = first.trace.stage("imagine")
     assert imagine is not None and imagine.calls[0].cache == "miss" and imagine.calls[0].backend == "diffusers"
     artifact = Path(imagine.output.path)
     assert artifact.is_file() and artifact.parent == tmp_path / "artifacts" / "q1"
@@ -45,12 +45,12 @@ def test_edit_artifact_trace_cache_and_dual_ranking(tiny_index, tiny_pix2pix_dir
 
     assert content_hash(artifact) == imagine.output.image_sha256
     assert imagine.output.instruction == "make it blue" and imagine.output.seed == 3
-    assert first.trace["totals"]["model_calls"] == 1
+    assert first.trace.totals.model_calls == 1
 
     second = Pipeline.from_config(recipe, index=tiny_index, use_index_encoder=True,
                                   artifacts_dir=tmp_path / "artifacts2").run(query)
-    assert second.trace["totals"]["model_calls"] == 0 and second.trace["totals"]["cache_hits"] == 1
-    assert second.typed_trace().stage("imagine").output.image_sha256 == imagine.output.image_sha256
+    assert second.trace.totals.model_calls == 0 and second.trace.totals.cache_hits == 1
+    assert second.trace.stage("imagine").output.image_sha256 == imagine.output.image_sha256
     assert [c.id for c in second.candidates] == [c.id for c in first.candidates]
 
     # The ranking, from the formula: 0.5 cos(txt, g) + 0.5 cos(img(edited), g), the reference and its copy left out.
@@ -73,8 +73,8 @@ def test_another_seed_is_another_edit(tiny_index, tiny_pix2pix_dir, tmp_path) ->
     a = Pipeline.from_config(base, index=tiny_index, use_index_encoder=True).run(query)
     base["imagine"]["seed"] = 4
     b = Pipeline.from_config(base, index=tiny_index, use_index_encoder=True).run(query)
-    assert b.trace["totals"]["model_calls"] == 1
-    assert a.typed_trace().stage("imagine").output.image_sha256 != b.typed_trace().stage("imagine").output.image_sha256
+    assert b.trace.totals.model_calls == 1
+    assert a.trace.stage("imagine").output.image_sha256 != b.trace.stage("imagine").output.image_sha256
 
 
 def test_wiser_fusion_orders_the_pool_by_summed_path_confidence(tiny_index, tiny_pix2pix_dir, tmp_path) -> None:
@@ -83,7 +83,7 @@ def test_wiser_fusion_orders_the_pool_by_summed_path_confidence(tiny_index, tiny
     recipe["verify"] = {"enabled": True, "model": "verifier", "k": 20}
     result = Pipeline.from_config(recipe, index=tiny_index, use_index_encoder=True).run(
         Query(id="q", text="make it green", image=str(tiny_index.images_dir / "img0.png")))
-    retrieve = result.typed_trace().stage("retrieve")
+    retrieve = result.trace.stage("retrieve")
     text, image = retrieve.output.paths["text"], retrieve.output.paths["image"]
     # Every answer is yes (confidence 1): WISER's sum is 2 for ids both paths found, 1 for the others; ties by
     # the larger confidence (1), then the text path's (1 for text-path ids, 0 else), then the id.
@@ -91,7 +91,7 @@ def test_wiser_fusion_orders_the_pool_by_summed_path_confidence(tiny_index, tiny
     text_only = sorted(set(text) - set(image))
     image_only = sorted(set(image) - set(text))
     assert [c.id for c in result.candidates][: len(both) + len(text_only) + len(image_only)] == both + text_only + image_only
-    assert result.typed_trace().stage("verify").output.fusion == "wiser_paths"
+    assert result.trace.stage("verify").output.fusion == "wiser_paths"
     assert result.ordered_by == "verifier"
 
 
@@ -152,7 +152,7 @@ def test_the_paracosm_recipe_ranks_as_published(tiny_index, tiny_pix2pix_dir, tm
     pipe = Pipeline.from_config(recipe, index=tiny_index, models={"vlm": describer}, use_index_encoder=True,
                                 artifacts_dir=tmp_path / "artifacts")
     result = pipe.run(Query(id="p", text="make it blue", image=str(tiny_index.images_dir / "img0.png")))
-    imagine = result.typed_trace().stage("imagine")
+    imagine = result.trace.stage("imagine")
     assert imagine.output.description == "a blue square on a table" and len(describer.chat.received) == 1
 
     encoder = tiny_index.load_encoder()

@@ -59,7 +59,7 @@ def test_any_modification_text_is_the_instruction_verbatim_never_template_code(r
         return
     record = stage.run(_state(text, reference))
     assert editor.requests[-1].prompt == text.strip()
-    assert record.output["instruction"] == text.strip()
+    assert record.output.instruction == text.strip()
 
 
 def test_template_syntax_in_user_text_stays_text(reference: Path) -> None:
@@ -73,9 +73,9 @@ def test_source_description_uses_the_rewrite_and_falls_back_to_the_modification(
     stage = ImagineStage(ImagineConfig(enabled=True, source="description"), editor)
     record = stage.run(_state("make it red", reference, target_descriptions=["a red car on a road"],
                               description_source="rewrite"))
-    assert editor.requests[-1].prompt == "a red car on a road" and record.output["source"] == "description"
+    assert editor.requests[-1].prompt == "a red car on a road" and record.output.source == "description"
     record = stage.run(_state("make it red", reference))
-    assert editor.requests[-1].prompt == "make it red" and record.output["source"] == "modification"
+    assert editor.requests[-1].prompt == "make it red" and record.output.source == "modification"
     assert any("modification text" in note for note in record.notes)
 
 
@@ -102,8 +102,8 @@ def test_the_record_and_the_artifact(reference: Path, tmp_path: Path) -> None:
     config = ImagineConfig(enabled=True, seed=5, steps=7, guidance=3.0, size=64)
     state = _state("make it red", reference, artifacts_dir=tmp_path / "artifacts")
     record = ImagineStage(config, editor, ModelCache(tmp_path / "c.sqlite")).run(state)
-    assert (record.output["seed"], record.output["steps"], record.output["guidance"], record.output["size"]) == (5, 7, 3.0, 64)
-    assert Path(record.output["path"]).read_bytes() == state.edited_image.png
+    assert (record.output.seed, record.output.steps, record.output.guidance, record.output.size) == (5, 7, 3.0, 64)
+    assert Path(record.output.path).read_bytes() == state.edited_image.png
     assert record.calls[0].cache == "miss" and record.calls[0].images and record.calls[0].params["seed"] == 5
     assert (editor.requests[0].seed, editor.requests[0].steps) == (5, 7)
 

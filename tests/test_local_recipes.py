@@ -208,7 +208,7 @@ def _run_through_every_stage(recipe: dict, tmp_path: Path, images: int) -> dict:
     index = GalleryIndex.build(gallery, tmp_path / "index", encoder, workers=0, progress=False)
     pipeline = Pipeline.from_config(parsed, index=index, encoder=encoder, artifacts_dir=tmp_path / "artifacts")
     result = pipeline.run(Query(image=str(gallery / query.reference), text=query.text))
-    trace = result.trace
+    trace = result.trace.to_json_dict()  # what the writer writes
     by_stage = {stage["stage"]: stage for stage in trace["stages"]}
     assert list(by_stage) == ["caption", "rewrite", "retrieve", "rerank"]
     assert all(stage["skipped"] is None for stage in trace["stages"])

@@ -18,7 +18,7 @@ from agent_cir.pipeline import Pipeline
 from agent_cir.retrieval.round_fusion import fuse_rounds
 from agent_cir.rerank.yes_no import _token_probabilities, ask_yes_no, reason_of
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import load_trace
+from agent_cir.trace.load import load_trace
 from agent_cir.types import Query, QueryState, StageRecord
 from tests.fixtures.chat import fake_model
 
@@ -168,7 +168,7 @@ def test_one_query_is_accepted_in_round_0_and_one_is_refined_in_round_1(bow_enco
                               Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa")],
                              progress=False)
     by_id = {r.query_id: r for r in results}
-    red, dog = by_id["red"].typed_trace(), by_id["dog"].typed_trace()
+    red, dog = by_id["red"].trace, by_id["dog"].trace
     assert [(r.round, r.decision) for r in red.rounds] == [(0, "accept")]
     assert [(r.round, r.decision) for r in dog.rounds] == [(0, "refine"), (1, "accept")]
     assert dog.rounds[0].description == ["a cat sleeping"] and dog.rounds[1].description == ["a brown dog running on grass"]
@@ -197,7 +197,7 @@ def test_the_verifier_sees_the_modification_and_the_candidate_captions_verbatim(
 def test_rounds_are_bounded_and_a_never_satisfied_query_stops(bow_encoder):
     pipe, models = _pipeline(bow_encoder, max_rounds=2, verify=lambda messages: "no\nthe animal is not a dog")
     result = pipe.run(Query(id="dog", text="make it a dog", reference_caption="a cat"))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [r.decision for r in trace.rounds] == ["refine", "refine", "stopped"]
     assert len(models["verifier"].chat.received) == 3 * 2 and len(models["refiner"].chat.received) == 2
     assert result.ordered_by == "verifier"
@@ -214,7 +214,7 @@ def test_a_failing_verifier_fails_only_its_query(bow_encoder):
 def test_an_old_style_recipe_without_refine_verifies_and_reorders_without_looping(bow_encoder):
     pipe, models = _pipeline(bow_encoder, refine={"enabled": False})
     result = pipe.run(Query(id="dog", text="make it a dog", reference_caption="a cat"))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [r.decision for r in trace.rounds] == ["unverified"]
     assert not models["refiner"].chat.received
 
@@ -381,7 +381,7 @@ def test_the_wiser_recipe_runs_end_to_end_offline_with_image_verification(tmp_pa
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=tiny_open_clip_encoder, models=models,
                                 use_index_encoder=True)
     result = pipe.run(Query(id="w", text="make it red", image=str(paths[0])))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [r.decision for r in trace.rounds] == ["refine", "accept"]
     assert [s.stage for s in trace.stages] == ["caption", "rewrite", "retrieve", "verify", "refine", "retrieve", "verify"]
     calls = verifier.chat.received
@@ -399,7 +399,7 @@ def test_the_surrogate_loop_recipe_runs_offline_with_scripted_models(bow_encoder
               "verifier": fake_model(respond=verifier)}
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, models=models)
     result = pipe.run(Query(id="dog", text="make it a dog on grass", reference_caption="a grey cat on a sofa"))
-    assert [r.decision for r in result.typed_trace().rounds] == ["refine", "accept"]
+    assert [r.decision for r in result.trace.rounds] == ["refine", "accept"]
     assert result.candidates[0].id == "dog_grass"
 
 

@@ -140,15 +140,15 @@ def test_verify_stage_scores_its_twenty_candidates_in_one_forward(tiny_model_dir
     with _CountForward(handle.chat.weights.model) as rows:
         record = stage.run(state)
     assert rows == [1, 20]  # the shared instructions once, then the 20 candidates' own tokens in one forward
-    items = record.output["items"]
-    assert len(items) == 20 and {item["source"] for item in items} == {"logits"}
-    assert all(0.0 <= item["confidence"] <= 1.0 for item in items)
+    items = record.output.items
+    assert len(items) == 20 and {item.source for item in items} == {"logits"}
+    assert all(0.0 <= item.confidence <= 1.0 for item in items)
     # the same verdicts as one question at a time
     prompt = load_prompt("verify_caption")
     questions = [prompt.render_messages(modification="make it a dog", reference_caption="a cat",
                                         candidate_captions=captions[f"g{i}"]) for i in range(20)]
     alone = [v.confidence for v in ask_yes_no_many(handle, questions[:3], prompt=prompt)]
-    assert [round(a, 4) for a in alone] == [round(item["confidence"], 4) for item in items[:3]]
+    assert [round(a, 4) for a in alone] == [round(item.confidence, 4) for item in items[:3]]
 
 
 def test_predicates_with_auto_scoring_ask_every_candidate_and_question_in_one_forward(tiny_model_dir, tmp_path):
@@ -174,8 +174,8 @@ def test_predicates_with_auto_scoring_ask_every_candidate_and_question_in_one_fo
     assert rows == [6]
     assert len(record.calls) == 1 + 6 and all(c.params.get("batch_rows") == 6 for c in record.calls[1:])
     output = record.output
-    assert [len(c["answers"]) for c in output["candidates"]] == [2, 2, 2]
-    assert sorted(output["final_order"]) == ["c0", "c1", "c2"]
+    assert [len(c.answers) for c in output.candidates] == [2, 2, 2]
+    assert sorted(output.final_order) == ["c0", "c1", "c2"]
 
 
 def test_a_model_whose_cache_cannot_be_shared_gets_the_plain_batched_forward(tiny_model_dir, monkeypatch) -> None:

@@ -97,7 +97,7 @@ def test_the_imagescope_recipe_runs_its_three_stages_offline(tmp_path, bow_encod
               "verifier": fake_model(respond=verifier), "evaluator": fake_model(respond=evaluator)}
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, models=models, use_index_encoder=True)
     result = pipe.run(Query(id="is", text="make it blue", image=str(reference)))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [s.stage for s in trace.stages] == ["caption", "rewrite", "retrieve", "predicates", "rerank"]
     retrieved = [c.id for c in trace.stage("retrieve").output.candidates][:5]
     predicates = trace.stage("predicates")
@@ -159,7 +159,7 @@ def test_the_cotrr_recipe_shows_labelled_separate_images_and_follows_the_listwis
               "judge": fake_model(respond=judge)}
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, models=models, use_index_encoder=True)
     result = pipe.run(Query(id="c", text="make it pink", image=str(reference)))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [s.stage for s in trace.stages] == ["caption", "rewrite", "retrieve", "rerank"]
     rerank = trace.stage("rerank")
     assert rerank.output.judge == "cotrr" and len(rerank.calls) == 1 and rerank.output.k == 10
@@ -214,7 +214,7 @@ def test_the_cotmr_recipe_scores_the_ranking_with_caption_and_objects(tmp_path, 
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, models={"lvlm": lvlm},
                                 use_index_encoder=True)
     result = pipe.run(Query(id="m", text="replace the cat with a dog on grass", image=str(reference)))
-    trace = result.typed_trace()
+    trace = result.trace
     assert [s.stage for s in trace.stages] == ["one_stage", "retrieve", "multigrain"]
     output = trace.stage("multigrain").output
     assert output.present_objects == ["dog", "grass"] and output.absent_objects == ["cat", "sofa"]
@@ -242,9 +242,9 @@ def test_cotmr_without_objects_in_the_answer_scores_the_caption_alone(bow_encode
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder, use_index_encoder=True,
                                 models={"lvlm": fake_model(['{"target_description": "a dog on a sofa"}'])})
     result = pipe.run(Query(id="m", text="make it a dog", image=str(reference)))
-    record = result.typed_trace().stage("multigrain")
+    record = result.trace.stage("multigrain")
     assert record.parse_status == "fallback" and record.output.present_objects == []
-    retrieve = result.typed_trace().stage("retrieve").output.candidates
+    retrieve = result.trace.stage("retrieve").output.candidates
     assert [c.id for c in result.candidates] == [c.id for c in retrieve]
 
 

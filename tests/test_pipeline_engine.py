@@ -131,8 +131,8 @@ def test_each_stage_serves_the_whole_chunk_before_the_next_and_results_leave_as_
         expected += ["caption"] * size + ["rewrite"] * size + ["retrieve"] * size + ["result"] * size
     assert log.kinds() == expected
     assert batch_retrieve.chunks == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]]
-    retrieve_record = next(s for s in results[0].trace["stages"] if s["stage"] == "retrieve")
-    assert any("amortised" in note and "over 3 queries" in note for note in retrieve_record["notes"])
+    retrieve_record = results[0].trace.stage("retrieve")
+    assert any("amortised" in note and "over 3 queries" in note for note in retrieve_record.notes)
     assert results[0].candidates[0].id == "blue_car"
 
 
@@ -188,7 +188,7 @@ def test_a_batched_stage_fails_only_the_queries_it_marks(bow_encoder, fail_whole
     results = pipe.run_batch(queries, progress=False)
     assert [r.query_id for r in results] == ["q0", "q2"] and [f["query_id"] for f in pipe.failures] == ["q1"]
     assert "ValueError" in pipe.failures[0]["error"] and "retrieve" in pipe.failures[0]["error"]
-    notes = results[0].trace["stages"][-1]["notes"]
+    notes = results[0].trace.stages[-1].notes
     if fail_whole_batch:  # the chunk was retried one query at a time, and the trace says so
         assert any("MemoryError" in n and "on its own" in n for n in notes)
     else:
@@ -240,8 +240,8 @@ def test_a_deeply_nested_model_answer_never_stops_the_run(bow_encoder, reference
     assert {"q0", "q2"} <= set(by_id)
     # the hostile answer either parses to a fallback (the modification) or is q1's recorded failure
     if "q1" in by_id:
-        assert by_id["q1"].trace["description_source"] == "fallback"
-        assert by_id["q1"].trace["target_descriptions"] == ["make it blue number 1"]
+        assert by_id["q1"].trace.description_source == "fallback"
+        assert by_id["q1"].trace.target_descriptions == ["make it blue number 1"]
     else:
         assert [f["query_id"] for f in pipe.failures] == ["q1"]
 
@@ -280,9 +280,9 @@ def test_run_equals_a_batch_of_one(bow_encoder, references) -> None:
     query = _queries(references)[0]
     single = pipe.run(query)
     (batched,) = pipe.run_batch([query], progress=False)
-    assert _without_timings(single.trace) == _without_timings(batched.trace)
-    assert [s["stage"] for s in single.trace["stages"]] == ["caption", "rewrite", "retrieve"]
-    assert single.trace["totals"]["seconds"] == pytest.approx(sum(s["seconds"] for s in single.trace["stages"]))
+    assert _without_timings(single.trace.to_json_dict()) == _without_timings(batched.trace.to_json_dict())
+    assert [s.stage for s in single.trace.stages] == ["caption", "rewrite", "retrieve"]
+    assert single.trace.totals.seconds == pytest.approx(sum(s.seconds for s in single.trace.stages))
 
 
 def test_on_stage_reports_each_stage_of_a_single_run(bow_encoder, references) -> None:
@@ -298,12 +298,12 @@ def test_unparsable_rewrite_falls_back_to_the_modification_in_the_trace(bow_enco
     gallery = RetrievalGallery.from_captions(CAPTIONS, bow_encoder)
     pipe = Pipeline.from_config(RECIPE, gallery=gallery, encoder=bow_encoder, models=models)
     trace = pipe.run(Query(id="q", text="a blue car parked on a street", image=str(references[0]))).trace
-    assert trace["description_source"] == "fallback"
-    assert trace["target_descriptions"] == ["a blue car parked on a street"]
-    rewrite = next(s for s in trace["stages"] if s["stage"] == "rewrite")
-    assert rewrite["parse_status"] == "fallback" and any("modification text alone" in n for n in rewrite["notes"])
-    retrieve = next(s for s in trace["stages"] if s["stage"] == "retrieve")
-    assert retrieve["output"]["query_texts"] == ["a blue car parked on a street"]
+    assert trace.description_source == "fallback"
+    assert trace.target_descriptions == ["a blue car parked on a street"]
+    rewrite = trace.stage("rewrite")
+    assert rewrite.parse_status == "fallback" and any("modification text alone" in n for n in rewrite.notes)
+    assert rewrite.output.description_source == "fallback"
+    assert trace.stage("retrieve").output.query_texts == ["a blue car parked on a street"]
 
 
 def test_the_pipeline_owns_the_hand_over_to_retrieval(bow_encoder, references) -> None:
@@ -311,7 +311,7 @@ def test_the_pipeline_owns_the_hand_over_to_retrieval(bow_encoder, references) -
     # no description stage: the modification is the target, and the pipeline (not retrieve) says so
     pipe = Pipeline.from_config({"name": "t"}, gallery=gallery, encoder=bow_encoder)
     trace = pipe.run(Query(id="q", text="a brown dog running")).trace
-    assert trace["description_source"] == "modification" and trace["target_descriptions"] == ["a brown dog running"]
+    assert trace.description_source == "modification" and trace.target_descriptions == ["a brown dog running"]
     # one_stage's reference description becomes the caption only through the pipeline's hand-over
     answer = {"reference_description": "a red car.", "reasoning": "r", "target_description": "a blue car on a street"}
     recipe = {"name": "one", "models": {"vlm": {"spec": "fake:vlm"}}, "one_stage": {"enabled": True},
@@ -319,9 +319,8 @@ def test_the_pipeline_owns_the_hand_over_to_retrieval(bow_encoder, references) -
     one = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder,
                                models={"vlm": fake_model([json.dumps(answer)])})
     trace = one.run(Query(id="q", text="make it blue", image=str(references[0]))).trace
-    assert trace["captions"] == ["a red car."] and trace["description_source"] == "one_stage"
-    stage = next(s for s in trace["stages"] if s["stage"] == "one_stage")
-    assert stage["output"]["reference_description"] == "a red car."
+    assert trace.captions == ["a red car."] and trace.description_source == "one_stage"
+    assert trace.stage("one_stage").output.reference_description == "a red car."
 
 
 # ----------------------------------------------------------------------------------------- hostile text
@@ -336,8 +335,8 @@ def test_lone_surrogates_in_query_text_do_not_abort_the_run(bow_encoder, tmp_pat
     with TraceWriter(tmp_path / "t.jsonl") as writer:
         results = pipe.run_batch(queries, progress=False, on_result=lambda r: writer.write(r.trace))
     assert [r.query_id for r in results] == ["argv", "json", "ok"] and pipe.failures == []
-    assert results[0].trace["query"]["text"] == "a blue car café"
-    assert results[1].trace["query"]["text"] == "a grey cat \ufffd sofa"
+    assert results[0].trace.query.text == "a blue car café"
+    assert results[1].trace.query.text == "a grey cat \ufffd sofa"
     raw = (tmp_path / "t.jsonl").read_bytes()
     raw.decode("utf-8")  # strict: the file is valid UTF-8
     traces = {t["query_id"]: t for t in read_traces(tmp_path / "t.jsonl")}
@@ -408,8 +407,8 @@ def test_empty_modification_text_is_image_mode_with_an_image_and_an_error_withou
     )
     [result] = results
     assert result.query_id == "image" and result.candidates[0].id == "green"
-    retrieve = next(s for s in result.trace["stages"] if s["stage"] == "retrieve")
-    assert retrieve["output"]["mode"] == "image" and retrieve["output"]["query_texts"] == []
+    retrieve = result.trace.stage("retrieve").output
+    assert retrieve.mode == "image" and retrieve.query_texts == []
     [(failed_id, error)] = errors
     assert failed_id == "blank" and isinstance(error, QueryInputError)
     assert "empty" in str(error) and "modification text" in str(error)
@@ -460,10 +459,10 @@ def test_the_index_decides_when_the_recipe_sets_no_encoder_and_its_encoder_is_bu
     # runtime settings are not an encoder choice
     second = Pipeline.from_config({"name": "b", "encoder": {"device": "cpu", "batch_size": 64}}, index=index)
     assert first.encoder is second.encoder
-    trace = first.run(Query(id="q", text="a photo")).trace
-    assert trace["encoder"]["backend"] == "open_clip" and trace["encoder"]["pretrained"] == "none"
-    assert trace["encoder"]["random_weights"] is True and trace["encoder"]["architecture"].endswith("tiny-vit.json")
-    assert trace["encoder"]["weights"].startswith("random-init")
+    encoder = first.run(Query(id="q", text="a photo")).trace.encoder
+    assert encoder.backend == "open_clip" and encoder.pretrained == "none"
+    assert encoder.random_weights is True and encoder.architecture.endswith("tiny-vit.json")
+    assert encoder.weights.startswith("random-init")
 
 
 def test_a_passed_encoder_must_be_the_index_s(tiny_index: Path, bow_encoder) -> None:

@@ -24,7 +24,7 @@ def _ids(rule):
     stage = RetrieveStage(RetrieveConfig(mode="image", k=4, exclude_reference_by=rule), encoder=None, gallery=_gallery())
     state = QueryState(query=Query(id="q", text="", reference_id="ref.png"))
     record = stage.run(state)
-    return [c.id for c in state.candidates], record.output["excluded"]
+    return [c.id for c in state.candidates], record.output.excluded
 
 
 def test_search_removes_every_copy_but_benchmarks_remove_the_reference_by_id_only():

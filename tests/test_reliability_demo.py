@@ -58,7 +58,7 @@ def test_the_grid_the_trace_names_is_served_from_the_demos_own_folder_and_nothin
     client = Client(f"{base}/", download_files=False, verbose=False)
     outputs = client.predict(None, "photo_02.png", "make it red", api_name="/on_run")
     trace = outputs[8]  # the "Trace record" JSON, as gradio_client receives it
-    grids = [s for s in _strings(trace) if s.endswith(".png") and "rerank" in Path(s).name]
+    grids = [s for s in _strings(trace) if s.endswith((".png", ".jpg")) and "rerank" in Path(s).name]
     assert grids, json.dumps(trace)[:500]
     artifacts = Path(grids[0]).parents[1]
     assert artifacts.name.startswith("agent_cir_demo_")  # the folder launch_demo made (mkdtemp)

@@ -256,8 +256,8 @@ def test_report_of_real_pipeline_traces_with_an_intervention(demo_pipeline, tmp_
 
     reference = demo_pipeline.gallery.paths[3]
     first = demo_pipeline.run(Query(id="real-1", text="make it red", image=reference, reference_id="photo_03.png"))
-    retrieved = next(s for s in first.trace["stages"] if s["stage"] == "retrieve")["output"]["candidates"]
-    target = retrieved[2]["id"]  # the scripted judge puts cell 3 first: the rerank improves this target
+    retrieved = first.trace.stage("retrieve").output.candidates
+    target = retrieved[2].id  # the scripted judge puts cell 3 first: the rerank improves this target
     meta = {"ground_truth": [target]}
     runs = [
         demo_pipeline.run(Query(id="real-1", text="make it red", image=reference, reference_id="photo_03.png", meta=meta)),

@@ -23,6 +23,7 @@ from agent_cir.rerank import (
     rank_to_unit,
     sliding_windows,
 )
+from agent_cir.trace.build import stage_json
 from agent_cir.types import Candidate
 from tests.fixtures.rerank import ColorJudge, images_in, index_of, make_state, scripted_judge
 
@@ -196,7 +197,7 @@ def test_single_grid_follows_the_judge_and_leaves_the_rest(rerank_candidates, re
     assert ids[9:] == ["c09", "c10", "c11"]  # beyond k: retrieval order, below the reranked ones
     assert [c.rank for c in state.candidates] == list(range(1, 13))
     assert state.candidates[0].score == candidates[8].score  # retrieval score kept
-    out = record.output
+    out = record.output.model_dump(exclude_unset=True)
     assert out["input_order"] == [f"c{i:02d}" for i in range(9)]
     assert out["final_order"] == ids[:9]
     assert out["calls"] == 1 and len(record.calls) == 1 and out["passes"] == 1
@@ -217,7 +218,7 @@ def test_passes_shuffle_cells_map_back_and_agree(rerank_candidates, reference_im
     state = make_state(candidates, reference=reference_image)
     record = _stage(scripted_judge(judge), passes=3, seed=11).run(state)
     assert [c.id for c in state.candidates][:3] == ["c04", "c07", "c01"]
-    out = record.output
+    out = record.output.model_dump(exclude_unset=True)
     assert out["calls"] == 3 and out["passes"] == 3
     # Each pass showed a different arrangement, and the trace's cell map is what the judge actually saw.
     shown = [tuple(cells.values()) for cells in judge.seen]
@@ -239,7 +240,7 @@ def test_position_biased_judge_is_tamed_by_passes(rerank_candidates) -> None:
     record = _stage(biased, passes=2).run(state)
     # Borda: identity gives c0..c4 4..0 points, reversed gives c4..c0 4..0: all tie -> retrieval order.
     assert [c.id for c in state.candidates] == ["c00", "c01", "c02", "c03", "c04"]
-    assert record.output["agreement"]["kendall_tau_mean"] == -1.0
+    assert record.output.agreement.kendall_tau_mean == -1.0
 
 
 def test_sliding_windows_match_the_hand_computed_order(rerank_candidates) -> None:
@@ -250,8 +251,8 @@ def test_sliding_windows_match_the_hand_computed_order(rerank_candidates) -> Non
     # windows [3, 12) then [0, 9) (worked out in the test plan):
     expected = [11, 10, 9, 8, 7, 6, 2, 1, 0, 5, 4, 3]
     assert [c.id for c in state.candidates] == [f"c{i:02d}" for i in expected]
-    assert record.output["calls"] == 2
-    assert [w["items"] for w in record.output["windows"]] == [
+    assert record.output.calls == 2
+    assert [w["items"] for w in record.output.windows] == [
         [f"c{i:02d}" for i in range(3, 12)], [f"c{i:02d}" for i in (0, 1, 2, 11, 10, 9, 8, 7, 6)]]
 
 
@@ -261,8 +262,8 @@ def test_sliding_windows_with_passes(rerank_candidates) -> None:
     state = make_state(candidates)
     record = _stage(scripted_judge(judge), k=12, window_step=3, passes=2).run(state)
     assert [c.id for c in state.candidates][:6] == ["c11", "c10", "c09", "c08", "c07", "c06"]
-    assert record.output["calls"] == 4
-    assert [(g["window"], g["pass"]) for g in record.output["grids"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert record.output.calls == 4
+    assert [(g.window, g.model_extra["pass"]) for g in record.output.grids] == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
 def test_tournament_matches_the_hand_computed_order(rerank_candidates) -> None:
@@ -273,8 +274,8 @@ def test_tournament_matches_the_hand_computed_order(rerank_candidates) -> None:
     # groups (round robin) c00,c02..c10 and c01,c03..c11; top 4 of each to the final; the rest by group rank.
     expected = [11, 10, 9, 8, 7, 6, 5, 4, 2, 3, 0, 1]
     assert [c.id for c in state.candidates] == [f"c{i:02d}" for i in expected]
-    kinds = [w["kind"] for w in record.output["windows"]]
-    assert kinds == ["group", "group", "final"] and record.output["calls"] == 3
+    kinds = [w["kind"] for w in record.output.windows]
+    assert kinds == ["group", "group", "final"] and record.output.calls == 3
 
 
 def test_large_tournament_by_hand(rerank_candidates) -> None:
@@ -288,7 +289,7 @@ def test_large_tournament_by_hand(rerank_candidates) -> None:
     expected = [37, 12, 2, 3, 4, 5, 0, 8, 9, 10, 11, 49]
     assert [c.id for c in state.candidates][:12] == [f"c{i:02d}" for i in expected]
     assert sorted(c.id for c in state.candidates) == [f"c{i:02d}" for i in range(50)]
-    assert record.output["calls"] == 7
+    assert record.output.calls == 7
     assert all(len(cells) <= 9 for cells in judge.seen)
 
 
@@ -327,9 +328,9 @@ def test_unusable_answers_keep_retrieval_order_and_say_so(rerank_candidates) -> 
     record = _stage(scripted_judge(responses=["I cannot decide."])).run(state)
     assert [c.id for c in state.candidates] == ["c00", "c01", "c02", "c03"]
     assert record.parse_status == "fallback"
-    assert record.output["repairs"][0]["repairs"] == ["fallback_retrieval_order"]
+    assert record.output.repairs[0]["repairs"] == ["fallback_retrieval_order"]
     assert [call.raw for call in record.calls] == ["I cannot decide."]
-    assert "raw" not in record.output, "the answer is stored once, in the call"
+    assert "raw" not in record.output.model_fields_set, "the answer is stored once, in the call"
     assert record.calls[0].parse_status == "fallback"
 
 
@@ -337,7 +338,7 @@ def test_repaired_answer_is_recorded(rerank_candidates) -> None:
     state = make_state(rerank_candidates(4))
     record = _stage(scripted_judge(responses=["Final answer: 3 > 3 > 9"])).run(state)
     assert [c.id for c in state.candidates] == ["c02", "c00", "c01", "c03"]
-    repairs = record.output["repairs"][0]
+    repairs = record.output.repairs[0]
     assert repairs["repairs"] == ["dropped_out_of_range", "dropped_duplicates", "appended_missing"]
     assert repairs["out_of_range"] == [9] and repairs["duplicates"] == [3] and repairs["appended"] == [1, 2, 4]
     assert record.parse_status == "repaired"
@@ -371,8 +372,8 @@ def test_pointwise_scores_parsed_yes_no(rerank_candidates, reference_image) -> N
     state = make_state(candidates, reference=reference_image)
     record = _stage(scripted_judge(respond), method="pointwise").run(state)
     assert [c.id for c in state.candidates] == ["c02", "c03", "c01", "c00"]  # 1, 1, 0.5 (unparsable), 0
-    assert record.output["calls"] == 4 and record.output["images_sent"] == 8
-    assert [s["judge"] for s in record.output["scores"]] == [1.0, 1.0, 0.5, 0.0]
+    assert record.output.calls == 4 and record.output.images_sent == 8
+    assert [s.judge for s in record.output.scores] == [1.0, 1.0, 0.5, 0.0]
     assert record.parse_status == "fallback"
     assert any("exposes no logits" in note for note in record.notes)
 
@@ -398,18 +399,16 @@ def test_structured_output_requested_when_the_backend_supports_it(rerank_candida
     record = _stage(handle).run(state)
     assert schemas and schemas[0].__name__ == "GridJudgement"
     assert [c.id for c in state.candidates] == ["c01", "c00"]
-    assert record.output["parsed"][0]["source"] == "structured"
+    assert record.output.parsed[0]["source"] == "structured"
     assert json.loads(record.calls[0].raw) == {"ranking": [2, 1], "reasons": {"2": "x"}}
 
 
 def test_trace_record_is_json_and_has_the_documented_fields(rerank_candidates, reference_image, tmp_path) -> None:
-    from agent_cir.types import record_to_dict
-
     candidates = rerank_candidates(10)
     judge = ColorJudge(SMALL_GRID, preference=[9])
     state = make_state(candidates, reference=reference_image, artifacts=tmp_path / "a")
     record = _stage(scripted_judge(judge), k=10, passes=2).run(state)
-    data = json.loads(json.dumps(record_to_dict(record)))
+    data = json.loads(json.dumps(stage_json(record)))
     output = data["output"]
     for key in ("input_order", "final_order", "grids", "parsed", "repairs", "passes", "agreement", "calls",
                 "seconds", "scores", "windows"):
@@ -461,14 +460,14 @@ def test_openai_server_gets_one_request_per_grid_with_the_grid_as_data_url(
     state = make_state(rerank_candidates(k), reference=reference_image, artifacts=tmp_path / "art")
     record = _stage(handle, k=k, passes=passes, window_step=4).run(state)
     requests = fake_openai_server.requests
-    assert len(requests) == grids == len(record.output["grids"]) == record.output["calls"]
-    for request, grid in zip(requests, record.output["grids"]):
+    assert len(requests) == grids == len(record.output.grids) == record.output.calls
+    for request, grid in zip(requests, record.output.grids):
         urls = request.image_urls()
         assert len(urls) == 2  # the reference, then the grid
         # the reference as given (a PNG file), the grid as JPEG
         assert urls[0].startswith("data:image/png;base64,") and urls[1].startswith("data:image/jpeg;base64,")
         assert base64.b64decode(urls[0].split(",", 1)[1]) == reference_image.read_bytes()
-        assert base64.b64decode(urls[1].split(",", 1)[1]) == Path(grid["path"]).read_bytes()
+        assert base64.b64decode(urls[1].split(",", 1)[1]) == Path(grid.path).read_bytes()
         assert request.body["response_format"]["type"] == "json_schema"  # structured output was asked for
         assert any("make it red" in text for text in request.texts())
     assert [c.id for c in state.candidates][:2] == [f"c{k - 1:02d}", "c00"]
@@ -484,7 +483,7 @@ def test_tiny_vlm_judges_grids_end_to_end(tiny_vlm_dir, rerank_candidates, refer
     candidates = rerank_candidates(6)
     state = make_state(candidates, reference=reference_image, artifacts=tmp_path / "art")
     record = _stage(handle, passes=2).run(state)
-    out = record.output
+    out = record.output.model_dump(exclude_unset=True)
     assert out["calls"] == 2 and len(record.calls) == 2 and all(isinstance(call.raw, str) for call in record.calls)
     assert sorted(out["final_order"]) == [c.id for c in candidates]
     # Whatever the random model says, each call's parse status and repairs are recorded consistently.
@@ -509,11 +508,11 @@ def test_tiny_vlm_pointwise_scores_are_yes_probabilities_from_logits(
     state = make_state(candidates, reference=reference_image)
     stage = _stage(handle, method="pointwise")
     record = stage.run(state)
-    scores = {entry["id"]: entry["judge"] for entry in record.output["scores"]}
+    scores = {entry.id: entry.judge for entry in record.output.scores}
     assert all(0.0 < value < 1.0 for value in scores.values())
     assert len(set(scores.values())) == 3  # different images, different logits
-    assert [entry["source"] for entry in record.output["parsed"]] == ["logits"] * 3
-    assert record.output["final_order"] == sorted(scores, key=lambda cid: (-scores[cid], cid))
+    assert [entry["source"] for entry in record.output.parsed] == ["logits"] * 3
+    assert record.output.final_order == sorted(scores, key=lambda cid: (-scores[cid], cid))
 
     # Independent check for the first candidate: P(yes) over the yes/no tokens of the next-token softmax.
     messages = stage.judge.prompt.render_messages(
@@ -555,19 +554,19 @@ def test_pipeline_reranks_end_to_end_and_the_trace_shows_grid_raw_and_repairs(
     pipe = Pipeline.from_config(recipe, gallery=gallery, encoder=bow_encoder,
                                 models={"judge": scripted_judge(judge)}, artifacts_dir=tmp_path / "artifacts")
     result = pipe.run(Query(id="q/1", text="make it red", image=str(reference_image), target_text="a red thing"))
-    retrieved = [c["id"] for c in result.trace["stages"][-2]["output"]["candidates"]]
-    stage = result.trace["stages"][-1]
-    assert stage["stage"] == "rerank" and stage["skipped"] is None
-    output = stage["output"]
-    assert output["input_order"] == retrieved[:9]
+    retrieved = [c.id for c in result.trace.stages[-2].output.candidates]
+    stage = result.trace.stages[-1]
+    assert stage.stage == "rerank" and stage.skipped is None
+    output = stage.output
+    assert output.input_order == retrieved[:9]
     assert [c.id for c in result.candidates][:9] == sorted(retrieved[:9], reverse=True)
     assert retrieved[:9] != sorted(retrieved[:9], reverse=True)  # the judge really changed the order
     assert [c.id for c in result.candidates][9:] == retrieved[9:]
-    grid_path = Path(output["grids"][0]["path"])
+    grid_path = Path(output.grids[0].path)
     assert grid_path.is_file() and grid_path.parent.parent == tmp_path / "artifacts"
-    assert output["grids"][0]["cells"] == {str(n): f"c{i:02d}" for n, i in judge.seen[0].items()}
-    assert stage["calls"][0]["raw"].startswith("Cell reasoning") and output["repairs"][0]["repairs"] == []
-    assert result.trace["totals"]["model_calls"] == 1
+    assert output.grids[0].cells == {str(n): f"c{i:02d}" for n, i in judge.seen[0].items()}
+    assert stage.calls[0].raw.startswith("Cell reasoning") and output.repairs[0]["repairs"] == []
+    assert result.trace.totals.model_calls == 1
 
 
 def test_second_run_is_served_from_the_cache(rerank_candidates, reference_image, tmp_path) -> None:
@@ -583,7 +582,7 @@ def test_second_run_is_served_from_the_cache(rerank_candidates, reference_image,
     assert [call.cache for call in first.calls] == ["miss", "miss"]
     assert [call.cache for call in second.calls] == ["hit", "hit"]  # same grids, same bytes, same keys
     assert len(judge.seen) == 2
-    assert second.output["final_order"] == first.output["final_order"] == [c.id for c in second_state.candidates]
+    assert second.output.final_order == first.output.final_order == [c.id for c in second_state.candidates]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -605,9 +604,9 @@ def test_grids_that_cannot_make_progress_are_refused(grid, k, overflow) -> None:
 def test_a_one_cell_grid_for_one_candidate_and_pointwise_with_any_grid_are_fine(rerank_candidates) -> None:
     one = RerankConfig(enabled=True, k=1, grid=GridConfig(rows=1, cols=1, cell_size=64))
     state = make_state(rerank_candidates(3))
-    assert RerankStage(one, scripted_judge(responses=["[1]"])).run(state).output["calls"] == 1
+    assert RerankStage(one, scripted_judge(responses=["[1]"])).run(state).output.calls == 1
     pointwise = RerankConfig(enabled=True, k=3, method="pointwise", grid=GridConfig(rows=1, cols=1, cell_size=64))
-    assert RerankStage(pointwise, scripted_judge(responses=["yes"])).run(state).output["calls"] == 3
+    assert RerankStage(pointwise, scripted_judge(responses=["yes"])).run(state).output.calls == 3
 
 
 def _reference_tournament_calls(n: int, s: int) -> int:
@@ -677,7 +676,7 @@ def test_judges_come_from_the_registry(rerank_candidates) -> None:
     assert isinstance(_stage(judge).judge, GridJudge)
     assert type(_stage(judge, method="pointwise").judge) is PointwiseJudge  # fake: no logits
     record = _stage(judge).run(make_state(rerank_candidates(2)))
-    assert record.output["judge"] == "grid"
+    assert record.output.judge == "grid"
 
 
 @pytest.mark.parametrize("answer", ["[" * 5000 + "]" * 5000, "1" + " " * 20000 + "x", "Final answer: " + "9" * 5000,
@@ -687,7 +686,7 @@ def test_hostile_judge_answers_keep_the_query_alive(rerank_candidates, answer) -
     record = _stage(scripted_judge(responses=[answer])).run(state)
     assert sorted(c.id for c in state.candidates) == ["c00", "c01", "c02", "c03"]
     assert record.parse_status in ("repaired", "fallback")
-    json.dumps(record.output)
+    json.dumps(stage_json(record))  # the record as the trace writes it is plain JSON
 
 
 def test_hostile_answers_are_cached_and_a_resume_still_completes(rerank_candidates, tmp_path) -> None:

@@ -64,8 +64,8 @@ def test_the_stage_searches_the_index_faiss_structure(built, tiny_open_clip_enco
     stage = RetrieveStage(config, tiny_open_clip_encoder, gallery)
     state = _state(image=str(pattern_folder / "p05.png"))
     record = stage.run(state)
-    assert factory in record.output["search"]
-    assert record.output["search_settings"] == ({"nprobe": 4} if "IVF" in factory else {"efSearch": 64})
+    assert factory in record.output.search
+    assert record.output.search_settings == ({"nprobe": 4} if "IVF" in factory else {"efSearch": 64})
     query = encode_image_file(tiny_open_clip_encoder, pattern_folder / "p05.png")
     faiss_scores, faiss_rows = index.faiss_index.search(query[None, :].astype(np.float32), 10)
     # the scores are the faiss structure's own (PQ scores are approximations of the exact dot products)
@@ -91,7 +91,7 @@ def test_every_copy_of_the_reference_is_excluded_and_k_results_come_back(built, 
         record = stage.run(state)
         ids = [c.id for c in state.candidates]
         assert not {"p00.png", "copy_a.png", "sub/copy_b.png"} & set(ids)
-        assert sorted(record.output["excluded"]) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
+        assert sorted(record.output.excluded) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
         assert len(ids) == len(index) - 3 and len(set(ids)) == len(ids)
     # GalleryIndex.search (the Python API) goes through the same engine and agrees
     api = search_index(index, tiny_open_clip_encoder, image=pattern_folder / "copy_a.png", mode="image", k=5)
@@ -124,7 +124,7 @@ def test_restriction_to_candidates_is_exact(built, tiny_open_clip_encoder, facto
     expected = [i for i in order if i in candidates]
     assert [c.id for c in state.candidates] == expected
     assert [c.score for c in state.candidates] == pytest.approx([float(scores[index.ids.index(i)]) for i in expected])
-    assert record.output["restricted_to"] == 16
+    assert record.output.restricted_to == 16
 
 
 def test_batched_results_equal_one_at_a_time_with_one_encoder_call_each(bow_encoder, tmp_path):
@@ -183,7 +183,7 @@ def test_an_empty_modification_with_an_image_retrieves_by_image_never_by_an_empt
     stage = RetrieveStage(RetrieveConfig(mode="fusion", k=2, text_source="modification"), bow_encoder, gallery)
     state = _state(text=blank, reference_id="g")
     record = stage.run(state)
-    assert record.output["mode"] == "image" and any("empty" in n for n in record.notes)
+    assert record.output.mode == "image" and any("empty" in n for n in record.notes)
     assert seen == [], "no embedding of an empty text"
     with pytest.raises(QueryInputError, match="no text"):
         RetrieveStage(RetrieveConfig(mode="text", k=2, text_source="modification"), bow_encoder,
@@ -213,9 +213,9 @@ def test_pipeline_over_an_hnsw_index_uses_the_engine(built, tiny_open_clip_encod
     pipe = Pipeline.from_config({"name": "t", "retrieve": {"mode": "image", "k": 4}}, index=built["HNSW32"],
                                 encoder=tiny_open_clip_encoder)
     result = pipe.run(Query(id="q", text="", image=str(pattern_folder / "sub" / "copy_b.png")))
-    retrieve = result.trace["stages"][-1]["output"]
-    assert "HNSW32" in retrieve["search"]
-    assert sorted(retrieve["excluded"]) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
+    retrieve = result.trace.stages[-1].output
+    assert "HNSW32" in retrieve.search
+    assert sorted(retrieve.excluded) == ["copy_a.png", "p00.png", "sub/copy_b.png"]
     assert len(result.candidates) == 4
 
 

@@ -51,7 +51,7 @@ def quickstart(
                 status=lambda line: status(line, quiet or as_json), on_mode=announce,
             )
         result = outcome.result
-        typed = result.typed_trace()
+        typed = result.trace
         final_rank, retrieve_rank = outcome.target_rank(), outcome.target_rank("retrieve")
         ordered_by, rows = ranking_rows(result, outcome.recipe)
         q = outcome.query

@@ -263,6 +263,7 @@ def _search(
     from agent_cir.pipeline import Pipeline
     from agent_cir.provenance import encoder_provenance, random_weights_warning
     from agent_cir.trace.io import TraceWriter
+    from agent_cir.trace.model import EncoderRecord
     from agent_cir.types import Query
 
     quiet = quiet or paths_only
@@ -289,14 +290,16 @@ def _search(
         target_text=target_text,
     )
     result = pipeline.run(query)
+    typed = result.trace
     if image is not None and is_url(image):
-        result.trace["image"] = image  # the temporary download is gone after this command; the URL is not
+        # an extra key of the trace: the temporary download is gone after this command; the URL is not
+        typed.image = image  # type: ignore[attr-defined]
     encoder = encoder_provenance(pipeline.encoder.info)
-    result.trace.setdefault("encoder", encoder)
+    if typed.encoder is None:
+        typed.encoder = EncoderRecord.model_validate(encoder)
     if trace is not None:
         with TraceWriter(trace) as writer:
-            writer.write(result.trace)
-    typed = result.typed_trace()
+            writer.write(typed)
     grids = _grid_paths(typed)
     retrieve = typed.stage("retrieve")
     stats = pipeline.stats

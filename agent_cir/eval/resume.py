@@ -20,7 +20,7 @@ from agent_cir.config import Recipe, redacted_recipe_dump
 from agent_cir.errors import AgentCirError
 from agent_cir.atomic import write_text_atomic
 from agent_cir.hashing import content_hash, stable_hash
-from agent_cir.trace.io import read_traces
+from agent_cir.trace.io import read_typed_traces
 
 RUNTIME_KEYS = frozenset({
     "device", "device_map", "batch_size", "chunk_size", "max_concurrency", "timeout", "max_retries",
@@ -105,7 +105,8 @@ def _differs(key: str, old: Any, new: Any) -> bool:
 
 
 def has_traces(path: Path) -> bool:
-    return path.is_file() and any(True for _ in read_traces(path))
+    """Whether the file holds at least one readable trace (read lazily: it stops at the first)."""
+    return path.is_file() and any(True for _ in read_typed_traces(path, salvage=True))
 
 
 def check_resume(out_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:

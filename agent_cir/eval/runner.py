@@ -38,6 +38,7 @@ from agent_cir.eval.answers import RunAnswers
 from agent_cir.eval.run_lock import RunFolderLock
 from agent_cir.hashing import content_hash
 from agent_cir.trace.io import TraceWriter, read_typed_traces
+from agent_cir.trace.model import EvalRecord, Trace
 from agent_cir.types import Query, Result
 
 __all__ = ["EvalInputError", "EvalOutcome", "RunMismatchError", "read_query_ids", "repair_torn_tail", "run_eval"]
@@ -276,7 +277,7 @@ def _run_eval(
                     f"{traces_path}: query {trace.query_id} was run under run identity {recorded}, not "
                     f"{identity['hash']}; use another --out"
                 )
-            finished[trace.query_id] = _slim(trace.to_dict())
+            finished[trace.query_id] = _slim(trace)
 
     session: dict[str, Any] = {"started": _now(), "queries_run": 0, "failed": 0, "model_calls": 0, "cache_hits": 0,
                                "recipe_hash": effective.hash}
@@ -375,24 +376,27 @@ def _run_pending(
             def record(result: Result, part: BenchmarkSplit = part) -> None:
                 query = by_id[result.query_id]
                 trace = result.trace  # already holds only the head of each ranking
-                trace["eval"] = benchmark.eval_record(part, query, result.ranking)
-                trace["eval"]["identity"] = identity_hash
+                # built here from the ranking's arrays: constructed, not validated again (the file's readers do)
+                trace.eval = EvalRecord.model_construct(**benchmark.eval_record(part, query, result.ranking),
+                                                        identity=identity_hash)
                 writer.write(trace)
                 finished[query.id] = _slim(trace)
                 failures.pop(query.id, None)
                 session["queries_run"] += 1
-                session["model_calls"] += trace.get("totals", {}).get("model_calls", 0)
-                session["cache_hits"] += trace.get("totals", {}).get("cache_hits", 0)
+                session["model_calls"] += trace.totals.model_calls
+                session["cache_hits"] += trace.totals.cache_hits
                 if on_query is not None:
                     on_query(result)
 
             def failed(query: Query, error: Exception) -> None:
                 failures[query.id] = str(error)
 
+            # each result is persisted (and slimmed) by on_result: the run keeps no Result, so a long run's memory
+            # (and the garbage collector's work) stays flat
             try:
                 pipe.run_batch(
                     queries, max_concurrency=max_concurrency, progress=progress, on_result=record, on_error=failed,
-                    chunk_size=persist_chunk(recipe, max_concurrency),
+                    chunk_size=persist_chunk(recipe, max_concurrency), keep_results=False,
                 )
             finally:
                 if answers is not None:
@@ -413,9 +417,10 @@ def persist_chunk(recipe: Recipe, max_concurrency: int | None) -> int | None:
     return min(recipe.chunk_size, max(UNCACHED_CHUNK, 2 * (max_concurrency or recipe.max_concurrency)))
 
 
-def _slim(trace: dict[str, Any]) -> dict[str, Any]:
-    """What metrics and summaries need from a finished trace (keeps memory flat on long runs)."""
-    return {key: trace.get(key) for key in ("query_id", "eval", "totals", "recipe")}
+def _slim(trace: Trace) -> dict[str, Any]:
+    """What metrics and summaries need from a finished trace, as plain data (keeps memory flat on long runs)."""
+    return {"query_id": trace.query_id, "eval": dict(trace.eval) if trace.eval is not None else None,
+            "totals": dict(trace.totals), "recipe": dict(trace.recipe)}
 
 
 def _rankings(queries: Sequence[Query], finished: Mapping[str, dict[str, Any]]) -> dict[str, list[str] | None]:

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_cir.report.load import TraceData, read_trace
+from agent_cir.trace.load import salvage_trace
+from agent_cir.trace.model import Trace
 
 STATUSES = ("lost", "improved", "hurt", "hit", "unknown")
 STATUS_LABELS = {
@@ -46,7 +47,7 @@ class StagePoint:
 class QueryView:
     """One trace plus what the report derives from it."""
 
-    trace: TraceData
+    trace: Trace
     number: int
     query_id: str
     page: str
@@ -100,13 +101,15 @@ def page_name(query_id: str) -> str:
     return f"{slug}-{digest}.html"
 
 
-def analyse(trace: TraceData | dict[str, Any], number: int = 0) -> QueryView:
-    """Status and rank by stage of one trace (see the module docstring for the statuses)."""
-    data = trace if isinstance(trace, TraceData) else read_trace(trace)
+def analyse(trace: Trace | dict[str, Any], number: int = 0) -> QueryView:
+    """Status and rank by stage of one trace (see the module docstring for the statuses); a plain record is read
+    for display (``salvage_trace``)."""
+    data = trace if isinstance(trace, Trace) else salvage_trace(trace)[0]
     targets = set(data.ground_truth)
     final_list = [row.id for row in data.results]
-    retrieve_list = [row.id for row in data.retrieval.rows] if data.retrieval is not None else final_list
-    reranked = data.rerank is not None and not data.rerank.skipped
+    retrieval = data.retrieval
+    retrieve_list = [row.id for row in retrieval.output.rows] if retrieval is not None else final_list
+    reranked = data.reranked
     retrieve_rank = _best_rank(retrieve_list, targets)
     final_rank = _best_rank(final_list, targets)
     points = [StagePoint("retrieve", retrieve_rank, len(retrieve_list))]
@@ -127,13 +130,14 @@ def analyse(trace: TraceData | dict[str, Any], number: int = 0) -> QueryView:
                      retrieve_rank, final_rank, reranked, points, kept=len(retrieve_list), official_rank=official)
 
 
-def stage_summary(traces: list[TraceData]) -> list[dict[str, Any]]:
+def stage_summary(traces: list[Trace]) -> list[dict[str, Any]]:
     """Per stage, in pipeline order: runs, skips, seconds, model calls, cache hits, parse statuses."""
     rows: dict[str, dict[str, Any]] = {}
     for trace in traces:
         for record in trace.stages:
-            row = rows.setdefault(record.stage, {"stage": record.stage, "ran": 0, "skipped": 0, "seconds": 0.0,
-                                                 "model_calls": 0, "cache_hits": 0, "parse": {}})
+            name = record.stage or "?"
+            row = rows.setdefault(name, {"stage": name, "ran": 0, "skipped": 0, "seconds": 0.0, "model_calls": 0,
+                                         "cache_hits": 0, "parse": {}})
             row["skipped" if record.skipped else "ran"] += 1
             row["seconds"] += record.seconds
             row["model_calls"] += record.model_calls
@@ -145,7 +149,7 @@ def stage_summary(traces: list[TraceData]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def random_encoder_traces(traces: list[TraceData]) -> list[str]:
+def random_encoder_traces(traces: list[Trace]) -> list[str]:
     """Query ids whose trace says the encoder had random (untrained) weights."""
     return [t.query_id for t in traces if t.encoder is not None and t.encoder.random_weights]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agent_cir.report.folder import ReportFolder
-from agent_cir.report.load import TraceData
+from agent_cir.trace.model import Trace
 from agent_cir.report.thumbs import ThumbnailCache
 
 THUMB_SIDE = 192
@@ -41,10 +41,10 @@ class ReportImages:
         self.outside: list[str] = []
         """Paths the traces name that are outside every gallery root (not shown)."""
 
-    def learn(self, traces: list[TraceData]) -> None:
+    def learn(self, traces: list[Trace]) -> None:
         """Gallery id -> image path from every ranking in the run (retrieve outputs often carry ids only)."""
         for trace in traces:
-            rows = trace.results + (trace.retrieval.rows if trace.retrieval else [])
+            rows = trace.results + (trace.retrieval.output.candidates if trace.retrieval else [])
             for row in rows:
                 if row.path:
                     self.id_paths.setdefault(row.id, row.path)

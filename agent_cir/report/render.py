@@ -1,5 +1,6 @@
 """HTML of the report: jinja2 templates (autoescaped: trace text is data, never markup) fed with page contexts
-built from ``QueryView``s, ``TraceData`` and the checked images (``images.ReportImages``)."""
+built from ``QueryView``s, their ``Trace`` (``agent_cir.trace.model``) and the checked images
+(``images.ReportImages``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import jinja2
 from agent_cir.report.analyse import STATUS_LABELS, STATUSES, QueryView
 from agent_cir.report.chart import rank_chart
 from agent_cir.report.images import ReportImages
-from agent_cir.report.load import Row, Stage, TraceData
 from agent_cir.report.served import readable_name
+from agent_cir.trace.model import StageRecordBase, Trace
+from agent_cir.trace.outputs import RankedItem
 
 RANDOM_ENCODER_BANNER = "random-init encoder: rankings are meaningless"
 _HEAVY_OUTPUT_KEYS = {"candidates", "grids", "repairs"}
@@ -41,7 +43,7 @@ def format_number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def readable_output(stage: Stage, max_items: int = 10, max_chars: int = 300) -> dict[str, Any]:
+def readable_output(stage: StageRecordBase, max_items: int = 10, max_chars: int = 300) -> dict[str, Any]:
     """A stage's output for people: heavy fields left out (shown elsewhere), long lists and texts cut."""
 
     def cut(value: Any) -> Any:
@@ -54,31 +56,32 @@ def readable_output(stage: Stage, max_items: int = 10, max_chars: int = 300) -> 
             return {str(k): cut(v) for k, v in list(value.items())[:max_items]}
         return value
 
-    return {key: cut(value) for key, value in stage.output.items() if key not in _HEAVY_OUTPUT_KEYS}
+    return {key: cut(value) for key, value in stage.output_data().items() if key not in _HEAVY_OUTPUT_KEYS}
 
 
-def _rows(rows: list[Row], images: ReportImages, targets: set[str], subset: set[str],
+def _rows(rows: list[RankedItem], images: ReportImages, targets: set[str], subset: set[str],
           captions: dict[str, list[str]]) -> list[dict[str, Any]]:
     return [{
         "rank": row.rank,
         "id": row.id,
         "name": readable_name(row.id),
         "score": row.score,
-        "image": images.thumb_of_id(row.id, row.path),
+        "image": images.thumb_of_id(row.id, row.path or None),
         "is_target": row.id in targets,
         "in_subset": row.id in subset,
         "caption": (captions.get(row.id) or [None])[0],
     } for row in rows]
 
 
-def retrieval_heading(trace: TraceData) -> dict[str, Any]:
+def retrieval_heading(trace: Trace) -> dict[str, Any]:
     """The numbers behind 'Retrieval': rows shown, items ranked, the k asked for, in words that say which is which."""
-    retrieval = trace.retrieval
-    if retrieval is None:
+    record = trace.retrieval
+    if record is None:
         return {"title": "Retrieval", "detail": ""}
-    shown = len(retrieval.rows)
+    retrieval = record.output
+    shown = len(retrieval.candidates)
     title = f"Retrieval: top {shown}" + (f" of {retrieval.ranked:,} ranked" if retrieval.ranked > shown else "")
-    parts = [f"mode: {retrieval.mode}"]
+    parts = [f"mode: {retrieval.mode or '?'}"]
     if retrieval.k is not None:
         parts.append(f"k (items the stage was asked to rank): {retrieval.k:,}")
     if retrieval.ranked > shown:
@@ -92,23 +95,24 @@ def _edited(trace: Any, images: ReportImages, base: str | None) -> dict[str, Any
     if stage is None or stage.skipped:
         return None
     output = stage.output
-    return {"image": images.grid(output.get("path"), base), "instruction": output.get("instruction"),
-            "model": output.get("model"), "seed": output.get("seed"), "description": output.get("description")}
+    return {"image": images.grid(output.path, base), "instruction": output.instruction,
+            "model": output.model, "seed": output.seed, "description": output.description}
 
 
 def query_context(view: QueryView, images: ReportImages, captions: dict[str, list[str]]) -> dict[str, Any]:
     trace = view.trace
+    query = trace.query
     targets, subset = set(view.ground_truth), set(view.subset)
-    base = trace.artifacts_dir
+    base = trace.artifacts_dir or None
+    rerank = trace.rerank
+    retrieval = trace.retrieval.output if trace.retrieval is not None else None
     grids = [{
         "number": number,
         "image": images.grid(grid.path, base),
         "label": images.display_path(grid.path) or f"grid {number}",
-        "cells": [{"cell": cell, "id": item, "is_target": item in targets} for cell, item in grid.cells],
-    } for number, grid in enumerate(trace.rerank.grids if trace.rerank else [], start=1)]
-    reference = images.thumb(trace.image_path)
-    if reference.src is None and reference.note is None and trace.reference_id:
-        reference = images.thumb_of_id(trace.reference_id)
+        "cells": [{"cell": cell, "id": item, "is_target": item in targets} for cell, item in grid.ordered_cells],
+    } for number, grid in enumerate(rerank.output.grids if rerank is not None else [], start=1)]
+    reference = _reference(trace, images)
     eval_facts = None
     if trace.eval is not None:
         eval_facts = {"dataset": trace.eval.dataset, "split": trace.eval.split,
@@ -117,45 +121,52 @@ def query_context(view: QueryView, images: ReportImages, captions: dict[str, lis
     return {
         "view": view,
         "trace": trace,
-        "meta": trace.meta,
+        "meta": trace.other_meta,
         "reference": reference,
-        "reference_label": trace.reference_id or images.display_path(trace.image_path) or "no reference image",
-        "reference_path": images.display_path(trace.image_path),
-        "reference_caption": (captions.get(str(trace.reference_id)) or [None])[0],
+        "reference_label": query.reference_id or images.display_path(query.image_path or None) or "no reference image",
+        "reference_path": images.display_path(query.image_path or None),
+        "reference_caption": (captions.get(str(query.reference_id)) or [None])[0],
         "caption_stage": trace.stage("caption"),
         "edited": _edited(trace, images, base),
-        "retrieval": trace.retrieval,
+        "retrieval": retrieval,
         "retrieval_heading": retrieval_heading(trace),
-        "retrieve_rows": _rows(trace.retrieval.rows if trace.retrieval else [], images, targets, subset, captions),
-        "rerank": trace.rerank,
+        "retrieve_rows": _rows(retrieval.rows if retrieval is not None else [], images, targets, subset, captions),
+        "rerank": rerank,
+        "agreement": (rerank.output.agreement.model_dump(exclude_unset=True)
+                      if rerank is not None and rerank.output.agreement is not None else None),
         "grids": grids,
-        "final_rows": _rows(trace.results, images, targets, subset, captions),
-        "same_as_retrieval": trace.rerank is None and not trace.rounds and trace.retrieval is not None
-        and [r.id for r in trace.results] == [r.id for r in trace.retrieval.rows],
+        "final_rows": _rows(trace.result_rows, images, targets, subset, captions),
+        "same_as_retrieval": rerank is None and not trace.rounds and retrieval is not None
+        and [r.id for r in trace.results] == [r.id for r in retrieval.rows],
         "ground_truth": [{"id": gt, "image": images.thumb_of_id(gt), "caption": (captions.get(gt) or [None])[0]}
                          for gt in view.ground_truth],
         "rank_chart": rank_chart(view.points) if view.ground_truth else None,
         "stages": [{"record": stage, "output": readable_output(stage)} for stage in trace.stages],
         "eval_facts": eval_facts,
-        "random_encoder": trace.encoder is not None and trace.encoder.random_weights,
+        "random_encoder": trace.encoder is not None and trace.encoder.random_weights is True,
         "banner": RANDOM_ENCODER_BANNER,
     }
 
 
+def _reference(trace: Trace, images: ReportImages) -> Any:
+    """The reference image's thumbnail: its path in the trace, else its gallery id."""
+    reference = images.thumb(trace.query.image_path or None)
+    if reference.src is None and reference.note is None and trace.query.reference_id:
+        reference = images.thumb_of_id(trace.query.reference_id)
+    return reference
+
+
 def index_row(view: QueryView, images: ReportImages) -> dict[str, Any]:
     trace = view.trace
-    reference = images.thumb(trace.image_path)
-    if reference.src is None and reference.note is None and trace.reference_id:
-        reference = images.thumb_of_id(trace.reference_id)
     return {
         "view": view,
-        "reference": reference,
-        "reference_label": trace.reference_id or view.query_id,
-        "text": trace.text,
-        "description": (trace.descriptions or [""])[0],
+        "reference": _reference(trace, images),
+        "reference_label": trace.query.reference_id or view.query_id,
+        "text": trace.query.text,
+        "description": (trace.target_descriptions or [""])[0],
         "manual": trace.description_source == "manual",
-        "seconds": trace.totals.get("seconds", 0.0),
-        "model_calls": trace.totals.get("model_calls", 0),
+        "seconds": trace.totals.seconds,
+        "model_calls": trace.totals.model_calls,
     }
 
 

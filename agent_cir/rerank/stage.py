@@ -22,6 +22,7 @@ from agent_cir.rerank.context import RerankContext
 from agent_cir.rerank.judges import make_judge
 from agent_cir.rerank.windows import check_can_progress
 from agent_cir.retrieval.ranking import Ranking
+from agent_cir.trace.outputs import RerankOutput
 from agent_cir.types import QueryState, StageRecord
 
 
@@ -59,7 +60,7 @@ class RerankStage:
 
     def run(self, state: QueryState) -> StageRecord:
         started = time.perf_counter()
-        record = StageRecord(stage=self.name)
+        record = StageRecord(stage=self.name, output=RerankOutput())
         candidates = list(state.candidates)
         top = candidates[: self.config.k]
         if not top:
@@ -104,7 +105,7 @@ class RerankStage:
             "fallback" if "fallback" in statuses else "repaired" if "repaired" in statuses else "ok"
         )
         grid_method = self.config.method == "grid"
-        record.output = {
+        record.output = RerankOutput.model_validate({
             "method": self.config.method,
             "judge": self.judge.name,
             "k": len(top),
@@ -126,6 +127,6 @@ class RerankStage:
             "calls": len(ctx.calls),
             "images_sent": ctx.images_sent,
             "seconds": round(time.perf_counter() - started, 6),
-        }
+        })
         record.notes.extend(ctx.notes)
         return record

@@ -12,6 +12,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.parsing import parse_caption, worst_status
 from agent_cir.prompts import load_prompt
+from agent_cir.trace.outputs import CaptionOutput
 from agent_cir.types import QueryState, StageRecord
 
 
@@ -33,13 +34,13 @@ class CaptionStage:
         if query.reference_caption:
             state.captions = [query.reference_caption.strip()]
             record.skipped = "reference caption supplied with the query"
-            record.output = {"captions": list(state.captions)}
+            record.output = CaptionOutput(captions=list(state.captions))
             record.seconds = time.perf_counter() - started
             return record
         if not query.image:
             record.skipped = "no reference image and no reference caption"
             record.notes.append("retrieval will use the modification text without a caption")
-            record.output = {"captions": list(state.captions)}
+            record.output = CaptionOutput(captions=list(state.captions))
             record.seconds = time.perf_counter() - started
             return record
         try:
@@ -82,6 +83,6 @@ class CaptionStage:
         record.parse_status = worst_status([c.parse_status for c in record.calls]) if unique else "fallback"  # type: ignore[assignment]
         if not unique:
             record.notes.append("no caption: retrieval will use the modification text alone")
-        record.output = {"captions": list(unique)}
+        record.output = CaptionOutput(captions=list(unique))
         record.seconds = time.perf_counter() - started
         return record

@@ -24,7 +24,7 @@ from agent_cir.config import ImagineConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import parse_caption
 from agent_cir.prompts import load_prompt
-from agent_cir.trace.model import ImagineOutput
+from agent_cir.trace.outputs import ImagineOutput
 from agent_cir.types import QueryState, StageRecord
 
 ARTIFACT_NAME = "imagine.png"
@@ -142,7 +142,7 @@ class ImagineStage:
                                seed=request.seed, steps=request.steps, guidance=request.guidance,
                                image_guidance=request.image_guidance, strength=request.strength, size=request.size,
                                image_sha256=outcome.sha256, path=path, description=description)
-        record.output = output.model_dump(exclude_none=True)
+        record.output = output
         record.parse_status = "ok"
         record.seconds = time.perf_counter() - started
         return record

@@ -24,7 +24,7 @@ from agent_cir.config import MultigrainConfig
 from agent_cir.parsing import extract_json
 from agent_cir.retrieval.multigrain import multigrain_scores
 from agent_cir.retrieval.ranking import Ranking
-from agent_cir.trace.model import MultigrainOutput, RankedItem
+from agent_cir.trace.outputs import MultigrainOutput, RankedItem
 from agent_cir.types import QueryState, StageRecord
 
 PRESENT_KEYS = ("present_objects", "existent_objects", "existing_objects", "present", "must_have", "objects")
@@ -148,6 +148,6 @@ class MultigrainStage:
             present_weight=self.config.present_weight, absent_weight=self.config.absent_weight,
             aggregate=self.config.aggregate, rescored=len(order),
             head=[RankedItem(rank=c.rank, id=c.id, path=c.path, score=c.score) for c in state.candidates[:10]],
-        ).model_dump()
+        )
         record.seconds = time.perf_counter() - started
         return record

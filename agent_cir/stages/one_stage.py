@@ -13,6 +13,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.hashing import content_hash
 from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
+from agent_cir.trace.outputs import OneStageOutput
 from agent_cir.types import QueryState, StageRecord
 
 
@@ -81,11 +82,11 @@ class OneStageStage:
                 record.parse_status = parsed.status  # type: ignore[assignment]
                 reference = parsed.fields.get("reference_description")
                 state.reference_description = str(reference).strip() if reference else None
-        record.output = {
-            "target_descriptions": list(state.target_descriptions),
-            "reasoning": state.reasoning,
-            "reference_description": state.reference_description,
-            "description_source": state.description_source,
-        }
+        record.output = OneStageOutput(
+            target_descriptions=list(state.target_descriptions),
+            reasoning=state.reasoning,
+            reference_description=state.reference_description,
+            description_source=state.description_source,
+        )
         record.seconds = time.perf_counter() - started
         return record

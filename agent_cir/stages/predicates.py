@@ -29,7 +29,7 @@ from agent_cir.parsing import extract_json
 from agent_cir.prompts import load_prompt
 from agent_cir.rerank.yes_no import ask_yes_no_many
 from agent_cir.retrieval.ranking import Ranking
-from agent_cir.trace.model import PredicateCandidate, PredicatesOutput, Proposition
+from agent_cir.trace.outputs import PredicateCandidate, PredicatesOutput, Proposition
 from agent_cir.types import QueryState, StageRecord
 
 MAX_PROPOSITIONS = 8
@@ -143,7 +143,7 @@ class PredicatesStage:
             # ImageScope leaves such a query in its retrieval order (imagescope.py:469-472)
             record.parse_status = "fallback"
             record.skipped = "no usable proposition in the model's answer; retrieval order kept"
-            record.output = PredicatesOutput(k=len(head), dropped=parsed.dropped).model_dump()
+            record.output = PredicatesOutput(k=len(head), dropped=parsed.dropped)
             return record
         shown = [c for c in head if c.path and Path(c.path).is_file()]
         questions, images = [], []
@@ -186,6 +186,6 @@ class PredicatesStage:
         record.output = PredicatesOutput(
             k=len(head), propositions=parsed.propositions, dropped=parsed.dropped, scoring=self.config.scoring,
             candidates=[scored[i] for i in order], final_order=[head[i].id for i in order],
-        ).model_dump()
+        )
         record.seconds = time.perf_counter() - started
         return record

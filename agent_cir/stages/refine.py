@@ -16,6 +16,7 @@ from agent_cir.config import RefineConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import answer_schema, parse_target_descriptions
 from agent_cir.prompts import load_prompt
+from agent_cir.trace.outputs import RefineOutput
 from agent_cir.types import QueryState, StageRecord
 
 
@@ -69,9 +70,9 @@ class RefineStage:
         else:
             state.target_descriptions = parsed.descriptions[:1]
             state.description_source = "refine"
-        record.output = {"previous_description": current, "target_descriptions": list(state.target_descriptions),
-                         "reasoning": parsed.reasoning, "findings": findings,
-                         "changed": state.target_descriptions != previous}
+        record.output = RefineOutput(previous_description=current, target_descriptions=list(state.target_descriptions),
+                                     reasoning=parsed.reasoning, findings=findings,
+                                     changed=state.target_descriptions != previous)
         state.round += 1
         record.seconds = time.perf_counter() - started
         return record

@@ -28,6 +28,7 @@ from agent_cir.retrieval.dual import check_dual_gallery, dual_query_rows, fuse_p
 from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
+from agent_cir.trace.outputs import RetrieveOutput
 from agent_cir.types import QueryState, StageRecord
 
 _IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
@@ -484,5 +485,5 @@ class RetrieveStage:
             if plan.mode == "weimocir":
                 plan.notes.append("WeiMoCIR fuses raw CLIP projections; agent_cir fuses unit vectors (the recipe's "
                                   "declared difference)")
-            outcomes[i] = StageRecord(stage=self.name, output=output, notes=plan.notes)
+            outcomes[i] = StageRecord(stage=self.name, output=RetrieveOutput.model_validate(output), notes=plan.notes)
         return outcomes

@@ -18,6 +18,7 @@ from agent_cir.config import RewriteConfig
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import answer_schema, parse_target_descriptions, template_wants_list
 from agent_cir.prompts import load_prompt
+from agent_cir.trace.outputs import RewriteOutput
 from agent_cir.types import ModelCall, QueryState, StageRecord
 
 
@@ -92,10 +93,10 @@ class RewriteStage:
             what = "the reference caption" if use_caption else "the modification text alone"
             record.notes.append(f"fell back to {what} as the target description")
         state.reasoning = "\n\n".join(reasonings) if reasonings else None
-        record.output = {
-            "target_descriptions": list(state.target_descriptions),
-            "reasoning": state.reasoning,
-            "description_source": state.description_source,
-        }
+        record.output = RewriteOutput(
+            target_descriptions=list(state.target_descriptions),
+            reasoning=state.reasoning,
+            description_source=state.description_source,
+        )
         record.seconds = time.perf_counter() - started
         return record

@@ -25,6 +25,7 @@ from agent_cir.prompts import load_prompt
 from agent_cir.rerank.yes_no import YesNo, ask_yes_no_many
 from agent_cir.retrieval.ranking import Ranking
 from agent_cir.retrieval.round_fusion import fuse_rounds
+from agent_cir.trace.outputs import VerifyOutput
 from agent_cir.types import Candidate, QueryState, StageRecord
 
 CaptionSource = Mapping[str, Any] | Callable[[str], Any]
@@ -133,7 +134,7 @@ class VerifyStage:
         })
         if decision != "refine":
             output.update(self._fuse(state))
-        record.output = output
+        record.output = VerifyOutput.model_validate(output)
         record.seconds = time.perf_counter() - started
         return record
 

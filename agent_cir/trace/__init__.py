@@ -1,2 +1,3 @@
-"""The per-query trace: ``model`` (the typed records, loading 1.0-3.0), ``build`` (a record from a finished
-query), ``io`` (the JSONL writer and readers)."""
+"""The per-query trace: ``outputs`` (each stage's typed output), ``model`` (the ``Trace`` and its stage records),
+``build`` (the trace of a finished or a running query), ``load`` (records from files: 3.0, 2.0, 1.0; salvage for
+display), ``io`` (the JSONL writer and the one reader)."""

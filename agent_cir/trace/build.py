@@ -1,7 +1,8 @@
-"""A per-query trace record, built from a finished query (the writer and readers are ``agent_cir.trace.io``).
+"""The per-query trace, built from a finished query (``build_trace``) or from one still running (``partial_trace``,
+the demo's live view); the writer and readers are ``agent_cir.trace.io``.
 
-The typed form is ``agent_cir.trace.model.Trace`` (one record class per stage kind, with each stage's
-``output`` keys); ``build_trace`` checks every record against it before it is written.
+The result is an ``agent_cir.trace.model.Trace`` (one record class per stage kind, each with its stage's typed
+output), validated once here, where it is built; the writer dumps it as JSON in the layout below.
 
 Schema (version ``TRACE_SCHEMA_VERSION``), one JSON object per line::
 
@@ -41,22 +42,27 @@ parse_status, prompt, images: [content hashes], params}.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from agent_cir.trace.model import validate_written
-from agent_cir.types import TRACE_SCHEMA_VERSION, QueryState, record_to_dict
+from pydantic import BaseModel
+
+from agent_cir.trace.load import check_built, load_stage, salvage_trace
+from agent_cir.trace.model import RECORD_CLASSES, TRACE_SCHEMA_VERSION, Trace
 
 
 def build_trace(
-    state: QueryState, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None,
+    state: Any, recipe_name: str, recipe_hash: str, seconds: float, encoder: dict[str, Any] | None = None,
     *, ranking: Any = None, head: int | None = None, shown: list[Any] | None = None,
-) -> dict[str, Any]:
-    """The query's trace record. ``ranking`` (an ``agent_cir.retrieval.ranking.Ranking``): the final ranking, whose
-    first ``head`` entries become ``results`` (``results_total`` says how many it has; ``shown``: those entries
-    already built as candidates); without one, the state's candidates are the results."""
+) -> Trace:
+    """The query's trace. ``state``: its ``agent_cir.types.QueryState``; ``ranking`` (an
+    ``agent_cir.retrieval.ranking.Ranking``): the final ranking, whose first ``head`` entries become ``results``
+    (``results_total`` says how many it has; ``shown``: those entries already built as candidates); without one,
+    the state's candidates are the results. A stage output of the wrong type raises ``TraceFormatError`` naming
+    the field."""
     query = state.query
-    stages = [record_to_dict(record) for record in state.records]
+    stages = [stage_entry(record) for record in state.records]
     if ranking is not None:
         if shown is None:
             shown = ranking.head(head) if head is not None and head < len(ranking) else ranking.head()
@@ -97,8 +103,33 @@ def build_trace(
         "artifacts_dir": str(state.artifacts_dir) if state.artifacts_dir else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    validate_written(record)  # a stage that wrote a field of the wrong type fails here, naming the field
-    return record
+    return check_built(record)  # a stage that wrote a field of the wrong type fails here, naming the field
+
+
+def stage_entry(record: Any) -> dict[str, Any]:
+    """A stage's ``agent_cir.types.StageRecord`` in the trace's layout. Its output is kept as the stage built it
+    (a typed output is not copied or validated again); a user's own stage may give a dict, or a model whose
+    fields are then kept as plain data."""
+    output = record.output
+    if record.stage not in RECORD_CLASSES and isinstance(output, BaseModel):
+        output = output.model_dump()
+    return {
+        "stage": record.stage,
+        "output": output,
+        "calls": [asdict(call) for call in record.calls],
+        "parse_status": record.parse_status,
+        "notes": list(record.notes),
+        "seconds": record.seconds,
+        "skipped": record.skipped,
+        "round": record.round,
+        "model_calls": record.model_calls,
+        "cache_hits": record.cache_hits,
+    }
+
+
+def stage_json(record: Any) -> dict[str, Any]:
+    """One stage record as the trace file holds it (JSON data, dumped through its typed record class)."""
+    return load_stage(stage_entry(record), strict=True).model_dump(mode="json", exclude_unset=True)
 
 
 def round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]:
@@ -116,3 +147,21 @@ def round_summary(summary: dict[str, Any], records: list[Any]) -> dict[str, Any]
         "calls": sum(record.model_calls for record in mine),
         "seconds": round(sum(record.seconds for record in mine), 6),
     }
+
+
+def partial_trace(state: Any) -> tuple[Trace, list[str]]:
+    """The trace of a query still running (the demo shows each stage as it finishes): what the stages so far
+    wrote, no results yet (``Trace.has_results`` is False) and no query id. Read for display: a field a stage
+    got wrong is left out and named in the notes instead of hiding the rest."""
+    return salvage_trace({
+        "query_id": "",
+        "captions": list(state.captions),
+        "reasoning": state.reasoning,
+        "target_descriptions": list(state.target_descriptions),
+        "description_source": state.description_source,
+        "stages": [stage_entry(record) for record in state.records],
+        "rounds": [round_summary(summary, state.records) for summary in state.rounds],
+    })
+
+
+__all__ = ["build_trace", "partial_trace", "round_summary", "stage_entry", "stage_json"]

@@ -1,75 +1,70 @@
-"""The trace as pydantic models: one ``Trace`` per query, one typed record class per stage kind.
+"""The trace as pydantic models: one ``Trace`` per query, one typed record class per stage kind, each holding its
+stage's typed output (``agent_cir.trace.outputs``).
 
-``agent_cir.trace.build_trace`` writes a record through :class:`Trace` (schema ``3.0``); readers call
-:func:`load_trace`, which loads 3.x, 2.x and 1.x records (every field but ``query_id`` has a default; 3.0 adds
-fields and changes none: per-record ``round``, ``ordered_by``, ``rounds``, per-candidate ``judge_score`` /
-``verify_score`` / ``final_score``, the verify and refine records, and the retrieve record's
-``candidates_total`` beside its head). The JSON layout is the 1.0 layout, so old readers of plain dicts keep
-working.
+``agent_cir.trace.build`` assembles the ``Trace`` of a finished query (schema ``3.0``) and the writer dumps it;
+readers of files go through ``agent_cir.trace.load`` (``load_trace``, ``salvage_trace``), which loads 3.x, 2.x and
+1.x records (every field but ``query_id`` has a default; 3.0 adds fields and changes none: per-record ``round``,
+``ordered_by``, ``rounds``, per-candidate ``judge_score`` / ``verify_score`` / ``final_score``, the verify and
+refine records, and the retrieve record's ``candidates_total`` beside its head). The JSON layout is the 1.0
+layout, so old readers of plain dicts keep working.
 
 Every model keeps keys it does not know (``extra="allow"``): a trace written by a newer agent_cir, or a
 stage that adds an output field, still loads, and dumping it back loses nothing. ``stages`` is a union
-discriminated on ``stage``; a stage name outside the five kinds (a user's own stage) loads as
+discriminated on ``stage``; a stage name outside the seven kinds (a user's own stage) loads as
 :class:`OtherStageRecord` with an untyped ``output``.
 
 Typed down to the fields consumers read. Left as plain dicts/lists on purpose: the query's ``meta``
 (caller-owned), a model call's ``usage`` and ``params`` (backend-specific), and the rerank stage's
 per-judge ``parsed`` / ``windows`` entries (their keys differ between grid, pointwise and logit judges).
+
+The small properties (``Trace.ground_truth``, ``Trace.retrieval``, ``RoundRecord.head_confidences`` ...) are the
+derived values the report and the demo show, computed from the record rather than copied into other types.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeAlias, Union, overload
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import BaseModel, Discriminator, Field, Tag
 
-from agent_cir.errors import AgentCirError
+from agent_cir.trace.outputs import (
+    CaptionOutput,
+    DescriptionSource,
+    Id,
+    ImagineOutput,
+    MultigrainOutput,
+    OneStageOutput,
+    OpenModel,
+    PredicatesOutput,
+    RankedItem,
+    RefineOutput,
+    RerankOutput,
+    RetrieveOutput,
+    RewriteOutput,
+    VerifyOutput,
+    ranked_rows,
+)
 
 TRACE_SCHEMA_VERSION = "3.0"
 ParseStatus = Literal["ok", "repaired", "fallback", "not_applicable"]
-DescriptionSource = Literal["rewrite", "one_stage", "manual", "fallback", "modification", "caption", "refine"]
-
-READABLE_MAJOR_VERSIONS = ("1", "2", "3")
 
 
-class TraceFormatError(AgentCirError, ValueError):
-    """A record is not a trace this agent_cir can read (names the field, what was found, and what to do)."""
-
-
-def _id_text(value: Any) -> Any:
-    # Gallery and query ids are strings; a JSON number written by another tool is read as its text.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-Id = Annotated[str, BeforeValidator(_id_text)]
-
-
-class _Open(BaseModel):
-    """Unknown keys are kept (and dumped back), so newer fields survive a round trip through older code."""
-
-    model_config = ConfigDict(extra="allow")
+def as_id_list(value: Any) -> list[str]:
+    """Ids as a list of text: one id, a list of them, or nothing (None, or a value that is not a list)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, int)):
+        return [str(value)]
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
+        return [str(item) for item in value]
+    return []
 
 
 # ------------------------------------------------------------------------------------------- parts
 
 
-class RankedItem(_Open):
-    """One row of a ranking: the final ``results`` ({rank, id, path, score}) or retrieval ``candidates``."""
-
-    rank: int = 0
-    id: Id
-    path: str | None = None
-    score: float | None = None
-    """The retrieval score."""
-    judge_score: float | None = None
-    verify_score: float | None = None
-    final_score: float | None = None
-    """Written (3.0) only where that stage scored the item; ``Trace.ordered_by`` names the one the order follows."""
-
-
-class ModelCallRecord(_Open):
+class ModelCallRecord(OpenModel):
     """One chat-model call (``agent_cir.types.ModelCall`` as written)."""
 
     backend: str = ""
@@ -87,7 +82,7 @@ class ModelCallRecord(_Open):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class QueryRecord(_Open):
+class QueryRecord(OpenModel):
     id: Id | None = None
     text: str = ""
     image_path: str | None = None
@@ -99,12 +94,12 @@ class QueryRecord(_Open):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-class RecipeRef(_Open):
+class RecipeRef(OpenModel):
     name: str | None = None
     hash: str | None = None
 
 
-class EncoderRecord(_Open):
+class EncoderRecord(OpenModel):
     """The encoder that embedded the query (``agent_cir.provenance.encoder_provenance``)."""
 
     backend: str | None = None
@@ -119,13 +114,13 @@ class EncoderRecord(_Open):
     """True when the weights are a random init: the rankings then mean nothing."""
 
 
-class Totals(_Open):
+class Totals(OpenModel):
     seconds: float = 0.0
     model_calls: int = 0
     cache_hits: int = 0
 
 
-class EvalRecord(_Open):
+class EvalRecord(OpenModel):
     """What `agent-cir eval` adds to each trace: the scored ranking and the official target rank."""
 
     dataset: str | None = None
@@ -139,201 +134,7 @@ class EvalRecord(_Open):
     """The run identity hash the query ran under (resume refuses a mismatch)."""
 
 
-# ------------------------------------------------------------------------------------ stage outputs
-
-
-class CaptionOutput(_Open):
-    captions: list[str] = Field(default_factory=list)
-
-
-class RewriteOutput(_Open):
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    description_source: DescriptionSource | None = None
-
-
-class OneStageOutput(_Open):
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    reference_description: str | None = None
-    description_source: DescriptionSource | None = None
-
-
-class RetrieveOutput(_Open):
-    """``mode`` .. ``search`` are always written; the rest only by the modes or settings that use them."""
-
-    mode: str | None = None
-    k: int | None = None
-    query_texts: list[str] = Field(default_factory=list)
-    caption_weight: float | None = None
-    excluded: list[Id] = Field(default_factory=list)
-    """Gallery ids left out of the ranking (every copy of the reference)."""
-    candidates: list[RankedItem] = Field(default_factory=list)
-    candidates_total: int | None = None
-    """How many entries the ranking has (3.0: always; ``candidates`` holds its head). In 2.0 traces: set by
-    `agent-cir eval` when it trimmed ``candidates``."""
-    search: str | None = None
-    """The faiss structure that was searched."""
-    search_settings: dict[str, Any] | None = None
-    restricted_to: int | None = None
-    description_scoring: str | None = None
-    alpha: float | None = None
-    pairing: str | None = None
-    captions_per_item: int | None = None
-    raw_projections: bool | None = None
-    pdv_alpha_t: float | None = None
-    pdv_alpha_i: float | None = None
-    pdv_beta: float | None = None
-    reference_texts: list[str] | None = None
-    sqaf_weight: float | None = None
-    target_texts: list[str] | None = None
-    dual_weight: float | None = None
-    """mode dual: the image path's weight."""
-    dual_fusion: str | None = None
-    paths: dict[str, list[Id]] | None = None
-    """mode dual: each path's own top ids (text, image)."""
-
-
-class ImagineOutput(_Open):
-    """The imagine stage's edit: the backend, the instruction it was given, the settings and the picture."""
-
-    model: str | None = None
-    """The image-edit backend spec (``diffusers:...``, ``openai-images:...``)."""
-    instruction: str | None = None
-    source: str | None = None
-    """modification | description: what the instruction carries."""
-    seed: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    image_guidance: float | None = None
-    strength: float | None = None
-    size: int | None = None
-    image_sha256: str | None = None
-    path: str | None = None
-    """The edited image's file in the query's artifacts folder (None when the run keeps no artifacts)."""
-    description: str | None = None
-    """A VLM's one-sentence description of the edited image (``imagine.describe_model``)."""
-
-
-class GridRecord(_Open):
-    path: str | None = None
-    cells: dict[str, Id] = Field(default_factory=dict)
-    """Cell number (as text) -> the gallery id shown in it."""
-
-
-class RerankScore(_Open):
-    id: Id
-    retrieval: float | None = None
-    judge: float | None = None
-    final: float | None = None
-
-
-class AgreementSummary(_Open):
-    kendall_tau_mean: float | None = None
-    top1_agreement: float | None = None
-    windows: int | None = None
-
-
-class RerankOutput(_Open):
-    method: str | None = None
-    judge: str | None = None
-    k: int | None = None
-    input_order: list[Id] = Field(default_factory=list)
-    final_order: list[Id] = Field(default_factory=list)
-    grids: list[GridRecord] = Field(default_factory=list)
-    raw: list[str] = Field(default_factory=list)
-    parsed: list[dict[str, Any]] = Field(default_factory=list)
-    repairs: list[dict[str, Any] | str] = Field(default_factory=list)
-    """One entry per judge call ({window, pass or item, repairs: [...], details}); plain strings in old traces."""
-    passes: int | None = None
-    aggregation: str | None = None
-    agreement: AgreementSummary | None = None
-    windows: list[dict[str, Any]] = Field(default_factory=list)
-    fusion_weight: float | None = None
-    scores: list[RerankScore] = Field(default_factory=list)
-    calls: int | None = None
-    """How many judge calls were made (the calls themselves are the record's ``calls``)."""
-    images_sent: int | None = None
-    seconds: float | None = None
-
-
-class VerifyItem(_Open):
-    id: Id
-    confidence: float | None = None
-    """P(yes) in [0, 1]: from token probabilities, or 1/0 from a parsed answer (``source`` says which)."""
-    source: str | None = None
-    """logits | logprobs | answer | unparsed"""
-    answer: str | None = None
-    reason: str | None = None
-    retrieval: float | None = None
-
-
-class VerifyOutput(_Open):
-    input: str | None = None
-    """image | caption: what the verifier was shown for each candidate."""
-    k: int | None = None
-    threshold: float | None = None
-    items: list[VerifyItem] = Field(default_factory=list)
-    best_confidence: float | None = None
-    decision: str | None = None
-    """accept | refine | stopped (no rounds left) | unverified (no refine stage)"""
-    fusion: str | None = None
-    """Set when the loop ended and the rounds were fused into the final order."""
-    final_order: list[Id] = Field(default_factory=list)
-
-
-class Proposition(_Open):
-    """One atomic check of ImageScope's stage 2: a yes/no question and the answer the wanted image gives."""
-
-    question: str
-    expected: bool
-
-
-class PredicateCandidate(_Open):
-    id: Id
-    retrieval: float | None = None
-    answers: list[bool] | None = None
-    """The MLLM's yes (True) / no (False) per proposition; None when the candidate had no image to show."""
-    satisfied: int = 0
-    """How many answers equal the expected ones (the score the head is sorted by)."""
-
-
-class PredicatesOutput(_Open):
-    """The predicates stage (ImageScope's predicate verification of the top k)."""
-
-    k: int | None = None
-    propositions: list[Proposition] = Field(default_factory=list)
-    dropped: int = 0
-    """Entries of the proposition answer that were not a (question, True/False) pair."""
-    scoring: str | None = None
-    candidates: list[PredicateCandidate] = Field(default_factory=list)
-    """In the new order."""
-    final_order: list[Id] = Field(default_factory=list)
-
-
-class MultigrainOutput(_Open):
-    """The multigrain stage (CoTMR's multi-grained scoring of the ranking)."""
-
-    target_descriptions: list[str] = Field(default_factory=list)
-    present_objects: list[str] = Field(default_factory=list)
-    absent_objects: list[str] = Field(default_factory=list)
-    present_weight: float | None = None
-    absent_weight: float | None = None
-    aggregate: str | None = None
-    rescored: int = 0
-    """How many ranked entries were scored again (the whole ranking retrieval returned)."""
-    head: list[RankedItem] = Field(default_factory=list)
-
-
-class RefineOutput(_Open):
-    previous_description: str | None = None
-    target_descriptions: list[str] = Field(default_factory=list)
-    reasoning: str | None = None
-    findings: list[str] = Field(default_factory=list)
-    """What the verifier said the candidates miss (the refiner's input)."""
-
-
-class RoundRecord(_Open):
+class RoundRecord(OpenModel):
     """One finished round of the retrieve -> verify (-> refine) loop."""
 
     round: int
@@ -346,14 +147,21 @@ class RoundRecord(_Open):
     calls: int = 0
     seconds: float = 0.0
 
+    @property
+    def head_confidences(self) -> list[tuple[str, float | None]]:
+        """(gallery id, the verifier's confidence) for the head it judged."""
+        return list(zip(self.head, self.confidences))
+
 
 # ------------------------------------------------------------------------------------ stage records
 
 
-class _StageRecordBase(_Open):
+class StageRecordBase(OpenModel):
     """Fields every stage record has (``agent_cir.types.StageRecord`` as written)."""
 
     stage: str
+    output: Any = None
+    """Each kind's typed output (declared here so that it keeps its place in the JSON layout: after ``stage``)."""
     calls: list[ModelCallRecord] = Field(default_factory=list)
     parse_status: ParseStatus = "not_applicable"
     notes: list[str] = Field(default_factory=list)
@@ -365,64 +173,71 @@ class _StageRecordBase(_Open):
     model_calls: int = 0
     cache_hits: int = 0
 
+    def output_data(self) -> dict[str, Any]:
+        """The output as plain data: the keys that were written (extras included)."""
+        output = getattr(self, "output", None)
+        if isinstance(output, BaseModel):
+            return output.model_dump(exclude_unset=True)
+        return dict(output) if isinstance(output, Mapping) else {}
 
-class CaptionRecord(_StageRecordBase):
+
+class CaptionRecord(StageRecordBase):
     stage: Literal["caption"] = "caption"
     output: CaptionOutput = Field(default_factory=CaptionOutput)
 
 
-class RewriteRecord(_StageRecordBase):
+class RewriteRecord(StageRecordBase):
     stage: Literal["rewrite"] = "rewrite"
     output: RewriteOutput = Field(default_factory=RewriteOutput)
 
 
-class OneStageRecord(_StageRecordBase):
+class OneStageRecord(StageRecordBase):
     stage: Literal["one_stage"] = "one_stage"
     output: OneStageOutput = Field(default_factory=OneStageOutput)
 
 
-class RetrieveRecord(_StageRecordBase):
+class RetrieveRecord(StageRecordBase):
     stage: Literal["retrieve"] = "retrieve"
     output: RetrieveOutput = Field(default_factory=RetrieveOutput)
 
 
-class ImagineRecord(_StageRecordBase):
+class ImagineRecord(StageRecordBase):
     stage: Literal["imagine"] = "imagine"
     output: ImagineOutput = Field(default_factory=ImagineOutput)
 
 
-class RerankRecord(_StageRecordBase):
+class RerankRecord(StageRecordBase):
     stage: Literal["rerank"] = "rerank"
     output: RerankOutput = Field(default_factory=RerankOutput)
 
 
-class VerifyRecord(_StageRecordBase):
+class VerifyRecord(StageRecordBase):
     stage: Literal["verify"] = "verify"
     output: VerifyOutput = Field(default_factory=VerifyOutput)
 
 
-class RefineRecord(_StageRecordBase):
+class RefineRecord(StageRecordBase):
     stage: Literal["refine"] = "refine"
     output: RefineOutput = Field(default_factory=RefineOutput)
 
 
-class PredicatesRecord(_StageRecordBase):
+class PredicatesRecord(StageRecordBase):
     stage: Literal["predicates"] = "predicates"
     output: PredicatesOutput = Field(default_factory=PredicatesOutput)
 
 
-class MultigrainRecord(_StageRecordBase):
+class MultigrainRecord(StageRecordBase):
     stage: Literal["multigrain"] = "multigrain"
     output: MultigrainOutput = Field(default_factory=MultigrainOutput)
 
 
-class OtherStageRecord(_StageRecordBase):
+class OtherStageRecord(StageRecordBase):
     """A stage outside the five kinds (a user's own stage): its output stays a plain dict."""
 
     output: dict[str, Any] = Field(default_factory=dict)
 
 
-_RECORD_CLASSES: dict[str, type[_StageRecordBase]] = {
+RECORD_CLASSES: dict[str, type[StageRecordBase]] = {
     "caption": CaptionRecord,
     "rewrite": RewriteRecord,
     "one_stage": OneStageRecord,
@@ -438,7 +253,7 @@ _RECORD_CLASSES: dict[str, type[_StageRecordBase]] = {
 
 def _stage_kind(value: Any) -> str:
     name = value.get("stage") if isinstance(value, Mapping) else getattr(value, "stage", None)
-    return name if name in _RECORD_CLASSES else "other"
+    return name if name in RECORD_CLASSES else "other"
 
 
 AnyStageRecord: TypeAlias = Annotated[
@@ -462,7 +277,7 @@ AnyStageRecord: TypeAlias = Annotated[
 # ------------------------------------------------------------------------------------------ the trace
 
 
-class Trace(_Open):
+class Trace(OpenModel):
     """One query's trace record. Field order is the JSON layout ``build_trace`` writes."""
 
     schema_version: str = "1.0"
@@ -503,14 +318,16 @@ class Trace(_Open):
     @overload
     def stage(self, name: Literal["verify"]) -> VerifyRecord | None: ...
     @overload
-    def stage(self, name: str) -> _StageRecordBase | None: ...
+    def stage(self, name: Literal["refine"]) -> RefineRecord | None: ...
+    @overload
+    def stage(self, name: str) -> StageRecordBase | None: ...
 
-    def stage(self, name: str) -> _StageRecordBase | None:
+    def stage(self, name: str) -> StageRecordBase | None:
         """The record of stage ``name`` (typed by its kind) of the last round it ran in, or None when that
         stage did not run. ``stages_named`` gives every round's."""
         return next((record for record in reversed(self.stages) if record.stage == name), None)
 
-    def stages_named(self, name: str) -> list[_StageRecordBase]:
+    def stages_named(self, name: str) -> list[StageRecordBase]:
         """Every record of stage ``name``, one per round, in the order they ran."""
         return [record for record in self.stages if record.stage == name]
 
@@ -519,196 +336,74 @@ class Trace(_Open):
         return (self.model_extra or {}).get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict: only keys that were present (or set), extras included."""
+        """The record as a dict: the keys that were present (or set), extras included, in the JSON layout."""
         return self.model_dump(exclude_unset=True)
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """``to_dict`` with JSON types only (what the writer writes)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
-# ------------------------------------------------------------------------------------------ reading
+    # ---- derived values the report and the demo show
 
-_TAGS = {*_RECORD_CLASSES, "other"}
+    @property
+    def ground_truth(self) -> list[str]:
+        """The query's ground-truth ids (``meta.ground_truth``), as text."""
+        return as_id_list(self.query.meta.get("ground_truth"))
 
+    @property
+    def subset(self) -> list[str]:
+        """The benchmark subset members (``meta.subset``), as text."""
+        return as_id_list(self.query.meta.get("subset"))
 
-def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], bool]:
-    """The part of an error location that exists in ``data`` (union tags and member names left out), and
-    whether the whole location exists (False: the last key is missing, or the walk hit a non-container)."""
-    path: list[Any] = []
-    node = data
-    for key in loc:
-        if isinstance(node, list) and isinstance(key, int) and key < len(node):
-            path.append(key)
-            node = node[key]
-        elif isinstance(node, Mapping) and key in node:
-            path.append(key)
-            node = node[key]
-        elif isinstance(node, Mapping) and key in _TAGS:
-            continue  # the discriminated union's tag, not a key of the record
-        else:
-            return tuple(path), False
-    return tuple(path), True
+    @property
+    def other_meta(self) -> dict[str, Any]:
+        """The query's meta without ``ground_truth`` and ``subset`` (those have properties of their own)."""
+        return {key: value for key, value in self.query.meta.items() if key not in ("ground_truth", "subset")}
 
+    @property
+    def retrieval(self) -> RetrieveRecord | None:
+        """The (last round's) retrieve record, when retrieval ran."""
+        record = self.stage("retrieve")
+        return record if record is not None and not record.skipped else None
 
-def _readable(path: tuple[Any, ...], missing: Any = None) -> str:
-    text = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in path).lstrip(".")
-    if missing is not None:
-        text = f"{text}.{missing}" if text else str(missing)
-    return text or "the record"
+    @property
+    def rerank(self) -> RerankRecord | None:
+        return self.stage("rerank")
 
+    @property
+    def reranked(self) -> bool:
+        rerank = self.rerank
+        return rerank is not None and not rerank.skipped
 
-def _format_error(err: ValidationError, data: Any) -> str:
-    problems = []
-    for error in err.errors()[:5]:
-        loc = tuple(error["loc"])
-        path, whole = _data_path(loc, data)
-        missing = loc[-1] if error["type"] == "missing" and loc and not whole else None
-        found = "" if missing is not None else f" (found {_short(error.get('input'))})"
-        problems.append(f"{_readable(path, missing)}: {error['msg']}{found}")
-    more = f" (and {err.error_count() - 5} more)" if err.error_count() > 5 else ""
-    return "; ".join(problems) + more
+    @property
+    def error(self) -> Any:
+        """A failed query's error (``error`` outside the schema), or None."""
+        return self.extra("error")
 
+    @property
+    def final_order_by(self) -> str:
+        """The score the final order follows (3.0 traces say; older ones: judge after a rerank, else retrieval)."""
+        return self.ordered_by or ("judge" if self.reranked else "retrieval")
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    @property
+    def has_results(self) -> bool:
+        """Whether the record holds final results (a running query's partial trace does not)."""
+        return "results" in self.model_fields_set
 
+    @property
+    def result_rows(self) -> list[RankedItem]:
+        """``results`` with a rank on every row (a row without one takes its position)."""
+        return ranked_rows(self.results)
 
-def check_version(data: Mapping[str, Any]) -> str:
-    """The record's schema version (a record without one is read as 1.0); an unreadable major version raises."""
-    version = str(data.get("schema_version") or "1.0")
-    if version.split(".")[0] not in READABLE_MAJOR_VERSIONS:
-        raise TraceFormatError(
-            f"trace {data.get('query_id')!r}: schema_version {version!r} is not one this agent_cir reads "
-            f"(1.x, 2.x, 3.x); read it with the agent_cir version that wrote it, or upgrade agent_cir"
-        )
-    return version
-
-
-def _check_object(data: Any) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise TraceFormatError(f"a trace record is a JSON object; got {type(data).__name__} ({_short(data)})")
-    check_version(data)
-    return data
-
-
-def load_trace(data: Any) -> Trace:
-    """A trace record (a dict as read from traces.jsonl, schema 1.x or 2.x) as a :class:`Trace`.
-
-    Raises :class:`TraceFormatError` naming the field when the record is not a trace (not an object, no
-    ``query_id``, a documented field of the wrong type, an unreadable schema version).
-    """
-    data = _check_object(data)
-    try:
-        return Trace.model_validate(data)
-    except ValidationError as err:
-        raise TraceFormatError(
-            f"trace {data.get('query_id')!r} is not a valid trace record: {_format_error(err, data)}"
-        ) from err
-
-
-def salvage_trace(data: Any, max_rounds: int = 20) -> tuple[Trace, list[str]]:
-    """For display (report, demo), where a record is data from a file and one bad field must not hide the
-    rest: each field of the wrong type is dropped (so it takes its default; a list item that cannot be read
-    is dropped from its list) and named in the returned notes. A record that is not a trace at all (not an
-    object, no readable ``query_id``, an unreadable version) still raises :class:`TraceFormatError`."""
-    data = _check_object(data)
-    try:
-        return Trace.model_validate(data), []
-    except ValidationError:
-        pass
-    work = copy.deepcopy(dict(data))
-    notes: list[str] = []
-    for _ in range(max_rounds):
-        try:
-            return Trace.model_validate(work), notes
-        except ValidationError as err:
-            drops: dict[tuple[Any, ...], str] = {}
-            for error in err.errors():
-                path, whole = _data_path(tuple(error["loc"]), work)
-                if not whole and error["type"] == "missing":
-                    # A required key is absent: the item that lacks it cannot be read (a row without an id).
-                    drops.setdefault(path, f"{_readable(path)}: no {error['loc'][-1]}")
-                else:
-                    drops.setdefault(path, f"{_readable(path)}: {error['msg']}")
-            if () in drops or ("query_id",) in drops:
-                raise TraceFormatError(
-                    f"trace {data.get('query_id')!r} is not a trace record: {_format_error(err, work)}"
-                ) from err
-            for path in sorted(drops, key=_sort_key, reverse=True):  # later list items first: indices hold
-                parent = work
-                for key in path[:-1]:
-                    parent = parent[key]
-                del parent[path[-1]]
-                notes.append(f"trace {data.get('query_id')!r}: dropped {drops[path]}")
-    raise TraceFormatError(f"trace {data.get('query_id')!r}: too many unreadable fields to show it")
-
-
-def _sort_key(path: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
-    return tuple((0, key) if isinstance(key, int) else (1, str(key)) for key in path)
-
-
-_HEAD_ROWS = 64
-"""Rows of each long ranking ``validate_written`` checks. A ranking's rows are made by one comprehension, so
-a wrong type shows in its first rows; checking a whole-gallery ranking (thousands of rows per query in an
-eval run) would cost more than the retrieval itself. Readers (``load_trace``) check every row."""
-
-
-def _ranking_head(data: Mapping[str, Any]) -> dict[str, Any]:
-    view = dict(data)
-    if isinstance(view.get("results"), list):
-        view["results"] = view["results"][:_HEAD_ROWS]
-    if isinstance(view.get("stages"), list):
-        stages = []
-        for stage in view["stages"]:
-            output = stage.get("output") if isinstance(stage, Mapping) else None
-            if isinstance(output, Mapping) and isinstance(output.get("candidates"), list):
-                stage = {**stage, "output": {**output, "candidates": output["candidates"][:_HEAD_ROWS]}}
-            stages.append(stage)
-        view["stages"] = stages
-    return view
-
-
-def validate_written(data: Mapping[str, Any]) -> None:
-    """Strict check of a record the pipeline is about to write: no coercion, so a stage that wrote a number
-    as text, a tuple for a list or a dict of the wrong shape is caught where it happens. Strict validation
-    converts nothing, so the record itself is what a dump of the model would give (same keys, same order);
-    the caller keeps it rather than paying for a copy. Long rankings are checked on their first rows."""
-    view = _ranking_head(data)
-    try:
-        Trace.model_validate(view, strict=True)
-    except ValidationError as err:
-        raise TraceFormatError(
-            f"query {data.get('query_id')!r}: a stage wrote a trace field of the wrong type: "
-            f"{_format_error(err, view)}"
-        ) from err
-
-
-_STAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyStageRecord)
-
-
-def load_stage(data: Any) -> _StageRecordBase:
-    """One stage record (an element of a trace's ``stages``) as its typed class."""
-    try:
-        return _STAGE_ADAPTER.validate_python(data)
-    except ValidationError as err:
-        stage = data.get("stage") if isinstance(data, Mapping) else None
-        raise TraceFormatError(f"stage record {stage!r} is not valid: {_format_error(err, data)}") from err
-
-
-def stage_of(trace: Mapping[str, Any], name: str) -> _StageRecordBase | None:
-    """The typed record of stage ``name`` in a trace dict, validating only that record (cheap on a trace
-    that holds a whole-gallery ranking)."""
-    stages = trace.get("stages")
-    if not isinstance(stages, list):
-        return None
-    # With a loop a stage appears once per round: the last one is the current state.
-    found = next((s for s in reversed(stages) if isinstance(s, Mapping) and s.get("stage") == name), None)
-    return None if found is None else load_stage(found)
+    def refine_before(self, round_number: int) -> RefineOutput | None:
+        """The refine output that started round ``round_number`` (its findings, the description it changed)."""
+        return next((record.output for record in self.stages_named("refine") if record.round == round_number
+                     and isinstance(record, RefineRecord)), None)
 
 
 __all__ = [
-    "AgreementSummary", "AnyStageRecord", "CaptionOutput", "CaptionRecord", "EncoderRecord", "EvalRecord",
-    "GridRecord", "ModelCallRecord", "OneStageOutput", "OneStageRecord", "OtherStageRecord", "QueryRecord",
-    "RankedItem", "RecipeRef", "RefineOutput", "RefineRecord", "RoundRecord", "VerifyItem", "VerifyOutput",
-    "VerifyRecord", "RerankOutput", "RerankRecord", "RerankScore", "RetrieveOutput", "RetrieveRecord",
-    "RewriteOutput", "RewriteRecord", "TRACE_SCHEMA_VERSION", "Totals", "Trace", "TraceFormatError",
-    "check_version", "load_stage", "load_trace", "salvage_trace", "stage_of", "validate_written",
+    "AnyStageRecord", "CaptionRecord", "EncoderRecord", "EvalRecord", "ModelCallRecord", "OneStageRecord",
+    "OtherStageRecord", "ParseStatus", "QueryRecord", "RECORD_CLASSES", "RecipeRef", "RefineRecord", "RerankRecord",
+    "RetrieveRecord", "RewriteRecord", "RoundRecord", "StageRecordBase", "TRACE_SCHEMA_VERSION", "Totals", "Trace",
+    "VerifyRecord", "as_id_list",
 ]

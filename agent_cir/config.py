@@ -350,6 +350,25 @@ class RefineConfig(_Strict):
     """How many of the verifier's best candidates (with its reasons) the refiner is shown."""
 
 
+class SessionConfig(_Strict):
+    """Multi-turn sessions (``agent_cir.session``): the dialogue rewrite and the clarifying question."""
+
+    model: str | None = None
+    """The model under ``models:`` that rewrites the dialogue and asks questions; None: the rewrite stage's."""
+    rewrite_prompt: str = "dialogue_rewrite"
+    question_prompt: str = "dialogue_question"
+    clarify: bool = False
+    """Ask one question after a turn whose result is uncertain (PlugIR-style); the user's answer is a turn."""
+    confidence: float = Field(0.5, ge=0.0, le=1.0)
+    """Uncertain when the verifier ran and its confidence in the first result is below this."""
+    margin: float = Field(0.02, ge=0.0)
+    """Uncertain, without a verifier, when the first result's retrieval score leads the second's by less."""
+    rejected_per_turn: int = Field(1, ge=0, le=10)
+    """Results of a turn the user moved on from without picking, told to the next rewrite as not wanted."""
+    question_candidates: int = Field(3, ge=0, le=10)
+    """Top results whose captions the question prompt sees (to ask what tells them apart)."""
+
+
 class CacheConfig(_Strict):
     enabled: bool = True
     path: str | None = None
@@ -426,6 +445,8 @@ class Recipe(_Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     refine: RefineConfig = Field(default_factory=RefineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    """Multi-turn sessions (``Pipeline.session``, ``agent-cir chat``)."""
     max_concurrency: int = Field(4, ge=1)
     circo: CircoOptions = Field(default_factory=CircoOptions)
     """CIRCO protocol options (``agent-cir eval`` on CIRCO): the query text convention."""

@@ -108,29 +108,42 @@ class SimulatedUser:
 
 
 # ------------------------------------------------------------------------------------------ one dialogue
+def run_dialogues(pipeline: Any, user: SimulatedUser, items: Sequence[tuple[Query, str, Sequence[str]]],
+                  turns: int) -> list[dict[str, Any]]:
+    """Turn 0 = the CIR query; turns 1..``turns``: question, simulated answer, search. The target's rank per turn.
+
+    The dialogues of ``items`` ((query, target id, target captions) each) advance in lockstep, one kind of call
+    at a time (every question, then every answer, then every rewrite): a llama.cpp server reuses the prompt
+    prefix it evaluated last, so a template's long system part is read once per batch instead of once per call.
+    """
+    started = time.perf_counter()
+    sessions = [pipeline.session(reference_id=q.reference_id, reference_caption=q.reference_caption, text=q.text)
+                for q, _, _ in items]
+    ranks = [[s.last_result.ranking.rank_of(target)] for s, (_, target, _) in zip(sessions, items)]
+    exchanges: list[list[dict[str, Any]]] = [[] for _ in items]
+    for _ in range(turns):
+        questions = [s.ask() for s in sessions]
+        replies = [user.answer(question, captions) for question, (_, _, captions) in zip(questions, items)]
+        for number, (session, question, reply) in enumerate(zip(sessions, questions, replies)):
+            exchange = {"question": question, **reply}
+            try:
+                session.answer(reply["answer"])
+                ranks[number].append(session.last_result.ranking.rank_of(items[number][1]))
+            except SessionError:  # nothing left after stripping: the turn brings no information
+                exchange["skipped"] = "empty answer after stripping"
+                session.record.turns[-1].asked = None
+                ranks[number].append(ranks[number][-1])
+            exchanges[number].append(exchange)
+    seconds = round((time.perf_counter() - started) / max(1, len(items)), 2)
+    return [{"query_id": query.id, "target": target, "ranks": ranks[n], "exchanges": exchanges[n],
+             "descriptions": [t.target_description for t in sessions[n].history], "seconds": seconds}
+            for n, (query, target, _) in enumerate(items)]
+
+
 def run_dialogue(pipeline: Any, user: SimulatedUser, query: Query, target: str, target_captions: Sequence[str],
                  turns: int) -> dict[str, Any]:
-    """Turn 0 = the CIR query; turns 1..``turns``: question, simulated answer, search. The target's rank per turn."""
-    started = time.perf_counter()
-    session = pipeline.session(reference_id=query.reference_id, reference_caption=query.reference_caption,
-                               text=query.text)
-    ranks = [session.last_result.ranking.rank_of(target)]
-    exchanges: list[dict[str, Any]] = []
-    for _ in range(turns):
-        question = session.ask()
-        reply = user.answer(question, target_captions)
-        exchange = {"question": question, **reply}
-        try:
-            session.answer(reply["answer"])
-            ranks.append(session.last_result.ranking.rank_of(target))
-        except SessionError:  # nothing left after stripping: the turn brings no information
-            exchange["skipped"] = "empty answer after stripping"
-            session.record.turns[-1].asked = None
-            ranks.append(ranks[-1])
-        exchanges.append(exchange)
-    return {"query_id": query.id, "target": target, "ranks": ranks, "exchanges": exchanges,
-            "descriptions": [t.target_description for t in session.history],
-            "seconds": round(time.perf_counter() - started, 2)}
+    """One dialogue (:func:`run_dialogues` of one)."""
+    return run_dialogues(pipeline, user, [(query, target, target_captions)], turns)[0]
 
 
 def recall_table(records: Sequence[Mapping[str, Any]], turns: int) -> list[dict[str, float]]:
@@ -184,10 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ngram", type=int, default=NGRAM, help="copy guard: shared word n-gram length")
     parser.add_argument("--max-tokens", type=int, default=96, help="token budget of the agent's rewrite and question")
     parser.add_argument("--user-max-tokens", type=int, default=48, help="token budget of the simulated user's answer")
+    parser.add_argument("--block", type=int, default=5, help="dialogues advanced in lockstep (saved per block)")
     parser.add_argument("--report", action="store_true", help="only summarise the dialogues OUT already holds")
     parser.add_argument("--out", required=True)
     parser.add_argument("--fake", action="store_true", help="scripted models (protocol check, no server)")
-    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the single-turn row of --recipe")
+    parser.add_argument("--baselines", default="",
+                        help="more single-turn recipes on the same queries, comma-separated (e.g. the no-LLM "
+                        "surrogate_modification,surrogate_caption_mod); they run with --report too")
     args = parser.parse_args(argv)
 
     from agent_cir.encoders import create_encoder
@@ -230,16 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(record.get("ranks", [])) == args.turns + 1:
                 done[record["query_id"]] = record
     started = time.perf_counter()
+    todo = [q for q in queries if q.id not in done] if not args.report else []
     with open(log, "a", encoding="utf-8") as stream:
-        for number, query in enumerate(queries, 1):
-            if query.id in done or args.report:
-                continue
-            target = targets[query.id]
-            record = run_dialogue(pipeline, user, query, target, table[target], args.turns)
-            done[query.id] = record
-            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-            stream.flush()
-            print(f"[{number}/{len(queries)}] {query.id} ranks {record['ranks']} ({record['seconds']} s)", file=sys.stderr)
+        for first in range(0, len(todo), args.block):
+            block = todo[first:first + args.block]
+            for record in run_dialogues(pipeline, user, [(q, targets[q.id], table[targets[q.id]]) for q in block],
+                                        args.turns):
+                done[record["query_id"]] = record
+                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stream.flush()
+                print(f"[{len(done)}/{len(queries)}] {record['query_id']} ranks {record['ranks']}", file=sys.stderr)
     records = [done[q.id] for q in queries if q.id in done]  # --report: the finished ones, in query order
     rows = recall_table(records, args.turns)
     answers = [e for r in records for e in r["exchanges"]]
@@ -253,19 +270,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "residual_copying_after_strip": sum(1 for r in records for e in r["exchanges"]
                                             if copied_share(e["answer"], table[r["target"]], args.ngram) > 0),
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-        "mean_seconds_per_dialogue": round(sum(r["seconds"] for r in records) / max(1, len(records)), 1),
+        "mean_seconds_per_dialogue_in_lockstep": round(sum(r["seconds"] for r in records) / max(1, len(records)), 1),
     }
-    if not args.no_baseline and not args.report:
-        summary["baseline_single_turn"] = baseline_recall(
-            Pipeline.from_config(recipe, gallery=gallery, encoder=encoder, models=injected), queries, targets)
+    scored = [q for q in queries if q.id in done]
+    baselines = [] if args.no_baseline or args.report else [args.recipe]
+    baselines += [name.strip() for name in args.baselines.split(",") if name.strip()]
+    summary["baselines_single_turn"] = {}
+    for name in baselines:
+        single = load_recipe(name)
+        single_pipe = Pipeline.from_config(single, gallery=gallery, encoder=encoder,
+                                           models=injected if single.model_stages() else None)
+        summary["baselines_single_turn"][name] = baseline_recall(single_pipe, scored, targets)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"\n{len(records)} queries, turns 0..{args.turns}, recipe {args.recipe}{' (FAKE models)' if args.fake else ''}")
     print("| turn | R@1 | R@10 |\n|---|---|---|")
     for row in rows:
         print(f"| {row['turn']} | {row['R@1']:.2f} | {row['R@10']:.2f} |")
-    if "baseline_single_turn" in summary:
-        base = summary["baseline_single_turn"]
-        print(f"| single-turn {args.recipe} | {base['R@1']:.2f} | {base['R@10']:.2f} |")
+    for name, base in summary["baselines_single_turn"].items():
+        print(f"| single-turn {name} | {base['R@1']:.2f} | {base['R@10']:.2f} |")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_turn",)}, indent=1))
     return 0
 

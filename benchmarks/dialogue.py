@@ -226,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = create_encoder(recipe.encoder)
     gallery = RetrievalGallery.from_captions(dict(table), encoder, ids=list(split.gallery_ids or []))
     # one model is agent (dialogue rewrite and question) and user; short answers: this machine has 2 CPU cores
-    overrides = {"models": {"llm": {"max_tokens": args.max_tokens}}, "session": {"rejected_per_turn": 0}}
+    # plain text answers: a json_mode attempt the schema check rejects is made again as plain text (two calls)
+    overrides = {"models": {"llm": {"max_tokens": args.max_tokens}}, "rewrite": {"structured_output": False},
+                 "session": {"rejected_per_turn": 0}}
     injected: dict[str, Any] = {}
     if args.fake:
         agent, user_model = _fake_models()

@@ -268,7 +268,10 @@ class Session:
             reference_id=reference.gallery_id,
             reference_caption=caption,
             target_text=description if source != "joined" else None,
-            meta={"session": self.record.session_id, "turn": pending.index},
+            # the trace carries what made the target description (the rewrite stage is skipped: "set by hand")
+            meta={"session": self.record.session_id, "turn": pending.index, "requests": requests,
+                  "description_source": source, "dialogue_prompt": call.prompt_name if call else None,
+                  "dialogue_prompt_hash": call.prompt_hash if call else None},
         )
         result = self.pipeline.run(query)  # errors leave the session as it was
         shown = [ShownResult(rank=c.rank, id=c.id, path=c.path, score=float(c.score), verify_score=c.verify_score,

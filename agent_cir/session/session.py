@@ -163,8 +163,7 @@ class Session:
                 f"the session in {folder} was made with recipe {record.recipe!r} ({record.recipe_hash[:12]}), not "
                 f"{pipeline.recipe.name!r} ({pipeline.recipe_hash[:12]}): load that recipe, or pass allow_other_recipe=True"
             )
-        session = cls.__new__(cls)
-        Session.__init__(session, pipeline, session_id=record.session_id)
+        session = cls(pipeline, session_id=record.session_id)
         session.record = record
         return session
 

@@ -72,18 +72,24 @@ def copied_share(answer: str, captions: Sequence[str], n: int = NGRAM) -> float:
 
 def strip_copied(answer: str, captions: Sequence[str], n: int = NGRAM) -> str:
     """The answer without every word inside an n-gram it shares with a caption, repeated until none is left (a
-    removal can join words into a new shared n-gram). Punctuation goes with the words; the rest keeps its order."""
+    removal can join words into a new shared n-gram). The rest of the text, punctuation included, is kept."""
     shared = caption_ngrams(captions, n)
-    words = _WORD.findall(answer)
+    text = answer
     while True:
-        lowered = [w.lower() for w in words]
-        covered = set()
+        words = list(_WORD.finditer(text))
+        lowered = [w.group().lower() for w in words]
+        covered: set[int] = set()
         for i in range(len(words) - n + 1):
             if tuple(lowered[i:i + n]) in shared:
                 covered.update(range(i, i + n))
         if not covered:
-            return " ".join(words)
-        words = [w for i, w in enumerate(words) if i not in covered]
+            return " ".join(text.split())
+        kept, last = [], 0
+        for i in sorted(covered):
+            kept.append(text[last:words[i].start()])
+            last = words[i].end()
+        kept.append(text[last:])
+        text = "".join(kept)
 
 
 # ------------------------------------------------------------------------------------------ the simulated user

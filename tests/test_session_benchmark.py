@@ -88,7 +88,7 @@ def test_the_simulated_user_sees_only_the_target_captions_and_copies_are_strippe
     # what the agent received from the user is the stripped answer, never the caption
     # (the question prompt may list the captions of the agent's own top results: that is the agent's knowledge)
     answered = [line for m in agent.chat.received for line in _text(m).splitlines() if "the user answered:" in line]
-    assert answered and all(line.endswith("the user answered: on a beach") for line in answered)
+    assert answered and all(line.endswith("the user answered: on a beach,") for line in answered)
 
 
 def test_recall_per_turn_counts_ranks_up_to_k():

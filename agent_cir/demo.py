@@ -397,6 +397,9 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                 with gr.Accordion("Trace record", open=False):
                     trace_json = gr.JSON(elem_id="trace")
 
+        from agent_cir.demo_session import add_conversation_panel
+
+        add_conversation_panel(gr, pipeline, session, uploaded=uploaded, picked=picked)
         outputs = [log, captions, reasoning, description, retrieval, grid, judge, final, trace_json, last_query, edited]
 
         def render(view: DemoView, query_state: dict[str, Any] | None, note: str = "") -> tuple:

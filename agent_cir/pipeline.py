@@ -334,6 +334,17 @@ class Pipeline:
             raise done
         return done
 
+    def session(self, reference: str | Path | None = None, text: str | None = None, *,
+                reference_id: str | None = None, reference_caption: str | None = None) -> Any:
+        """A multi-turn search (``agent_cir.session.Session``) from a reference image (or gallery item); with
+        ``text`` its first turn runs at once. Then ``refine``, ``pick``, ``undo``, ``answer``, ``save``."""
+        from agent_cir.session import Session
+
+        session = Session(self, reference, reference_id=reference_id, reference_caption=reference_caption)
+        if text is not None:
+            session.refine(text)
+        return session
+
     def run_batch(
         self,
         queries: Iterable[Query],

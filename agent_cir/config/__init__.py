@@ -62,6 +62,7 @@ from agent_cir.config.stages import (
     RerankConfig,
     RetrieveConfig,
     RewriteConfig,
+    SessionConfig,
     VerifyConfig,
 )
 from agent_cir.redact import REDACTED
@@ -101,6 +102,7 @@ __all__ = [
     "RerankConfig",
     "RetrieveConfig",
     "RewriteConfig",
+    "SessionConfig",
     "VerifyConfig",
     "_Strict",
     "available_recipes",

@@ -22,6 +22,7 @@ from agent_cir.config.stages import (
     RerankConfig,
     RetrieveConfig,
     RewriteConfig,
+    SessionConfig,
     VerifyConfig,
 )
 from agent_cir.hashing import stable_hash
@@ -100,6 +101,8 @@ class Recipe(_Strict):
     multigrain: MultigrainConfig = Field(default_factory=MultigrainConfig)
     imagine: ImagineConfig = Field(default_factory=ImagineConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    """Multi-turn sessions (``Pipeline.session``, ``agent-cir chat``)."""
     max_concurrency: int = Field(4, ge=1)
     circo: CircoOptions = Field(default_factory=CircoOptions)
     """CIRCO protocol options (``agent-cir eval`` on CIRCO): the query text convention."""

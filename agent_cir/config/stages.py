@@ -355,6 +355,25 @@ class ImagineConfig(_Strict):
     """Passed through to the backend: diffusers call keyword arguments, or images.edit fields."""
 
 
+class SessionConfig(_Strict):
+    """Multi-turn sessions (``agent_cir.session``): the dialogue rewrite and the clarifying question."""
+
+    model: str | None = None
+    """The model under ``models:`` that rewrites the dialogue and asks questions; None: the rewrite stage's."""
+    rewrite_prompt: str = "dialogue_rewrite"
+    question_prompt: str = "dialogue_question"
+    clarify: bool = False
+    """Ask one question after a turn whose result is uncertain (PlugIR-style); the user's answer is a turn."""
+    confidence: float = Field(0.5, ge=0.0, le=1.0)
+    """Uncertain when the verifier ran and its confidence in the first result is below this."""
+    margin: float = Field(0.02, ge=0.0)
+    """Uncertain, without a verifier, when the first result's retrieval score leads the second's by less."""
+    rejected_per_turn: int = Field(1, ge=0, le=10)
+    """Results of a turn the user moved on from without picking, told to the next rewrite as not wanted."""
+    question_candidates: int = Field(3, ge=0, le=10)
+    """Top results whose captions the question prompt sees (to ask what tells them apart)."""
+
+
 class CacheConfig(_Strict):
     enabled: bool = True
     path: str | None = None

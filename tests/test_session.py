@@ -84,8 +84,8 @@ def test_three_turns_keep_the_earlier_constraints(bow_encoder):
     assert [turn.kind for turn in s.history] == ["query", "refine", "refine"]
     # the prompt is the template file's, and its hash is recorded per turn
     assert {call.prompt_hash for turn in s.history for call in turn.calls} == {load_prompt("dialogue_rewrite").hash}
-    assert all(turn.trace and turn.trace["query_id"] == turn.query_id for turn in s.history)
-    meta = s.history[-1].trace["query"]["meta"]
+    assert all(turn.trace and turn.trace.query_id == turn.query_id for turn in s.history)
+    meta = s.history[-1].trace.query.meta
     assert meta["dialogue_prompt_hash"] == load_prompt("dialogue_rewrite").hash and meta["turn"] == 2
     assert meta["requests"] == ["make it red", "with long sleeves", "at night in the city"]
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup, TyperOption
 
-COMMAND_ORDER = ("quickstart", "index", "search", "eval", "compare", "report", "demo", "recipes")
+COMMAND_ORDER = ("quickstart", "index", "search", "chat", "eval", "compare", "report", "demo", "recipes")
 """``--help`` lists commands in the order a new user needs them; unlisted commands follow, as registered."""
 
 

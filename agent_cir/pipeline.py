@@ -13,25 +13,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent_cir.config import Recipe, load_recipe, recipe_from_dict
-from agent_cir.encoders.recipe_identity import check_recipe_encoder, encoder_for_index, encoder_record
+from agent_cir.assembly import assemble, build_stages
+from agent_cir.config import Recipe
+from agent_cir.encoders.recipe_identity import encoder_record
 from agent_cir.engine import Job, Outcome, RoundEngine, Workers, chunks, run_stage, stage_concurrency
 from agent_cir.errors import AgentCirError
+from agent_cir.query_prep import DESCRIPTION_STAGES, hand_over_to_retrieval, needs_modification, prepare_job
 from agent_cir.retrieval.gallery import RetrievalGallery
-from agent_cir.index.image_memo import image_file
-from agent_cir.index.reasons import BadImageError
-from agent_cir.query_text import repair_text, safe_name
 from agent_cir.retrieval.ranking import Ranking
-from agent_cir.stages.retrieve import TRACE_HEAD, QueryInputError, RetrieveStage
+from agent_cir.stages.retrieve import TRACE_HEAD, RetrieveStage
+from agent_cir.stages.retrieve_plan import QueryInputError
 from agent_cir.trace.build import build_trace
 from agent_cir.types import Query, QueryState, Result, Stage, StageRecord
-
-_DESCRIPTION_STAGES = ("caption", "rewrite", "one_stage")
-_TARGET_TEXT_SOURCES = ("target", "target+modification")
 
 
 class QueryFailedError(AgentCirError):
@@ -63,7 +59,7 @@ class Pipeline:
         self.models = dict(models or {})
         self.cache = cache
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
-        self.stages: list[Stage] = self._build_stages()
+        self.stages: list[Stage] = build_stages(self)
         self._image_retrieve: Stage | None = None
         self._lock = threading.Lock()
         self._model_calls = 0
@@ -91,56 +87,10 @@ class Pipeline:
         names another encoder is refused with what to do, unless ``use_index_encoder`` is true; a recipe that
         names none lets the index decide. A passed ``encoder`` must be the index's.
         """
-        recipe = _as_recipe(recipe, overrides)
-        captions_path = gallery_captions or (recipe.retrieve.gallery_captions.path if recipe.retrieve.gallery_captions else None)
-        index_obj = None
-        if gallery is None and index is not None:
-            from agent_cir.index.sharded_gallery import open_index
-
-            index_obj = open_index(index)  # a GalleryIndex, or a ShardedGallery for a sharded folder
-        if index_obj is not None:
-            if encoder is None:
-                if not use_index_encoder:
-                    check_recipe_encoder(recipe, index_obj)
-                encoder = encoder_for_index(index_obj, recipe)
-            else:
-                index_obj.check_encoder(encoder)
-        elif encoder is None:
-            from agent_cir.encoders import create_encoder
-
-            encoder = create_encoder(recipe.encoder)
-        if gallery is None:
-            if index_obj is not None:
-                gallery = RetrievalGallery.from_index(index_obj)
-                if captions_path:
-                    gallery.with_captions(captions_path, encoder)
-            elif captions_path:
-                gallery = RetrievalGallery.from_captions(captions_path, encoder)
-            else:
-                raise AgentCirError(
-                    f"recipe {recipe.name!r} has nothing to retrieve from: pass an index folder "
-                    "(--index, made by `agent-cir index`) or gallery captions (retrieve.gallery_captions.path "
-                    "or --gallery-captions)"
-                )
-        if recipe.retrieve.gallery_twins:
-            if index_obj is None:
-                raise AgentCirError("retrieve.gallery_twins scores the index's synthetic twins: pass the index folder "
-                                    "(--index) that holds them")
-            from agent_cir.retrieval.dual import with_twins
-
-            gallery = with_twins(gallery, index_obj)
-        handles = _create_models(recipe, models or {})
-        cache = None
-        if recipe.cache.enabled and (handles or recipe.imagine.enabled):
-            from agent_cir.cache import ModelCache
-
-            cache = ModelCache(recipe.cache.path)
-        return cls(recipe, gallery, encoder, models=handles, cache=cache, artifacts_dir=artifacts_dir)
-
-    def _build_stages(self) -> list[Stage]:
-        """One stage object per entry of ``Recipe.enabled_stages()``, in that order."""
-        recipe = self.recipe
-        return [STAGE_BUILDERS[name](self) for name in recipe.enabled_stages()]
+        parts = assemble(recipe, index=index, gallery=gallery, overrides=overrides, models=models, encoder=encoder,
+                         gallery_captions=gallery_captions, use_index_encoder=use_index_encoder)
+        return cls(parts.recipe, parts.gallery, parts.encoder, models=parts.models, cache=parts.cache,
+                   artifacts_dir=artifacts_dir)
 
     @property
     def max_rounds(self) -> int:
@@ -163,69 +113,10 @@ class Pipeline:
         position = self.gallery.position(state.query.reference_id) if state.query.reference_id else None
         return self.gallery.paths[position] if position is not None and self.gallery.paths else None
 
-    # ---------- per-query preparation and hand-over (the pipeline's own fields) ----------
     @property
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"model_calls": self._model_calls, "cache_hits": self._cache_hits}
-
-    def _needs_modification(self) -> bool:
-        """Whether a query's modification text is what gets embedded or rewritten (an empty one would then
-        become an embedding of ""). Caption-based text sources embed the caption, image mode no text."""
-        retrieve = self.recipe.retrieve
-        if any(stage.name in _DESCRIPTION_STAGES for stage in self.stages):
-            return True
-        return retrieve.mode != "image" and retrieve.text_source not in ("caption", "caption+modification")
-
-    def _prepare(self, query: Query, position: int = 0) -> Job:
-        query = replace(
-            query,
-            text=repair_text(query.text) or "",
-            reference_caption=repair_text(query.reference_caption),
-            # a blank intervention is no intervention (it would be an embedding of whitespace)
-            target_text=repair_text(query.target_text) if query.target_text and query.target_text.strip() else None,
-        )
-        if not query.text.strip() and not query.target_text and query.image is None and not query.reference_caption:
-            raise QueryInputError(f"query {query.id}: empty query: give a modification text, an image or both")
-        image_only = False
-        if not query.text.strip() and not query.target_text and self._needs_modification():
-            if query.image is None:
-                raise QueryInputError(
-                    f"query {query.id}: the modification text is empty; give one (what should change in the "
-                    "reference), or a reference image to search with the image alone"
-                )
-            image_only = True  # never embed "": the reference image alone is the query
-        state = QueryState(query=query)
-        if query.image is not None:
-            image_path = Path(query.image).expanduser()
-            if not image_path.is_file():
-                raise QueryInputError(f"query {query.id}: reference image {image_path} does not exist")
-            try:  # read once for every stage of the query (index.image_memo)
-                state.image_hash = image_file(image_path).sha256
-            except BadImageError as err:
-                raise QueryInputError(f"query {query.id}: reference image {image_path} cannot be read ({err})") from err
-        if query.reference_caption:
-            state.captions = [query.reference_caption]
-        if query.target_text:
-            state.target_descriptions = [query.target_text]
-            state.description_source = "manual"
-        if self.artifacts_dir is not None:
-            state.artifacts_dir = self.artifacts_dir / safe_name(query.id)
-        return Job(position=position, query=query, state=state, image_only=image_only)
-
-    def _hand_over_to_retrieval(self, job: Job) -> None:
-        """Between the description stages and retrieval: the one-stage model's reference description serves as
-        the caption when there is none, and a query left without a target description retrieves with its
-        modification text (description_source: modification)."""
-        state = job.state
-        if not state.captions and state.reference_description:
-            state.captions = [state.reference_description]
-        retrieve = self.recipe.retrieve
-        if job.image_only or retrieve.mode == "image" or retrieve.text_source not in _TARGET_TEXT_SOURCES:
-            return
-        if not state.target_descriptions:
-            state.target_descriptions = [state.query.text]
-            state.description_source = "modification"
 
     def _image_mode_stage(self) -> Stage:
         if self._image_retrieve is None:
@@ -235,7 +126,7 @@ class Pipeline:
 
     def _route(self, stage: Stage, job: Job) -> Stage | str:
         """The stage object that serves this query at this step, or why the step is skipped."""
-        if stage.name in _DESCRIPTION_STAGES:
+        if stage.name in DESCRIPTION_STAGES:
             if job.query.target_text:
                 return "target description set by hand (intervention)"
             if job.image_only:
@@ -288,16 +179,18 @@ class Pipeline:
         """Every stage over the (position, query) pairs of one chunk, round after round where the recipe loops;
         ``on_done(position, result or error)`` as each query finishes or fails."""
         jobs: list[Job] = []
+        modification_needed = needs_modification([stage.name for stage in self.stages], self.recipe.retrieve)
         for position, query in queries:
             try:
-                jobs.append(self._prepare(query, position))
+                jobs.append(prepare_job(query, position, modification_needed=modification_needed,
+                                        artifacts_dir=self.artifacts_dir))
             except Exception as err:  # noqa: BLE001 - a bad query fails alone
                 on_done(position, self._failure(query, "input", err))
 
         def before(stage: Stage, batch: list[Job]) -> None:
             if stage.name == "retrieve":
                 for job in batch:
-                    self._hand_over_to_retrieval(job)
+                    hand_over_to_retrieval(job, self.recipe.retrieve)
 
         engine = RoundEngine(self.stages, lambda stage, batch: self._step(stage, batch, workers),
                              max_rounds=self.max_rounds, before=before)
@@ -412,43 +305,6 @@ class Pipeline:
         return [results[position] for position in sorted(results)]
 
 
-def _as_recipe(recipe: str | Path | Recipe | Mapping[str, Any], overrides: Mapping[str, Any] | None) -> Recipe:
-    if isinstance(recipe, Recipe):
-        if not overrides:
-            return recipe
-        from agent_cir.config import deep_merge
-
-        # exclude_unset: what the recipe did not write stays unset (the index then decides the encoder)
-        merged = deep_merge(recipe.model_dump(exclude_unset=True), dict(overrides))
-        return recipe_from_dict(merged, source=f"recipe {recipe.name}")
-    if isinstance(recipe, Mapping):
-        from agent_cir.config import deep_merge
-
-        return recipe_from_dict(deep_merge(dict(recipe), dict(overrides or {})))
-    return load_recipe(recipe, dict(overrides) if overrides else None)
-
-
-def _create_models(recipe: Recipe, injected: Mapping[str, Any]) -> dict[str, Any]:
-    """Chat-model handles for the models the enabled stages use; ``injected`` ones (fakes, shared
-    instances) win over the recipe's specs."""
-    needed = {getattr(recipe, stage).model for stage in recipe.model_stages()}
-    if recipe.predicates.enabled:
-        needed.add(recipe.predicates.reasoner)  # the predicates stage's second model (its propositions)
-    if recipe.imagine.enabled and recipe.imagine.describe_model:
-        needed.add(recipe.imagine.describe_model)
-    if not needed:
-        return {}
-    from agent_cir.backends import as_handle, create_chat_model
-
-    handles: dict[str, Any] = {}
-    for name in sorted(needed):
-        if name in injected:
-            handles[name] = as_handle(injected[name], recipe.models.get(name))
-        else:
-            handles[name] = create_chat_model(recipe.models[name])
-    return handles
-
-
 def final_ranking(state: QueryState) -> Ranking:
     """The query's final ranking: the stages' ranking, unless a stage set ``state.candidates`` by hand (a user's
     own stage, a test): then exactly those candidates."""
@@ -456,82 +312,3 @@ def final_ranking(state: QueryState) -> Ranking:
     if ranking is None or ranking.head_ids(len(state.candidates)) != [c.id for c in state.candidates]:
         return Ranking.from_candidates(state.candidates)
     return ranking
-
-
-def _one_stage(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.one_stage import OneStageStage
-
-    config = pipe.recipe.one_stage
-    return OneStageStage(config, pipe.models[config.model], pipe.cache)
-
-
-def _caption(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.caption import CaptionStage
-
-    config = pipe.recipe.caption
-    return CaptionStage(config, pipe.models[config.model], pipe.cache)
-
-
-def _rewrite(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.rewrite import RewriteStage
-
-    config = pipe.recipe.rewrite
-    return RewriteStage(config, pipe.models[config.model], pipe.cache)
-
-
-def _retrieve(pipe: Pipeline) -> Stage:
-    return RetrieveStage(pipe.recipe.retrieve, pipe.encoder, pipe.gallery, head=pipe.head_size())
-
-
-def _verify(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.verify import VerifyStage
-
-    config = pipe.recipe.verify
-    return VerifyStage(config, pipe.models[config.model], pipe.cache, refine=pipe.recipe.refine,
-                       candidate_captions=pipe.gallery.captions or None, reference_path=pipe.reference_path)
-
-
-def _refine(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.refine import RefineStage
-
-    config = pipe.recipe.refine
-    return RefineStage(config, pipe.models[config.model], pipe.cache)
-
-
-def _rerank(pipe: Pipeline) -> Stage:
-    from agent_cir.rerank.stage import RerankStage
-
-    config = pipe.recipe.rerank
-    return RerankStage(config, pipe.models[config.model], pipe.cache,
-                       candidate_captions=pipe.gallery.captions or None)
-
-
-def _predicates(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.predicates import PredicatesStage
-
-    config = pipe.recipe.predicates
-    return PredicatesStage(config, pipe.models[config.model], pipe.models[config.reasoner], pipe.cache)
-
-
-def _multigrain(pipe: Pipeline) -> Stage:
-    from agent_cir.stages.multigrain import MultigrainStage
-
-    return MultigrainStage(pipe.recipe.multigrain, pipe.encoder, pipe.gallery)
-
-
-def _imagine(pipe: Pipeline) -> Stage:
-    from agent_cir.backends.image_edit import create_image_editor
-    from agent_cir.stages.imagine import ImagineStage
-
-    config = pipe.recipe.imagine
-    describer = pipe.models[config.describe_model] if config.describe_model else None
-    return ImagineStage(config, create_image_editor(config), pipe.cache, reference_path=pipe.reference_path,
-                        describer=describer)
-
-
-STAGE_BUILDERS: dict[str, Callable[[Pipeline], Stage]] = {
-    "one_stage": _one_stage, "caption": _caption, "rewrite": _rewrite, "imagine": _imagine, "retrieve": _retrieve,
-    "verify": _verify, "refine": _refine, "rerank": _rerank, "predicates": _predicates, "multigrain": _multigrain,
-}
-"""Stage name (as ``Recipe.enabled_stages()`` lists it) -> how the pipeline builds it. Adding a stage: one entry
-here and one in ``Recipe.enabled_stages``."""

@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--head", type=int, default=50)
     args = parser.parse_args()
 
-    import agent_cir.eval.runner as runner
+    from agent_cir.eval.run_folder import slim
     from agent_cir.retrieval.ranking import Ranking
     from agent_cir.stages import retrieve as retrieve_module
     from agent_cir.trace.build import build_trace
@@ -77,7 +77,7 @@ def main() -> int:
                 trace["eval"]["identity"] = "cd" * 8
                 kept.append(trace)  # the dict-trace runner's run_batch kept every Result (and its trace) to the end
             writer.write(trace)
-            finished.append(runner._slim(trace))
+            finished.append(slim(trace))
             state.records = []  # a chunk's states go once the chunk is done
         spent = time.process_time() - started
     print(f"{'typed' if typed else 'dict'} trace: {spent:.2f} s CPU for {args.queries} queries "

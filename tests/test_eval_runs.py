@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from agent_cir.config import available_recipes, load_recipe
 from agent_cir.eval.compare import compare_runs
 from agent_cir.eval.datasets import MissingImagesError
-from agent_cir.eval.runner import RunMismatchError, repair_torn_tail, run_eval
+from agent_cir.eval.resume import RunMismatchError, repair_torn_tail
+from agent_cir.eval.runner import run_eval
 
 
 def _surrogate_args(mini: dict, encoder, recipe: str = "surrogate_caption_mod") -> dict:
@@ -137,7 +138,7 @@ def test_query_selection_by_file_and_limit(mini_cirr, tmp_path, bow_encoder):
     outcome = run_eval(out_dir=tmp_path / "q", query_ids=wanted, **_surrogate_args(mini_cirr, bow_encoder))
     assert sorted(t["query_id"] for t in _lines(tmp_path / "q" / "traces.jsonl")) == sorted(wanted)
     assert outcome.metrics["queries"]["selected"] == 2
-    from agent_cir.eval.runner import EvalInputError
+    from agent_cir.eval.run_inputs import EvalInputError
 
     with pytest.raises(EvalInputError, match="1 query ids are not in this dataset"):
         run_eval(out_dir=tmp_path / "bad", query_ids=["no-such-id"], **_surrogate_args(mini_cirr, bow_encoder))
@@ -169,7 +170,7 @@ def test_missing_images_stop_the_run_before_any_model(benchmarks_dir, tmp_path):
 
 
 def test_no_images_and_no_captions_is_refused(benchmarks_dir, tmp_path):
-    from agent_cir.eval.runner import EvalInputError
+    from agent_cir.eval.run_inputs import EvalInputError
 
     with pytest.raises(EvalInputError, match="--gallery-captions"):
         run_eval("cirr", "val", None, "surrogate_caption", tmp_path / "out", annotations=benchmarks_dir)
@@ -416,27 +417,34 @@ def test_an_encoder_config_edited_in_place_does_not_resume(mini_cirr, tmp_path, 
         run_eval(out_dir=out, limit=3, overrides={"encoder": {"model": str(config)}}, **args)
 
 
-def test_with_the_cache_off_a_kill_loses_at_most_one_small_chunk_of_model_answers(benchmarks_dir, tmp_path, bow_encoder):
-    """Stage-major runs take a whole chunk through each stage before any of its queries is written: with the cache
-    off, a kill during a 256-query chunk would throw away every finished answer of the chunk."""
+def test_with_the_cache_off_a_kill_in_the_middle_of_a_chunk_loses_no_model_answer(benchmarks_dir, tmp_path, bow_encoder):
+    """Stage-major runs take a whole chunk (the recipe's chunk_size) through each stage before any of its queries is
+    written. With the cache off every answer is journaled as it arrives (eval/answers.py), so the chunk size only
+    decides how often traces are written: the resume asks again only what had not answered."""
     from tests.fixtures.chat import fake_model
     from tests.fixtures.eval import write_mini_cirr
 
-    from agent_cir.eval.runner import UNCACHED_CHUNK
-
     mini = write_mini_cirr(benchmarks_dir, tmp_path / "mini", queries=30)
     calls = []
+    kill = {"at": 12}
 
     def rewriter(messages):
         calls.append(1)
-        if len(calls) == UNCACHED_CHUNK + 4:
-            raise KeyboardInterrupt  # the process is stopped in the middle of the second chunk's rewrites
+        if len(calls) == kill["at"]:
+            raise KeyboardInterrupt  # the process is stopped in the middle of the chunk's rewrites
         return '{"reasoning": "r", "target_description": "a photo"}'
 
     args = _surrogate_args(mini, bow_encoder, recipe="surrogate_rewrite")
     args["max_concurrency"] = 1
+    run = {"out_dir": tmp_path / "run", "models": {"llm": fake_model(respond=rewriter)},
+           "overrides": {"cache": {"enabled": False}}, **args}
     with pytest.raises(KeyboardInterrupt):
-        run_eval(out_dir=tmp_path / "run", models={"llm": fake_model(respond=rewriter)},
-                 overrides={"cache": {"enabled": False}}, **args)
-    finished = _lines(tmp_path / "run" / "traces.jsonl")
-    assert len(finished) == UNCACHED_CHUNK, "the first chunk's answers were written before the kill"
+        run_eval(**run)
+    traces = tmp_path / "run" / "traces.jsonl"
+    # the 30 queries are one chunk: none had passed every stage, so only the journal can have kept the 11 answers
+    assert not traces.exists() or _lines(traces) == []
+    calls.clear()
+    kill["at"] = 0
+    resumed = run_eval(**run)
+    assert len(calls) == 30 - 11, "the resume asked again a call that had answered"
+    assert resumed.metrics["queries"]["evaluated"] == 30

@@ -225,7 +225,7 @@ def test_weimocir_fuses_unit_vectors_the_declared_difference(tmp_path):
 @given(st.text(max_size=30))
 def test_any_modification_text_either_retrieves_or_fails_clearly_and_never_embeds_a_blank(text):
     from tests.fixtures.pipeline import BagOfWordsEncoder
-    from agent_cir.stages.retrieve import QueryInputError
+    from agent_cir.stages.retrieve_plan import QueryInputError
 
     encoder = BagOfWordsEncoder()
     seen: list[str] = []

@@ -19,7 +19,7 @@ from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.encoders.recipe_identity import EncoderMismatchError, encoder_record
 from agent_cir.pipeline import Pipeline, QueryFailedError
 from agent_cir.query_text import repair_text
-from agent_cir.stages.retrieve import QueryInputError
+from agent_cir.stages.retrieve_plan import QueryInputError
 from agent_cir.trace.io import TraceWriter, read_traces
 from agent_cir.types import Query
 from tests.fixtures.chat import fake_model

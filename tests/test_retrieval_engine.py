@@ -14,7 +14,8 @@ from agent_cir.retrieval.gallery import RetrievalGallery
 from agent_cir.index import GalleryIndex
 from agent_cir.index.gallery_index import encode_image_file
 from agent_cir.pipeline import Pipeline
-from agent_cir.stages.retrieve import QueryInputError, RetrieveStage
+from agent_cir.stages.retrieve import RetrieveStage
+from agent_cir.stages.retrieve_plan import QueryInputError
 from agent_cir.types import Query, QueryState
 
 COUNT = 64

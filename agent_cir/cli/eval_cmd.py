@@ -103,7 +103,8 @@ def eval_command(
     with user_errors(as_json):
         check_recipe_name(config)
         settle_offline_mode(quiet or as_json)
-        from agent_cir.eval.runner import read_query_ids, run_eval
+        from agent_cir.eval.run_inputs import read_query_ids
+        from agent_cir.eval.runner import run_eval
 
         with quiet_library_logs(quiet or as_json):
             outcome = run_eval(

@@ -8,31 +8,19 @@ call; ``run`` is a batch of one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from agent_cir.config import RetrieveConfig
 from agent_cir.errors import AgentCirError
-from agent_cir.fusion import (
-    mean_embedding,
-    mean_score_query,
-    normalise,
-    pdv_fused,
-    sqaf_query,
-    weighted_fusion,
-    weimocir_query,
-)
-from agent_cir.retrieval.dual import check_dual_gallery, dual_query_rows, fuse_path_rankings
+from agent_cir.retrieval.dual import check_dual_gallery, fuse_path_rankings
 from agent_cir.retrieval.gallery import RetrievalGallery
-from agent_cir.retrieval import composite_query
 from agent_cir.retrieval.ranking import Ranking
+from agent_cir.stages.query_vectors import query_vector
+from agent_cir.stages.retrieve_plan import IMAGE_MODES, QueryInputError, QueryPlan, plan_query
 from agent_cir.trace.outputs import RetrieveOutput
 from agent_cir.types import QueryState, StageRecord
-
-_IMAGE_MODES = ("image", "fusion", "pdv", "weimocir", "sqaf")
-
 
 TRACE_HEAD = 50
 """How many entries of a ranking the trace keeps as rows (the record says how many the ranking has)."""
@@ -44,42 +32,6 @@ def _candidate_rows(ranking: Ranking, n: int) -> list[dict[str, Any]]:
     scores = np.round(ranking.retrieval[: len(ids)], 6).tolist()
     return [{"rank": rank, "id": gallery_id, "score": score}
             for rank, (gallery_id, score) in enumerate(zip(ids, scores), start=1)]
-
-
-class QueryInputError(AgentCirError):
-    """A query cannot be run as given (missing reference image, no text)."""
-
-
-def _join_caption_and_modification(caption: str, modification: str) -> str:
-    return f"{caption.strip().rstrip('.')}. {modification.strip()}"
-
-
-def _non_blank(texts: list[str]) -> list[str]:
-    return [t for t in texts if t and t.strip()]
-
-
-@dataclass
-class _Plan:
-    """What one query needs before the batched encoder and search calls."""
-
-    state: QueryState
-    mode: str
-    notes: list[str] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    reference_texts: list[str] = field(default_factory=list)
-    target_texts: list[str] = field(default_factory=list)
-    reference_position: int | None = None
-    image_file: str | None = None
-    excluded: list[int] = field(default_factory=list)
-    restrict: list[int] | None = None
-    image_vector: np.ndarray | None = None
-    query: np.ndarray | None = None
-    average_reference: bool = False
-    """Average the text query with the reference image feature (``retrieve.reference_average_tasks``)."""
-    edited_vector: np.ndarray | None = None
-    """mode dual: the embedding of the imagine stage's picture (a unit vector, like every query side here)."""
-    description: str | None = None
-    """mode dual with dual_image_text: the description of the edited picture."""
 
 
 class RetrieveStage:
@@ -115,7 +67,7 @@ class RetrieveStage:
                 f"retrieve.gallery_captions.weight must be 1.0 (it is {self.caption_weight}); "
                 "or index the images with `agent-cir index` and pass --index"
             )
-        if config.mode in _IMAGE_MODES and config.mode != "weimocir" and not gallery.has_images:
+        if config.mode in IMAGE_MODES and config.mode != "weimocir" and not gallery.has_images:
             # Caption-only galleries live in a text space: there is no reference image vector to fuse.
             raise AgentCirError(
                 f"retrieve.mode {config.mode!r} needs image embeddings, but this gallery is captions only; "
@@ -131,130 +83,6 @@ class RetrieveStage:
         if gallery.has_images and (config.nprobe or config.ef_search or config.faiss_params):
             self.search_settings = gallery.engine.configure(config.nprobe, config.ef_search, config.faiss_params)
 
-    # ---------- query texts ----------
-    def _query_texts(self, state: QueryState, notes: list[str]) -> list[str]:
-        query = state.query
-        source = self.config.text_source
-        captions = state.captions or ([query.reference_caption] if query.reference_caption else [])
-        if source in ("target", "target+modification"):
-            descriptions = _non_blank(list(state.target_descriptions))
-            if self.config.max_descriptions is not None:
-                descriptions = descriptions[: self.config.max_descriptions]
-            if descriptions:
-                extra = [query.text] if source == "target+modification" and query.text.strip() else []
-                return list(dict.fromkeys([*descriptions, *extra]))
-            if not query.text.strip():
-                return []
-            notes.append("no target description was produced: retrieving with the modification text")
-            # Kept for the trace readers that expect it (tests pin it); the pipeline owns this field.
-            state.description_source = state.description_source or "modification"
-            state.target_descriptions = [query.text]
-            return [query.text]
-        if source == "modification":
-            return _non_blank([query.text])
-        if not captions:
-            raise QueryInputError(
-                f"query {query.id}: retrieve.text_source is {source!r} but the query has no caption "
-                "(enable the caption stage or supply reference_caption)"
-            )
-        if source == "caption":
-            return list(captions)
-        if not query.text.strip():
-            return list(captions)
-        return [_join_caption_and_modification(caption, query.text) for caption in captions]
-
-    # ---------- planning (no model calls) ----------
-    def _reference_positions(self, state: QueryState) -> tuple[int | None, list[int]]:
-        """The reference's gallery position (to reuse its embedding) and every position holding a copy."""
-        gallery = self.gallery
-        query = state.query
-        position = gallery.position(query.reference_id) if query.reference_id is not None else None
-        copies = set(gallery.copies_of(position)) if position is not None else set()
-        by_hash = gallery.positions_of_hash(state.image_hash)
-        copies.update(by_hash)
-        if position is None and by_hash:
-            position = by_hash[0]
-        return position, sorted(copies)
-
-    def _restriction(self, state: QueryState, notes: list[str]) -> list[int] | None:
-        wanted = state.query.candidate_ids
-        if wanted is None:
-            return None
-        positions = [self.gallery.position(gallery_id) for gallery_id in wanted]
-        missing = [gallery_id for gallery_id, pos in zip(wanted, positions) if pos is None]
-        if missing:
-            notes.append(f"{len(missing)} candidate ids are not in the gallery: {', '.join(missing[:5])}")
-        return [pos for pos in positions if pos is not None]
-
-    def _plan(self, state: QueryState) -> _Plan:
-        config = self.config
-        query = state.query
-        plan = _Plan(state=state, mode=config.mode)
-        plan.reference_position, copies = self._reference_positions(state)
-        if config.exclude_reference:
-            if config.exclude_reference_by == "id":
-                by_id = self.gallery.position(query.reference_id) if query.reference_id is not None else None
-                plan.excluded = [by_id] if by_id is not None else []
-            else:
-                plan.excluded = copies
-        plan.restrict = self._restriction(state, plan.notes)
-        has_image = (plan.reference_position is not None and self.gallery.has_images) or bool(query.image)
-        if plan.mode in ("weimocir", "sqaf"):
-            plan.texts = _non_blank([query.text]) if plan.mode == "sqaf" else self._query_texts(state, plan.notes)
-        elif plan.mode != "image":
-            plan.texts = self._query_texts(state, plan.notes)
-        if plan.mode != "image" and not plan.texts:
-            if has_image and self.gallery.has_images:
-                plan.notes.append("the modification text is empty: retrieving with the reference image alone")
-                plan.mode = "image"
-            else:
-                raise QueryInputError(
-                    f"query {query.id}: no text to retrieve with (the modification text is empty and no target "
-                    "description exists); give a modification text, or a reference image"
-                )
-        captions = _non_blank(state.captions or ([query.reference_caption] if query.reference_caption else []))
-        if plan.mode == "pdv":
-            if captions:
-                plan.reference_texts = captions
-            else:
-                plan.notes.append("pdv needs a reference caption and none exists: used weighted fusion instead")
-                plan.mode = "fusion"
-        if plan.mode == "sqaf":
-            plan.target_texts = _non_blank(list(state.target_descriptions))[: config.max_descriptions]
-            if not plan.target_texts:
-                plan.notes.append("no target caption was produced: SQAF used the composed image+text query alone")
-        if plan.mode == "weimocir":
-            in_gallery = plan.reference_position is not None and len(self.gallery.caption_rows_of(plan.reference_position))
-            if not in_gallery:
-                if not captions:
-                    raise QueryInputError(
-                        f"query {query.id}: mode weimocir builds its caption queries from the reference's captions, "
-                        "and this reference has none in the gallery captions; enable the caption stage or supply "
-                        "reference_caption"
-                    )
-                plan.reference_texts = captions
-        if plan.mode == "dual":
-            edited = state.edited_image
-            if edited is None:
-                plan.notes.append("dual: no edited image (the imagine stage did not run for this query): "
-                                  "retrieving with the text path alone")
-                plan.mode = "text"
-            elif config.dual_image_text:
-                plan.description = edited.description
-                if not plan.description:
-                    plan.notes.append("dual: the edited image has no description: its image vector alone is the "
-                                      "image path")
-        plan.average_reference = plan.mode == "text" and query.meta.get("task") in config.reference_average_tasks
-        if plan.mode in _IMAGE_MODES or plan.average_reference:
-            if plan.reference_position is None or not self.gallery.has_images:
-                if not query.image:
-                    raise QueryInputError(
-                        f"query {query.id}: retrieve.mode {plan.mode!r} needs a reference image; pass --image "
-                        "or use mode: text"
-                    )
-                plan.image_file = str(query.image)
-        return plan
-
     # ---------- batched encoding ----------
     def _encode_texts(self, strings: list[str]) -> dict[str, np.ndarray]:
         """One encoder call for every string of the batch."""
@@ -263,7 +91,7 @@ class RetrieveStage:
         rows = np.asarray(self.encoder.encode_texts(strings), dtype=np.float32)
         return dict(zip(strings, rows))
 
-    def _encode_images(self, plans: list[_Plan], failures: dict[int, BaseException]) -> None:
+    def _encode_images(self, plans: list[QueryPlan], failures: dict[int, BaseException]) -> None:
         from agent_cir.index.image_memo import image_file
         from agent_cir.index.reasons import BadImageError
 
@@ -286,81 +114,8 @@ class RetrieveStage:
         for position, vector in zip(owners, vectors):
             plans[position].image_vector = vector
 
-    def _gallery_image(self, plan: _Plan) -> np.ndarray:
-        # A twins gallery searches real + twin vectors, but a reference image is its real picture.
-        real = getattr(self.gallery, "real_embeddings", None)
-        source = real if real is not None else self.gallery.image_embeddings
-        return np.asarray(source[plan.reference_position], dtype=np.float32)
-
-    # ---------- query vectors ----------
-    def _text_query(self, vectors: np.ndarray) -> np.ndarray:
-        if self.config.description_scoring == "mean_score":
-            return mean_score_query(vectors)
-        return mean_embedding(vectors)
-
-    def _query_vector(self, plan: _Plan, text: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-        """The search row for one plan, laid out for the engine's structure; plus record fields."""
-        config = self.config
-        extra: dict[str, Any] = {}
-        image = plan.image_vector
-        if (plan.mode in _IMAGE_MODES or plan.average_reference) and image is None:
-            image = self._gallery_image(plan)
-        stack = (lambda strings: np.stack([text[s] for s in strings])) if text else None
-        if plan.mode == "weimocir":
-            # The official code fuses raw CLIP projections; encoders and indexes here hold unit vectors, so
-            # both sides are unit vectors (the recipe's declared difference; the record says raw_projections).
-            modification = mean_embedding(stack(plan.texts))
-            image_query = weimocir_query(normalise(image), modification, config.alpha)
-            slots = self.paired_slots or 1
-            if plan.reference_texts:
-                reference_captions = normalise(stack(plan.reference_texts))
-            else:
-                reference_captions = normalise(self.gallery.caption_rows_of(plan.reference_position))
-            # Slot j pairs the reference's j-th caption with each item's j-th caption (official
-            # validate_clip.py:107-123); a reference with fewer captions reuses the mean of its own.
-            fill = reference_captions.mean(axis=0)
-            rows = [reference_captions[j] if j < len(reference_captions) else fill for j in range(slots)]
-            caption_queries = np.stack([weimocir_query(row, modification, config.alpha) for row in rows])
-            query = composite_query(image_query, caption_queries, self.caption_weight, self.gallery.has_images)
-            extra.update({"alpha": config.alpha, "pairing": "paired", "captions_per_item": slots,
-                          "raw_projections": False})
-            return query, extra
-        if plan.mode == "dual":
-            return self._dual_query(plan, text, stack)
-        if plan.mode == "image":
-            query = normalise(image if image is not None else self._gallery_image(plan))
-        elif plan.mode == "text":
-            query = self._text_query(stack(plan.texts))
-            if plan.average_reference:
-                # normalise((q + normalise(r)) / 2): the fusion formula with equal weights
-                query = weighted_fusion(image, query, 0.5)
-                extra["reference_averaged"] = True
-        elif plan.mode == "fusion":
-            query = weighted_fusion(image, mean_embedding(stack(plan.texts)), config.alpha)
-            extra["alpha"] = config.alpha
-        elif plan.mode == "pdv":
-            query = pdv_fused(
-                image, mean_embedding(stack(plan.reference_texts)), mean_embedding(stack(plan.texts)),
-                config.pdv_alpha_t, config.pdv_alpha_i, config.pdv_beta,
-            )
-            extra.update({"pdv_alpha_t": config.pdv_alpha_t, "pdv_alpha_i": config.pdv_alpha_i,
-                          "pdv_beta": config.pdv_beta, "reference_texts": plan.reference_texts})
-        else:  # sqaf
-            modification = mean_embedding(stack(plan.texts))
-            if plan.target_texts:
-                query = sqaf_query(image, modification, mean_embedding(stack(plan.target_texts)), config.alpha,
-                                   config.sqaf_weight)
-            else:
-                query = weighted_fusion(image, modification, config.alpha)
-            extra.update({"alpha": config.alpha, "sqaf_weight": config.sqaf_weight, "target_texts": plan.target_texts})
-        if self.paired_slots is not None:
-            # A paired gallery layout: the same query scores every caption slot.
-            query = composite_query(query, np.repeat(query[None, :], self.paired_slots, axis=0),
-                                    self.caption_weight, self.gallery.has_images)
-        return query, extra
-
     # ---------- dual paths (formulas: agent_cir.retrieval.dual) ----------
-    def _encode_edited(self, plans: list[_Plan], failures: dict[int, BaseException]) -> None:
+    def _encode_edited(self, plans: list[QueryPlan], failures: dict[int, BaseException]) -> None:
         """One encoder call for every edited picture of the batch (mode dual), with the index's encoder."""
         owners = [i for i, plan in enumerate(plans)
                   if plan.mode == "dual" and i not in failures and plan.state.edited_image is not None]
@@ -371,17 +126,7 @@ class RetrieveStage:
         for i, vector in zip(owners, vectors):
             plans[i].edited_vector = vector
 
-    def _dual_query(self, plan: _Plan, text: dict[str, np.ndarray], stack: Any) -> tuple[np.ndarray, dict]:
-        config = self.config
-        description = text[plan.description] if plan.description else None
-        rows = dual_query_rows(mean_embedding(stack(plan.texts)), plan.edited_vector, description,
-                               config.dual_fusion, config.dual_weight)
-        extra: dict[str, Any] = {"dual_weight": config.dual_weight, "dual_fusion": config.dual_fusion}
-        if plan.description:
-            extra["edited_description"] = plan.description
-        return rows, extra
-
-    def _fuse_paths(self, plans: list[_Plan], searched: list[int], rankings: list[Ranking],
+    def _fuse_paths(self, plans: list[QueryPlan], searched: list[int], rankings: list[Ranking],
                     extras: dict[int, dict[str, Any]]) -> tuple[list[int], list[Ranking]]:
         """One ranking per query: the two path rankings of an rrf / wiser dual query fused into one."""
         config = self.config
@@ -406,6 +151,13 @@ class RetrieveStage:
             position += 2
         return owners, fused
 
+    # ---------- planning and query vectors (retrieve_plan.py, query_vectors.py) ----------
+    def _plan(self, state: QueryState) -> QueryPlan:
+        return plan_query(self.config, self.gallery, state)
+
+    def _query_vector(self, plan: QueryPlan, text: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+        return query_vector(plan, text, self.config, self.gallery, self.caption_weight, self.paired_slots)
+
     # ---------- run ----------
     def run(self, state: QueryState) -> StageRecord:
         outcome = self.run_batch([state])[0]
@@ -417,13 +169,13 @@ class RetrieveStage:
         """One record per state (same order), or the exception that made that query fail. All query texts go
         to the encoder in one call, all external reference images in one call, all searches in one faiss call."""
         failures: dict[int, BaseException] = {}
-        plans: list[_Plan] = []
+        plans: list[QueryPlan] = []
         for position, state in enumerate(states):
             try:
                 plans.append(self._plan(state))
             except AgentCirError as err:
                 failures[position] = err
-                plans.append(_Plan(state=state, mode=self.config.mode))
+                plans.append(QueryPlan(state=state, mode=self.config.mode))
         live = [i for i in range(len(states)) if i not in failures]
         strings = list(dict.fromkeys(
             s for i in live for s in (*plans[i].texts, *plans[i].reference_texts, *plans[i].target_texts,

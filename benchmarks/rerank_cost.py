@@ -64,20 +64,9 @@ def qwen2_vl_token_counter():
 def build_judge(folder: Path):
     """The test suite's tiny random LLaVA (real architecture, built offline in seconds), through ``hf-vlm:``."""
     from agent_cir.backends.chat import create_chat_model
-    from tests.fixtures import chat as chat_fixtures
+    from agent_cir.testing.tiny_llava import build_tiny_llava
 
-    builder = getattr(chat_fixtures, "build_tiny_vlm", None)
-    if builder is not None:
-        model_dir = builder(folder / "tiny-vlm")
-    else:  # only the pytest fixture exists: call the function it wraps, with a stand-in for tmp_path_factory
-        class _Factory:
-            @staticmethod
-            def mktemp(name: str) -> Path:
-                path = folder / name
-                path.mkdir(parents=True, exist_ok=True)
-                return path
-
-        model_dir = chat_fixtures.tiny_vlm_dir.__wrapped__(_Factory())
+    model_dir = build_tiny_llava(folder / "tiny-vlm")
     return create_chat_model(ModelConfig(spec=f"hf-vlm:{model_dir}", max_tokens=16, seed=0)), model_dir
 
 

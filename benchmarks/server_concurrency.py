@@ -56,8 +56,8 @@ def main() -> int:
 
     from agent_cir.pipeline import Pipeline
     from agent_cir.types import Query
-    from tests.fixtures.chat import FakeOpenAIServer
-    from tests.fixtures.pipeline import BagOfWordsEncoder
+    from agent_cir.testing.openai_server import FakeOpenAIServer
+    from agent_cir.testing.encoders import BagOfWordsEncoder
 
     answers = {
         "captioner": "A red car parked on a street.",

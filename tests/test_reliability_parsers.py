@@ -86,19 +86,16 @@ def test_answers_beyond_the_limit_are_cut_and_the_cut_is_recorded() -> None:
     assert parse_ranking("x" * MAX_ANSWER_CHARS + "Final answer: 2 > 1", 2).source == "none"
 
 
-# Adversarial families for backtracking: a run of one "interesting" unit, with a prefix that leads a
-# pattern into it and a suffix that makes it fail at the very end (as "1" + spaces + "x" did: 31 s).
-_UNITS = [" ", "\t", "\n", "*", "1", "1 ", "1,", "1 >", "-> ", "cell ", "final ", "answer ", "`", "```", '"', "\\",
-          "[", "{", "target ", "Target description: ", "reasoning: ", "no ", "not ", "- x\n", "caption "]
-_FRAMES = [("", ""), ("1", "x"), ("Final answer: ", "x"), ("```json\n", ""), ('{"ranking": [', ""),
-           ("Target descriptions:\n", ""), ("Target description", "x")]
+# Adversarial families for backtracking (agent_cir.testing.hostile, shared with benchmarks/hostile_output.py).
+from agent_cir.testing.hostile import HOSTILE_FRAMES as _FRAMES  # noqa: E402
+from agent_cir.testing.hostile import HOSTILE_UNITS as _UNITS  # noqa: E402
+from agent_cir.testing.hostile import ONE_MB as _ONE_MB  # noqa: E402
 _PARSERS = {
     "ranking": lambda text: parse_ranking(text, 9),
     "descriptions": lambda text: parse_target_descriptions(text, 3),
     "caption": parse_caption,
     "yes_no": parse_yes_no,
 }
-_ONE_MB = 1_000_000
 _HANG_GUARD_S = 5.0
 """Generous: 1 MB answers take < 1.5 s here on a loaded 2-core machine; the old parsers took 31 s for 2 KB.
 This guards against a hang (super-linear time), not for speed (benchmarks measure speed)."""

@@ -1,7 +1,9 @@
 """The package's import structure, checked on every run: the layer contract of ARCHITECTURE.md (import-linter,
 configured in pyproject.toml) and no import cycle anywhere, imports inside functions included (grimp sees them;
-TYPE_CHECKING-only imports are annotations and are left out)."""
+TYPE_CHECKING-only imports are annotations and are left out); benchmarks use the test doubles of
+agent_cir.testing, never the test modules; and those doubles stay out of ``import agent_cir``."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,45 @@ def test_the_layer_contract_holds():
     done = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def _imports_of_tests(source: str) -> list[str]:
+    """The imports of the ``tests`` package (or a module in it) in Python source, as written."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "tests"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "tests":
+            found.append(node.module)
+    return found
+
+
+def test_the_tests_import_finder_finds_every_form():
+    planted = (
+        "import tests\nimport os, tests.fixtures.chat as chat\nfrom tests.fixtures import chat\n"
+        "def f():\n    from tests.test_x import y\n"
+        "import testsuite\nfrom testsuite import x\nfrom . import tests\nfrom agent_cir.testing import chat\n"
+    )
+    assert _imports_of_tests(planted) == ["tests", "tests.fixtures.chat", "tests.fixtures", "tests.test_x"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_benchmarks_do_not_import_the_tests(script):
+    """Test doubles a benchmark needs live in agent_cir.testing: tests/ may change (or be absent) freely."""
+    source = (ROOT / "benchmarks" / script).read_text(encoding="utf-8")
+    assert _imports_of_tests(source) == [], f"benchmarks/{script} imports {_imports_of_tests(source)}"
+
+
+def test_the_test_doubles_stay_out_of_import_agent_cir_and_import_no_heavy_library():
+    """The library never loads agent_cir.testing, and the doubles import torch / transformers / pytest only
+    inside the builders that need them."""
+    modules = ["openai_server", "encoders", "hostile", "tiny_models", "tiny_clip", "tiny_llava"]
+    code = (
+        "import sys, agent_cir\n"
+        "assert not [m for m in sys.modules if m.startswith('agent_cir.testing')], 'import agent_cir loaded the doubles'\n"
+        + "".join(f"import agent_cir.testing.{name}\n" for name in modules)
+        + "print(sorted({'torch', 'transformers', 'pytest'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"heavy modules imported at module level: {done.stdout.strip()}"

@@ -218,10 +218,10 @@ def main() -> int:
         stats.sort_stats("cumulative").print_stats(args.profile)
     assert not pipe.failures, pipe.failures[:3]
     assert requests == 3 * (args.queries + 4), f"{requests} requests"
-    shown = {cell for r in results for s in r.trace["stages"] if s["stage"] == "rerank"
-             for grid in s["output"]["grids"] for cell in grid["cells"].values()}
+    shown = {cell for r in results for s in r.trace.stages if s.stage == "rerank"
+             for grid in s.output.grids for cell in grid.cells.values()}
     print(f"distinct candidates shown to the judge: {len(shown)} (9 per query, {args.queries} queries)")
-    judged = sum(1 for r in results if any(s["stage"] == "rerank" and s["calls"] for s in r.trace["stages"]))
+    judged = sum(1 for r in results if any(s.stage == "rerank" and s.calls for s in r.trace.stages))
     assert judged == args.queries, f"only {judged} queries reached the judge"
     return 0 if per_query_ms <= GOAL_MS else 1
 

@@ -103,7 +103,7 @@ def run(photos: Path, ks: list[int], repeat: int = 3) -> list[dict]:
                 seconds = min(timings)
                 output = record.output
                 if method == "grid":
-                    grid_tokens = [count_tokens(Path(g["path"]).read_bytes()) for g in output["grids"]]
+                    grid_tokens = [count_tokens(Path(g.path).read_bytes()) for g in output.grids]
                     tokens = sum(count_tokens(reference) + t for t in grid_tokens)
                     tokens_coco = sum(coco_tokens + t for t in grid_tokens)
                 else:
@@ -111,10 +111,10 @@ def run(photos: Path, ks: list[int], repeat: int = 3) -> list[dict]:
                     tokens_coco = len(candidates) * 2 * coco_tokens
                 rows.append({
                     "k": k, "method": method if method == "pointwise" else f"grid ({overflow})",
-                    "calls": output["calls"], "images_sent": output["images_sent"],
+                    "calls": output.calls, "images_sent": output.images_sent,
                     "qwen2_vl_image_tokens": tokens, "qwen2_vl_image_tokens_640x480": tokens_coco,
                     "seconds": round(seconds, 3),
-                    "grid_px": None if method != "grid" else list(_png_size(output["grids"][0]["path"])),
+                    "grid_px": None if method != "grid" else list(_png_size(output.grids[0].path)),
                 })
                 print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -1,23 +1,15 @@
-"""Local transformers chat models (``hf:`` text LLMs, ``hf-vlm:`` vision-language models) as LangChain models.
+"""The common part of the local transformers chat models, as a LangChain ``BaseChatModel``: sampling options,
+one padded ``generate`` per batch (LangChain's ``batch``), and request-level batching of concurrent ``invoke``
+calls. The model kinds (``hf_models.py``) render and encode the conversations.
 
-LangChain's HuggingFace wrapper renders messages to plain text and drops images, so the VLM needs its own
-small ``BaseChatModel``: it reads standard LangChain image blocks (OpenAI-style ``image_url`` with a data
-URL, or the v1 ``{"type": "image", "base64": ...}`` form), renders the conversation with the processor's
-chat template and calls ``generate``. The text model uses the tokenizer's chat template the same way, which
-works offline for local folders and GGUF files alike (``from_pretrained(dir, gguf_file=name)``).
-
-Loaded weights are shared by every chat model built for the same files (one copy per process). A list of
-conversations (LangChain's ``batch``) becomes padded batched ``generate`` calls of ``batch_size`` rows; each
-call runs under a per-weights lock (torch already uses every core for one call).
+Loaded weights are shared by every chat model built for the same files (``hf_weights.py``). A list of
+conversations becomes padded batched ``generate`` calls of ``batch_size`` rows; each call runs under a
+per-weights lock (torch already uses every core for one call).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
@@ -28,188 +20,8 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import Field, PrivateAttr
 
-from agent_cir.errors import AgentCirError
-
-_ROLE_OF = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-
-
-class LocalModelError(AgentCirError, RuntimeError):
-    """A local transformers model could not be loaded or cannot do what was asked."""
-
-
-@dataclass
-class _LoadedWeights:
-    model: Any
-    processor: Any
-    """The tokenizer (text models) or the multimodal processor (VLMs)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_LOADED: dict[tuple[Any, ...], _LoadedWeights] = {}
-_LOADED_LOCK = threading.Lock()
-
-
-def split_gguf_path(model_path: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """``hf:/models/x.Q4.gguf`` means folder ``/models`` with ``gguf_file='x.Q4.gguf'``."""
-    if gguf_file is None and model_path.lower().endswith(".gguf"):
-        path = Path(model_path).expanduser()
-        return str(path.parent), path.name
-    return model_path, gguf_file
-
-
-def _torch_dtype(name: str | None) -> Any:
-    if name in (None, "auto"):
-        return "auto" if name == "auto" else None
-    import torch
-
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
-    dtype = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise LocalModelError(f"dtype {name!r} is not a torch dtype; use float32, bfloat16, float16 or auto")
-    return dtype
-
-
-def _quantization_config(quantization: str | None) -> Any:
-    if quantization is None:
-        return None
-    try:
-        from transformers import BitsAndBytesConfig
-    except ImportError as err:  # pragma: no cover - transformers always has it
-        raise LocalModelError(f"quantization {quantization!r} needs transformers' BitsAndBytesConfig ({err})") from err
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise LocalModelError(
-            f"quantization: {quantization} needs bitsandbytes: pip install 'agent-cir[quant]', "
-            "or remove quantization from the model's configuration"
-        ) from err
-    if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True)
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def load_weights(
-    model_path: str,
-    *,
-    vision: bool,
-    gguf_file: str | None = None,
-    device_map: str | None = None,
-    dtype: str | None = None,
-    quantization: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> _LoadedWeights:
-    """Load (once per process) a local causal LM + tokenizer, or a VLM + processor. Clear errors when missing."""
-    model_path, gguf_file = split_gguf_path(model_path, gguf_file)
-    extra = dict(extra or {})
-    key = (model_path, vision, gguf_file, device_map, dtype, quantization, tuple(sorted((k, repr(v)) for k, v in extra.items())))
-    with _LOADED_LOCK:
-        if key in _LOADED:
-            return _LOADED[key]
-        kwargs: dict[str, Any] = dict(extra)
-        if gguf_file:
-            kwargs["gguf_file"] = gguf_file
-        torch_dtype = _torch_dtype(dtype)
-        if torch_dtype is not None:
-            kwargs["dtype"] = torch_dtype
-        if device_map:
-            kwargs["device_map"] = device_map
-        quant = _quantization_config(quantization)
-        if quant is not None:
-            kwargs["quantization_config"] = quant
-        spec = f"{'hf-vlm' if vision else 'hf'}:{model_path}" + (f" (gguf_file={gguf_file})" if gguf_file else "")
-        try:
-            if vision:
-                from transformers import AutoModelForImageTextToText, AutoProcessor
-
-                processor = AutoProcessor.from_pretrained(model_path, **({"gguf_file": gguf_file} if gguf_file else {}))
-                model = AutoModelForImageTextToText.from_pretrained(model_path, **kwargs)
-            else:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                processor = AutoTokenizer.from_pretrained(model_path, **({"gguf_file": gguf_file} if gguf_file else {}))
-                model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-        except (OSError, ValueError, ImportError, KeyError) as err:
-            hint = (
-                "give a local folder (or .gguf file) that holds the weights, or download them first with "
-                f"`hf download {model_path}` (offline mode HF_HUB_OFFLINE=1 only reads local files)"
-            )
-            if vision:
-                hint += "; hf-vlm: needs a model that AutoModelForImageTextToText and AutoProcessor can load"
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LocalModelError(f"cannot load {spec}: {first_line}. What to do: {hint}") from err
-        model.eval()
-        _prepare_padding(processor)
-        loaded = _LoadedWeights(model=model, processor=processor)
-        _LOADED[key] = loaded
-        return loaded
-
-
-def _prepare_padding(processor: Any) -> None:
-    """Batched generation pads on the left (new tokens then start in the same column for every row); a
-    tokenizer without a pad token pads with its end-of-sequence token, as generate does."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def _decode_image(block: dict[str, Any]) -> Any:
-    """A PIL image from a LangChain image content block (data URL, base64 or a local path/file URL)."""
-    from agent_cir.index.image_memo import decoded
-    from agent_cir.index.reasons import BadImageError
-
-    url: str | None = None
-    data: str | None = None
-    if block.get("type") == "image_url":
-        image_url = block.get("image_url")
-        url = image_url.get("url") if isinstance(image_url, dict) else image_url
-    else:  # v1 / v0.3 standard blocks: {"type": "image", "base64"|"data"|"url"|"source_type": ...}
-        data = block.get("base64") or (block.get("data") if block.get("source_type", "base64") == "base64" else None)
-        url = block.get("url") or (block.get("data") if block.get("source_type") == "url" else None)
-    raw: bytes
-    try:
-        if data:
-            raw = base64.b64decode(data)
-        elif url and url.startswith("data:"):
-            raw = base64.b64decode(url.split(",", 1)[1])
-        elif url and (url.startswith("file://") or Path(url).is_file()):
-            raw = Path(url.removeprefix("file://")).read_bytes()
-        else:
-            raise LocalModelError(
-                f"image block {str(url)[:60]!r}: a local model reads images only as base64 data or a local file; "
-                "pass the image bytes (agent_cir.backends.invoke does this for you)"
-            )
-    except (binascii.Error, IndexError, OSError) as err:
-        raise LocalModelError(f"image block could not be decoded ({err})") from err
-    try:
-        return decoded(raw)  # the one decoder (EXIF, pixel limits), once per distinct image (image_memo)
-    except BadImageError as err:
-        raise LocalModelError(f"image block is not a usable image ({err})") from err
-
-
-def _is_image_block(part: Any) -> bool:
-    return isinstance(part, dict) and part.get("type") in ("image_url", "image")
-
-
-def _text_of(part: Any) -> str | None:
-    if isinstance(part, str):
-        return part
-    if isinstance(part, dict) and part.get("type") == "text":
-        return str(part.get("text", ""))
-    return None
-
-
-@dataclass
-class _Rendered:
-    """One conversation as the model sees it: the prompt text (chat template applied) and its images."""
-
-    prompt: str
-    images: list[Any]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+from agent_cir.backends.hf_inputs import RenderedConversation
+from agent_cir.backends.hf_weights import LoadedWeights, load_weights
 
 
 class _WaitingCall:
@@ -222,7 +34,7 @@ class _WaitingCall:
         self.result: ChatResult | BaseException | None = None
 
 
-class _LocalTransformersChat(BaseChatModel):
+class LocalTransformersChat(BaseChatModel):
     """Common part of the local chat models: sampling options and one padded ``generate`` per batch.
 
     ``invoke`` is a batch of one; LangChain's ``batch`` / ``abatch`` send the whole list through
@@ -254,7 +66,7 @@ class _LocalTransformersChat(BaseChatModel):
     """Conversations per padded ``generate`` call in ``batch``."""
     load_kwargs: dict[str, Any] = {}
 
-    _weights: _LoadedWeights | None = PrivateAttr(default=None)
+    _weights: LoadedWeights | None = PrivateAttr(default=None)
     _waiting: list[_WaitingCall] = PrivateAttr(default_factory=list)
     _waiting_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _leader: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -262,7 +74,7 @@ class _LocalTransformersChat(BaseChatModel):
     vision: ClassVar[bool] = False
 
     @property
-    def weights(self) -> _LoadedWeights:
+    def weights(self) -> LoadedWeights:
         if self._weights is None:
             self._weights = load_weights(
                 self.model_path,
@@ -285,10 +97,10 @@ class _LocalTransformersChat(BaseChatModel):
         return getattr(processor, "tokenizer", processor)
 
     # ---------------------------------------------------------------- inputs
-    def _render(self, messages: list[BaseMessage]) -> _Rendered:
+    def _render(self, messages: list[BaseMessage]) -> RenderedConversation:
         raise NotImplementedError
 
-    def _encode(self, rendered: list[_Rendered]) -> Any:
+    def _encode(self, rendered: list[RenderedConversation]) -> Any:
         """Padded model inputs for several rendered conversations (one row each, left padding)."""
         raise NotImplementedError
 
@@ -380,10 +192,10 @@ class _LocalTransformersChat(BaseChatModel):
         message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_path})
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _chunks(self, rendered: list[_Rendered | BaseException]) -> list[list[int]]:
+    def _chunks(self, rendered: list[RenderedConversation | BaseException]) -> list[list[int]]:
         """Indices of the renderable conversations, longest first, ``batch_size`` at a time; conversations with
         and without images never share a call (a processor takes images for all rows or none)."""
-        usable = [i for i, item in enumerate(rendered) if isinstance(item, _Rendered)]
+        usable = [i for i, item in enumerate(rendered) if isinstance(item, RenderedConversation)]
         tokenizer = self._tokenizer()
         lengths = {i: len(tokenizer(rendered[i].prompt, add_special_tokens=False)["input_ids"]) for i in usable}  # type: ignore[union-attr]
         order = sorted(usable, key=lambda i: (len(rendered[i].images) > 0, lengths[i]), reverse=True)  # type: ignore[union-attr]
@@ -402,7 +214,7 @@ class _LocalTransformersChat(BaseChatModel):
         """Answer every conversation with as few padded ``generate`` calls as ``batch_size`` allows. A
         conversation that cannot be rendered (a bad image, an image sent to a text model) gets its exception
         in its slot; the others are answered. A failing ``generate`` fails its whole chunk."""
-        rendered: list[_Rendered | BaseException] = []
+        rendered: list[RenderedConversation | BaseException] = []
         for messages in conversations:
             try:
                 rendered.append(self._render(messages))
@@ -533,112 +345,3 @@ class _LocalTransformersChat(BaseChatModel):
     ) -> list[Any]:
         first = get_config_list(config, len(inputs))[0] if inputs else None
         return await run_in_executor(first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
-
-
-class TransformersChatModel(_LocalTransformersChat):
-    """``hf:`` a local causal LM (folder, hub id in the local cache, or GGUF file) behind its chat template."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "agent-cir-hf"
-
-    def _conversation(self, messages: list[BaseMessage]) -> list[dict[str, str]]:
-        conversation = []
-        for message in messages:
-            content = message.content
-            parts = content if isinstance(content, list) else [content]
-            if any(_is_image_block(part) for part in parts):
-                raise LocalModelError(
-                    f"hf:{self.model_path} is a text-only model and was sent an image; "
-                    "use an image-capable model (hf-vlm:, openai:, ollama:) for this stage"
-                )
-            text = "\n".join(t for t in (_text_of(part) for part in parts) if t is not None)
-            conversation.append({"role": _ROLE_OF.get(message.type, "user"), "content": text})
-        return conversation
-
-    def _render(self, messages: list[BaseMessage]) -> _Rendered:
-        tokenizer = self._tokenizer()
-        conversation = self._conversation(messages)
-        if getattr(tokenizer, "chat_template", None):
-            prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        else:  # a base model without a chat template: a plain transcript still works
-            prompt = "".join(f"{turn['role'].capitalize()}: {turn['content']}\n" for turn in conversation)
-            prompt += "Assistant:"
-        return _Rendered(prompt=prompt, images=[])
-
-    def _encode(self, rendered: list[_Rendered]) -> Any:
-        return self._tokenizer()(
-            [item.prompt for item in rendered],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-            return_token_type_ids=False,
-        )
-
-
-_PLAIN_PROMPT_PROCESSORS = frozenset({"Blip2Processor", "InstructBlipProcessor"})
-"""Processors that place the image tokens themselves (before the text) and whose models were trained on a
-plain prompt, not a chat: BLIP-2 (CIReVL's captioner) and InstructBLIP. One image per conversation."""
-
-
-class TransformersVLMChatModel(_LocalTransformersChat):
-    """``hf-vlm:`` a local VLM (AutoProcessor + AutoModelForImageTextToText) reading LangChain image blocks.
-
-    Chat VLMs (LLaVA, Idefics3 / SmolVLM, Qwen2-VL, Qwen2.5-VL ...) get the processor's chat template; BLIP-2
-    and InstructBLIP get the conversation's text as one plain prompt with its single image.
-    """
-
-    vision: ClassVar[bool] = True
-
-    @property
-    def _llm_type(self) -> str:
-        return "agent-cir-hf-vlm"
-
-    def _render(self, messages: list[BaseMessage]) -> _Rendered:
-        processor = self.weights.processor
-        conversation: list[dict[str, Any]] = []
-        images: list[Any] = []
-        texts: list[str] = []
-        for message in messages:
-            content = message.content
-            parts = content if isinstance(content, list) else [content]
-            blocks: list[dict[str, Any]] = []
-            for part in parts:
-                if _is_image_block(part):
-                    images.append(_decode_image(part))
-                    blocks.append({"type": "image"})
-                else:
-                    text = _text_of(part)
-                    if text:
-                        blocks.append({"type": "text", "text": text})
-                        texts.append(text)
-            conversation.append({"role": _ROLE_OF.get(message.type, "user"), "content": blocks})
-        if type(processor).__name__ in _PLAIN_PROMPT_PROCESSORS:
-            if len(images) != 1:
-                raise LocalModelError(
-                    f"hf-vlm:{self.model_path} ({type(processor).__name__}) answers about exactly one image per "
-                    f"call; this conversation has {len(images)}"
-                )
-            return _Rendered(prompt="\n".join(texts), images=images)
-        if getattr(processor, "chat_template", None) is None:
-            raise LocalModelError(
-                f"hf-vlm:{self.model_path}: the processor has no chat template; save one with the processor "
-                "(processor.chat_template = ...) so that image placeholders are placed correctly"
-            )
-        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return _Rendered(prompt=prompt, images=images)
-
-    def _encode(self, rendered: list[_Rendered]) -> Any:
-        with_images = [item.images for item in rendered if item.images]
-        if with_images and len(with_images) != len(rendered):
-            raise LocalModelError("a batch mixes conversations with and without images")  # _chunks prevents it
-        # Nested per conversation: Idefics3 / SmolVLM need it to know whose images are whose; the other
-        # processors flatten it in order, which is what their image placeholders expect.
-        inputs = self.weights.processor(
-            text=[item.prompt for item in rendered],
-            images=with_images or None,
-            padding=True,
-            return_tensors="pt",
-        )
-        inputs.pop("token_type_ids", None)  # BERT-style tokenizers add it; causal VLMs do not take it
-        return inputs

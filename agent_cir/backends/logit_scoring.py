@@ -17,7 +17,7 @@ Only the chat model's public surface is used: ``chat.prepare_inputs_many(convers
 for several LangChain conversations), ``chat.weights.model`` (called for its ``.logits``),
 ``chat.weights.processor`` (its ``.tokenizer``, or the processor itself for a text model), ``chat.weights.lock``
 (held while the model runs, as generation does). Calls go through the same path as chat answers
-(:func:`agent_cir.backends.invoke.prepare_call`): the same cache (key kind ``yes_probability``), damaged-entry
+(:func:`agent_cir.backends.prepared.prepare_call`): the same cache (key kind ``yes_probability``), damaged-entry
 handling, concurrency slot and ``ModelCall`` record (one per question; ``params.batch_rows`` says how many
 questions shared its forward).
 """

@@ -1,6 +1,6 @@
 """The common part of the local transformers chat models, as a LangChain ``BaseChatModel``: sampling options,
 one padded ``generate`` per batch (LangChain's ``batch``), and request-level batching of concurrent ``invoke``
-calls. The model kinds (``hf_models.py``) render and encode the conversations.
+calls. The model kinds (``hf_models.py``) render and encode the conversations; ``hf_generation.py`` runs and decodes.
 
 Loaded weights are shared by every chat model built for the same files (``hf_weights.py``). A list of
 conversations becomes padded batched ``generate`` calls of ``batch_size`` rows; each call runs under a
@@ -14,12 +14,14 @@ from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import Field, PrivateAttr
 
+from agent_cir.backends.hf_generation import (batch_chunks, end_of_sequence_ids, generation_settings,
+                                              is_encoder_decoder, row_answer, run_generate)
 from agent_cir.backends.hf_inputs import RenderedConversation
 from agent_cir.backends.hf_weights import LoadedWeights, load_weights
 
@@ -118,95 +120,12 @@ class LocalTransformersChat(BaseChatModel):
         return self.prepare_inputs(messages)
 
     # ---------------------------------------------------------------- generation
-    def _generate_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        tokenizer = self._tokenizer()
-        temperature = float(kwargs.get("temperature", self.temperature) or 0.0)
-        generate_kwargs: dict[str, Any] = {"max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens))}
-        if temperature > 0:
-            generate_kwargs.update(do_sample=True, temperature=temperature)
-            if self.top_p is not None:
-                generate_kwargs["top_p"] = self.top_p
-        else:
-            generate_kwargs["do_sample"] = False  # greedy (or beam search): deterministic at temperature 0
-        if self.num_beams and self.num_beams > 1:
-            generate_kwargs["num_beams"] = int(self.num_beams)
-        if self.timeout:
-            generate_kwargs["max_time"] = float(self.timeout)
-        if stop:
-            generate_kwargs.update(stop_strings=stop, tokenizer=tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is not None:
-            generate_kwargs["pad_token_id"] = pad_id
-        return generate_kwargs, temperature
-
-    def _eos_ids(self) -> set[int]:
-        config_eos = getattr(getattr(self.weights.model, "generation_config", None), "eos_token_id", None)
-        ids = set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
-        ids.add(self._tokenizer().eos_token_id)
-        return {int(i) for i in ids if i is not None}
-
     def _is_encoder_decoder(self) -> bool:
-        config = self.weights.model.config
-        text_config = getattr(config, "text_config", None)
-        return bool(getattr(config, "is_encoder_decoder", False) or getattr(text_config, "is_encoder_decoder", False))
+        return is_encoder_decoder(self.weights.model)
 
     def _run_generate(self, inputs: Any, generate_kwargs: dict[str, Any], temperature: float) -> Any:
-        import torch
-
-        weights = self.weights
-        device = getattr(weights.model, "device", None)
-        if device is not None:
-            inputs = inputs.to(device)
-        if temperature > 0 and self.seed is not None:
-            torch.manual_seed(int(self.seed))  # under the lock: a call's samples depend only on its seed
-        previous_threads = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.inference_mode():
-                return weights.model.generate(**inputs, **generate_kwargs)
-        finally:
-            if self.num_threads:
-                torch.set_num_threads(previous_threads)
-
-    def _row_result(self, output: Any, inputs: Any, row: int, pad_id: int | None, eos_ids: set[int]) -> ChatResult:
-        """One row of a padded generate output -> its answer (new tokens up to the first end-of-sequence)."""
-        if self._is_encoder_decoder():
-            new_tokens = output[row, 1:].tolist()  # the decoder output starts with its start token
-        else:
-            new_tokens = output[row, inputs["input_ids"].shape[1] :].tolist()
-        end = next((i + 1 for i, token in enumerate(new_tokens) if token in eos_ids), None)
-        if end is not None:
-            new_tokens = new_tokens[:end]
-        else:  # stopped by a stop string or the token limit: what follows in the padded batch is padding
-            while new_tokens and new_tokens[-1] == pad_id:
-                new_tokens.pop()
-        text = self._tokenizer().decode(new_tokens, skip_special_tokens=True).strip()
-        mask = inputs.get("attention_mask")
-        prompt_tokens = int(mask[row].sum()) if mask is not None else int(inputs["input_ids"].shape[1])
-        usage = {
-            "input_tokens": prompt_tokens,
-            "output_tokens": len(new_tokens),
-            "total_tokens": prompt_tokens + len(new_tokens),
-        }
-        message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_path})
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def _chunks(self, rendered: list[RenderedConversation | BaseException]) -> list[list[int]]:
-        """Indices of the renderable conversations, longest first, ``batch_size`` at a time; conversations with
-        and without images never share a call (a processor takes images for all rows or none)."""
-        usable = [i for i, item in enumerate(rendered) if isinstance(item, RenderedConversation)]
-        tokenizer = self._tokenizer()
-        lengths = {i: len(tokenizer(rendered[i].prompt, add_special_tokens=False)["input_ids"]) for i in usable}  # type: ignore[union-attr]
-        order = sorted(usable, key=lambda i: (len(rendered[i].images) > 0, lengths[i]), reverse=True)  # type: ignore[union-attr]
-        chunks: list[list[int]] = []
-        for index in order:
-            has_images = len(rendered[index].images) > 0  # type: ignore[union-attr]
-            if chunks and len(chunks[-1]) < self.batch_size and (len(rendered[chunks[-1][0]].images) > 0) == has_images:  # type: ignore[union-attr]
-                chunks[-1].append(index)
-            else:
-                chunks.append([index])
-        return chunks
+        return run_generate(self.weights.model, inputs, generate_kwargs, temperature=temperature, seed=self.seed,
+                            num_threads=self.num_threads)
 
     def generate_many(
         self, conversations: list[list[BaseMessage]], stop: list[str] | None = None, **kwargs: Any
@@ -223,16 +142,24 @@ class LocalTransformersChat(BaseChatModel):
         results: list[ChatResult | BaseException] = [
             item if isinstance(item, BaseException) else None for item in rendered  # type: ignore[misc]
         ]
-        generate_kwargs, temperature = self._generate_kwargs(stop, kwargs)
+        tokenizer = self._tokenizer()
+        temperature = float(kwargs.get("temperature", self.temperature) or 0.0)
+        generate_kwargs = generation_settings(
+            tokenizer, temperature=temperature, max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
+            top_p=self.top_p, num_beams=self.num_beams, timeout=self.timeout, stop=stop,
+        )
         pad_id = generate_kwargs.get("pad_token_id")
-        eos_ids = self._eos_ids()
-        for chunk in self._chunks(rendered):
+        eos_ids = end_of_sequence_ids(self.weights.model, tokenizer)
+        encoder_decoder = self._is_encoder_decoder()
+        for chunk in batch_chunks(rendered, tokenizer, self.batch_size):
             try:
                 with self.weights.lock:
                     inputs = self._encode([rendered[i] for i in chunk])  # type: ignore[misc]
                     output = self._run_generate(inputs, generate_kwargs, temperature)
                 for row, index in enumerate(chunk):
-                    results[index] = self._row_result(output, inputs, row, pad_id, eos_ids)
+                    results[index] = row_answer(output, inputs, row, tokenizer=tokenizer, pad_id=pad_id,
+                                                eos_ids=eos_ids, encoder_decoder=encoder_decoder,
+                                                model_name=self.model_path)
             except Exception as err:  # noqa: BLE001 - every conversation of the chunk reports it
                 for index in chunk:
                     results[index] = err

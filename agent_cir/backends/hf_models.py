@@ -115,7 +115,7 @@ class TransformersVLMChatModel(LocalTransformersChat):
     def _encode(self, rendered: list[RenderedConversation]) -> Any:
         with_images = [item.images for item in rendered if item.images]
         if with_images and len(with_images) != len(rendered):
-            raise LocalModelError("a batch mixes conversations with and without images")  # _chunks prevents it
+            raise LocalModelError("a batch mixes conversations with and without images")  # batch_chunks prevents it
         # Nested per conversation: Idefics3 / SmolVLM need it to know whose images are whose; the other
         # processors flatten it in order, which is what their image placeholders expect.
         inputs = self.weights.processor(

@@ -12,6 +12,8 @@ from typing import Any
 from agent_cir.backends.errors import LocalModelError
 
 ROLE_OF = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+"""LangChain message type -> chat-template role."""
+
 
 def decode_image_block(block: dict[str, Any]) -> Any:
     """A PIL image from a LangChain image content block (data URL, base64 or a local path/file URL)."""

@@ -15,8 +15,8 @@ Specs:
                           function of the messages instead. No network, no weights.
 
 Retries with backoff come from the client (ChatOpenAI ``max_retries``) or LangChain's ``.with_retry``
-(applied by ``invoke``, ``call_policy.py``); the rate limit is LangChain's ``InMemoryRateLimiter``; ``max_concurrency`` bounds
-how many calls one model serves at once across all pipeline threads.
+(applied by ``invoke``, see ``call_policy.py``); the rate limit is LangChain's ``InMemoryRateLimiter``
+(``rate_limit.py``); ``max_concurrency`` bounds how many calls one model serves at once across all pipeline threads.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def qwen2_vl_token_counter():
 
 def build_judge(folder: Path):
     """The test suite's tiny random LLaVA (real architecture, built offline in seconds), through ``hf-vlm:``."""
-    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.create import create_chat_model
     from agent_cir.testing.tiny_llava import build_tiny_llava
 
     model_dir = build_tiny_llava(folder / "tiny-vlm")

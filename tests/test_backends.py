@@ -25,7 +25,7 @@ from agent_cir.backends import (
     invoke,
     parse_spec,
 )
-from agent_cir.backends.hf_vlm import LocalModelError
+from agent_cir.backends.errors import LocalModelError
 from agent_cir.cache import ModelCache
 from agent_cir.config import ModelConfig
 from agent_cir.errors import AgentCirError
@@ -305,7 +305,7 @@ def test_tiny_vlm_reads_image_blocks(tiny_vlm_dir: Path, tmp_path: Path) -> None
 
 
 def test_text_only_local_model_refuses_images(tiny_vlm_dir: Path) -> None:
-    from agent_cir.backends.hf_vlm import TransformersChatModel
+    from agent_cir.backends.hf_models import TransformersChatModel
 
     chat = TransformersChatModel(model_path=str(tiny_vlm_dir))
     message = HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from agent_cir.backends import create_chat_model
-from agent_cir.backends.invoke import ImageInputError
+from agent_cir.backends.errors import ImageInputError
 from agent_cir.cache import ModelCache
 from agent_cir.config import CaptionConfig, ModelConfig, OneStageConfig, RewriteConfig
 from agent_cir.hashing import content_hash
@@ -317,7 +317,7 @@ def test_real_rewrite_with_smollm2_gguf(smollm2_handle, tmp_path: Path) -> None:
 
 
 def test_stage_errors_name_the_query_and_keep_their_cause(reference: Path) -> None:
-    from agent_cir.backends.invoke import ModelCallError
+    from agent_cir.backends.errors import ModelCallError
 
     def broken(messages):
         raise RuntimeError("connection reset by peer")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent_cir.backends.invoke import ImageInputError, image_bytes
+from agent_cir.backends.errors import ImageInputError
+from agent_cir.backends.messages import image_bytes
 from agent_cir.grid import render_grid
 from agent_cir.index import decode, image_memo
 from agent_cir.index.image_memo import ImageMemo, image_file

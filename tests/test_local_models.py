@@ -17,7 +17,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from PIL import Image
 
 from agent_cir.backends import create_chat_model
-from agent_cir.backends.hf_vlm import LocalModelError
+from agent_cir.backends.errors import LocalModelError
 from agent_cir.config import ModelConfig
 from tests.fixtures.tiny_models import IMAGE_TOKENS, spec_for
 

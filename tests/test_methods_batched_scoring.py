@@ -73,7 +73,7 @@ def test_twenty_questions_in_one_forward_score_as_twenty_single_forwards(kind: s
 
 def test_padding_really_happens_and_is_on_the_left(tiny_model_dir) -> None:
     handle = create_chat_model(ModelConfig(spec=spec_for("llama", tiny_model_dir("llama")), batch_size=20))
-    from agent_cir.backends.invoke import to_langchain_messages
+    from agent_cir.backends.messages import to_langchain_messages
 
     inputs = handle.chat.prepare_inputs_many([to_langchain_messages(q) for q in _questions(3)])
     mask = inputs["attention_mask"]
@@ -83,8 +83,8 @@ def test_padding_really_happens_and_is_on_the_left(tiny_model_dir) -> None:
 
 def test_each_row_is_read_at_its_own_last_token_whatever_the_padding_side(tiny_model_dir) -> None:
     """Right padding (a tokenizer someone changed): reading column -1 would read padding; our reader does not."""
-    from agent_cir.backends.invoke import to_langchain_messages
     from agent_cir.backends.logit_scoring import last_token_logits
+    from agent_cir.backends.messages import to_langchain_messages
 
     handle = create_chat_model(ModelConfig(spec=spec_for("llama", tiny_model_dir("llama")), batch_size=20))
     model, tokenizer = handle.chat.weights.model, handle.chat.weights.processor

@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_cir.backends.invoke import to_langchain_messages
+from agent_cir.backends.messages import to_langchain_messages
 from agent_cir.rerank.cotrr import candidate_labels
 from agent_cir.rerank.pairwise import evaluator_says_yes
 from agent_cir.stages.multigrain import MAX_OBJECT_CHARS, parse_target_objects

@@ -9,7 +9,7 @@ from langchain_core.messages import HumanMessage
 from pydantic import BaseModel
 
 from agent_cir.backends import create_chat_model
-from agent_cir.backends.chat import BackendError
+from agent_cir.backends.errors import BackendError
 from agent_cir.backends.multi_endpoint import MultiEndpointChatOpenAI
 from agent_cir.config import ModelConfig
 from tests.fixtures.chat import FakeOpenAIServer

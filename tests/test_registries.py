@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_cir.backends.chat import CHAT_BACKENDS, UNKNOWN_BACKEND, as_handle, create_chat_model
+from agent_cir.backends.capabilities import UNKNOWN_BACKEND
+from agent_cir.backends.create import as_handle, create_chat_model
+from agent_cir.backends.registry import CHAT_BACKENDS
 from agent_cir.config import (
     AGGREGATION_METHODS,
     BENCHMARK_NAMES,
@@ -143,8 +145,8 @@ def test_every_chat_backend_declares_its_capabilities(backend):
 
 
 def test_callers_ask_the_capability_not_the_backend_name(monkeypatch):
-    from agent_cir.backends.chat import BackendCapabilities, ChatBackend
-    from agent_cir.backends.invoke import call_deadline
+    from agent_cir.backends.call_policy import call_deadline
+    from agent_cir.backends.capabilities import BackendCapabilities, ChatBackend
 
     fake = create_chat_model(ModelConfig(spec="fake:j", extra={"responses": ["yes"]}))
     assert not supports_logprobs(fake) and call_deadline(fake) is None and not fake.batches_natively

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from agent_cir.backends import ModelCallError, invoke
-from agent_cir.backends.chat import create_chat_model
-from agent_cir.backends.invoke import redact_url, structured_output_unsupported
+from agent_cir.backends.create import create_chat_model
+from agent_cir.backends.credentials import redact_url
+from agent_cir.backends.structured import structured_output_unsupported
 from agent_cir.cache import ModelCache
 from agent_cir.config import ModelConfig
 from agent_cir.parsing import TargetDescriptionAnswer
@@ -209,7 +210,7 @@ def test_a_trickling_server_fails_the_call_at_its_deadline_naming_the_endpoint_a
 
 
 def test_the_deadline_counts_every_attempt_and_a_normal_answer_is_untouched(flaky_server) -> None:  # noqa: F811
-    from agent_cir.backends.invoke import call_deadline
+    from agent_cir.backends.call_policy import call_deadline
 
     handle = _handle(flaky_server, max_retries=2, timeout=5.0)
     assert 15.0 < call_deadline(handle) < 20.0
@@ -223,7 +224,7 @@ def test_the_deadline_counts_every_attempt_and_a_normal_answer_is_untouched(flak
 
 
 def test_a_megabytes_long_answer_is_capped_with_the_cut_recorded(tmp_path) -> None:
-    from agent_cir.backends.invoke import MAX_RAW_ANSWER_CHARS
+    from agent_cir.backends.prepared import MAX_RAW_ANSWER_CHARS
 
     huge = "1 > 2 > 3 " * 300_000  # 3 MB
     handle = create_chat_model(ModelConfig(spec="fake:judge", extra={"responses": [huge]}))

@@ -382,7 +382,7 @@ def test_structured_output_requested_when_the_backend_supports_it(rerank_candida
     """A handle that supports structured output gets the GridJudgement schema; its JSON becomes the ranking."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-    from agent_cir.backends.chat import as_handle
+    from agent_cir.backends.create import as_handle
 
     schemas: list = []
 
@@ -451,7 +451,7 @@ def test_openai_server_gets_one_request_per_grid_with_the_grid_as_data_url(
 ) -> None:
     import base64
 
-    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.create import create_chat_model
     from agent_cir.config import ModelConfig
 
     fake_openai_server.replies = [_grid_reader_reply(SMALL_GRID, preference=[k - 1, 0])]
@@ -476,7 +476,7 @@ def test_openai_server_gets_one_request_per_grid_with_the_grid_as_data_url(
 
 @pytest.mark.slow
 def test_tiny_vlm_judges_grids_end_to_end(tiny_vlm_dir, rerank_candidates, reference_image, tmp_path) -> None:
-    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.create import create_chat_model
     from agent_cir.config import ModelConfig
 
     handle = create_chat_model(ModelConfig(spec=f"hf-vlm:{tiny_vlm_dir}", max_tokens=12))
@@ -499,8 +499,8 @@ def test_tiny_vlm_pointwise_scores_are_yes_probabilities_from_logits(
 ) -> None:
     import torch
 
-    from agent_cir.backends.chat import create_chat_model
-    from agent_cir.backends.invoke import data_url, image_bytes, to_langchain_messages
+    from agent_cir.backends.create import create_chat_model
+    from agent_cir.backends.messages import data_url, image_bytes, to_langchain_messages
     from agent_cir.config import ModelConfig
 
     handle = create_chat_model(ModelConfig(spec=f"hf-vlm:{tiny_vlm_dir}", max_tokens=4))
@@ -535,8 +535,8 @@ def test_pipeline_reranks_end_to_end_and_the_trace_shows_grid_raw_and_repairs(
     import numpy as np
     from PIL import Image
 
-    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.pipeline import Pipeline
+    from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.types import Query
 
     candidates = rerank_candidates(12)

@@ -17,7 +17,7 @@ Only the chat model's public surface is used: ``chat.prepare_inputs_many(convers
 for several LangChain conversations), ``chat.weights.model`` (called for its ``.logits``),
 ``chat.weights.processor`` (its ``.tokenizer``, or the processor itself for a text model), ``chat.weights.lock``
 (held while the model runs, as generation does). Calls go through the same path as chat answers
-(:func:`agent_cir.backends.invoke.prepare_call`): the same cache (key kind ``yes_probability``), damaged-entry
+(:func:`agent_cir.backends.prepared.prepare_call`): the same cache (key kind ``yes_probability``), damaged-entry
 handling, concurrency slot and ``ModelCall`` record (one per question; ``params.batch_rows`` says how many
 questions shared its forward).
 """
@@ -30,8 +30,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent_cir.backends.chat import ChatModelHandle
-from agent_cir.backends.invoke import PreparedCall, _call_failed, lookup_cached, prepare_call
+from agent_cir.backends.call_policy import call_failed
+from agent_cir.backends.handle import ChatModelHandle
+from agent_cir.backends.prepared import PreparedCall, lookup_cached, prepare_call
 from agent_cir.cache import ModelCache
 from agent_cir.errors import AgentCirError
 from agent_cir.prompts import PromptTemplate
@@ -171,7 +172,7 @@ def _score_rows(handle: ChatModelHandle, prepared: list[PreparedCall], share_pre
     except AgentCirError:
         raise
     except Exception as err:  # noqa: BLE001 - reported with the model, like a failed generation
-        raise _call_failed(handle, err) from err
+        raise call_failed(handle, err) from err
     probabilities = torch.softmax(logits, dim=-1)
     yes = probabilities[:, yes_ids].sum(dim=1).tolist()
     no = probabilities[:, no_ids].sum(dim=1).tolist()

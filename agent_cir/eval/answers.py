@@ -4,7 +4,7 @@ answered (issue 18, case 6).
 With the cache on, the cache already holds every answer. With it off (``cache: {enabled: false}``), a query's
 trace is written only once it has passed every stage, so a SIGKILL would throw away the finished answers of
 every query still in flight. ``RunAnswers`` is then handed to the pipeline in the cache's place: the same keys
-(``backends.invoke.prepare_call``: model, fingerprint, prompt hash, messages, images, sampling parameters), one
+(``backends.prepared.prepare_call``: model, fingerprint, prompt hash, messages, images, sampling parameters), one
 JSON line per answer appended to ``<run>/answers.jsonl`` and fsynced before the answer is used. It serves only a
 resume of the same run (the run identity is checked before anything is read), never another run, and it is
 removed when a session ends with every selected query finished.

@@ -19,18 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent_cir.backends.chat import ChatModelHandle
-from agent_cir.backends.invoke import (
-    _call_failed,
-    _call_with_policy,
-    _message_text,
-    _usage,
-    _with_retry,
-    invoke,
-    lookup_cached,
-    prepare_call,
-)
+from agent_cir.backends.call_policy import call_failed, call_with_policy, with_retry
+from agent_cir.backends.handle import ChatModelHandle
+from agent_cir.backends.invoke import invoke
 from agent_cir.backends.logit_scoring import supports_yes_probability, yes_probabilities, yes_probability
+from agent_cir.backends.messages import message_text, message_usage
+from agent_cir.backends.prepared import lookup_cached, prepare_call
 from agent_cir.cache import ModelCache
 from agent_cir.errors import AgentCirError
 from agent_cir.parsing import bound_answer
@@ -128,12 +122,12 @@ def _logprob_call(handle: ChatModelHandle, messages: list[tuple[str, str]], prom
     chat = handle.variant(params["temperature"], params["seed"]).bind(logprobs=True, top_logprobs=TOP_LOGPROBS)
     with handle.slot:
         try:
-            message = _call_with_policy(lambda: _with_retry(chat, handle).invoke(prepared.langchain_messages()), handle)
+            message = call_with_policy(lambda: with_retry(chat, handle).invoke(prepared.langchain_messages()), handle)
         except AgentCirError:
             raise
         except Exception as err:  # noqa: BLE001 - reported with the model and endpoint
-            raise _call_failed(handle, err) from err
-    raw = _message_text(message)
+            raise call_failed(handle, err) from err
+    raw = message_text(message)
     found = _token_probabilities(getattr(message, "response_metadata", {}) or {})
     p_yes: float | None = None
     call_params: dict[str, Any] = {**params, "scoring": "logprobs"}
@@ -146,7 +140,7 @@ def _logprob_call(handle: ChatModelHandle, messages: list[tuple[str, str]], prom
         call_params["cache_note"] = cache_note
     if cache is not None and prepared.key is not None:
         cache.put(prepared.key, {"raw": raw, "p_yes": p_yes})
-    return prepared.record(raw, "miss" if cache is not None else "off", _usage(message), call_params), p_yes
+    return prepared.record(raw, "miss" if cache is not None else "off", message_usage(message), call_params), p_yes
 
 
 def ask_yes_no(handle: Any, messages: list[tuple[str, str]], *, prompt: PromptTemplate, images: Sequence[Any] = (),

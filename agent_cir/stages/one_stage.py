@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from agent_cir.backends import ChatModelHandle, invoke
-from agent_cir.backends.invoke import ImageInputError
+from agent_cir.backends.errors import ImageInputError
 from agent_cir.cache import ModelCache
 from agent_cir.config import OneStageConfig
 from agent_cir.errors import AgentCirError

@@ -32,7 +32,7 @@ class OpenAIImagesEditor:
 
     @property
     def info(self) -> dict[str, Any]:
-        from agent_cir.backends.invoke import redact_url
+        from agent_cir.backends.credentials import redact_url
 
         return {"backend": "openai-images", "model": self.model, "base_url": redact_url(self.base_url)}
 

@@ -82,6 +82,38 @@ class TwinsRequest:
     engine_options: dict[str, Any] | None = None
 
 
+EDIT_EXTRA = "pip install 'agent-cir[edit]'"
+
+
+def twins_request_from_recipe(recipe: Any) -> TwinsRequest:
+    """The twins a recipe describes (``agent-cir index --twins``): its ``imagine:`` section is the image model and
+    its settings (steps, guidance, seed, size, device), the model ``caption.model`` names under ``models:`` is
+    the captioner, and its ``cache:`` caches both. Fails here, before any index work, when a piece is missing."""
+    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.image_edit import create_image_editor, parse_edit_spec
+
+    settings = recipe.imagine
+    provider, _model = parse_edit_spec(settings.model)
+    if provider == "diffusers":
+        try:
+            import diffusers  # noqa: F401 - only to fail now rather than after the index is built
+        except ImportError as err:
+            raise TwinsError(f"twins drawn with {settings.model} need the optional package 'diffusers': "
+                             f"{EDIT_EXTRA} (or set imagine.model to another image backend)") from err
+    name = recipe.caption.model
+    if name not in recipe.models:
+        known = ", ".join(sorted(recipe.models)) or "none"
+        raise TwinsError(f"the twins' captioner is caption.model = {name!r}, which is not under 'models:' of the "
+                         f"recipe (defined: {known}); add it or set caption.model")
+    cache = None
+    if recipe.cache.enabled:
+        from agent_cir.cache import ModelCache
+
+        cache = ModelCache(recipe.cache.path)
+    return TwinsRequest(generator=create_image_editor(settings), settings=settings,
+                        captioner=create_chat_model(recipe.models[name]), cache=cache)
+
+
 def twins_folder(index_dir: str | Path) -> Path:
     return Path(index_dir) / TWINS_DIR
 
@@ -169,9 +201,10 @@ def build_twins(
             first_row.setdefault(digest, row)
         summary.total = len(first_row)
         summary.reused = sum(1 for digest in first_row if digest in done)
-        for digest, row in first_row.items():
-            if digest in done:
-                continue
+        from tqdm.auto import tqdm
+
+        to_draw = [(digest, row) for digest, row in first_row.items() if digest not in done]
+        for digest, row in tqdm(to_draw, desc="twins", unit="image", disable=not progress or not to_draw):
             gallery_id, image_path = index.ids[row], index.paths[row]
             given = (captions or {}).get(gallery_id)
             if given and given.strip():

@@ -31,6 +31,7 @@ from agent_cir.errors import AgentCirError
 from agent_cir.eval.benchmarks import Benchmark, get_benchmark
 from agent_cir.eval.datasets import BenchmarkSplit
 from agent_cir.eval.datasets import cirr as cirr_data
+from agent_cir.eval.prebuilt_index import open_prebuilt_index
 from agent_cir.eval.provenance import environment, models_used, prompt_hashes
 from agent_cir.eval.submission import SubmissionError
 from agent_cir.eval.resume import RunMismatchError, check_resume, repair_torn_tail, run_identity, write_failures
@@ -112,14 +113,16 @@ def _caption_gallery(split: BenchmarkSplit, table: Mapping[str, list[str]], enco
     return RetrievalGallery.from_captions(dict(table), encoder, ids=ids)
 
 
-def _image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any):
-    """Build (or reuse) the index of the split's gallery images, then name its items by benchmark id."""
+def _image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any, prebuilt: Path | None = None):
+    """Build (or reuse) the index of the split's gallery images (or open ``prebuilt``, checked to hold exactly
+    them), then name its items by benchmark id."""
     from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.index import GalleryIndex
 
     relative = split.gallery_relative_paths()
-    index_dir = index_root / split.name
-    index = GalleryIndex.build(split.images_dir, index_dir, encoder, files=relative)
+    index_dir = prebuilt or index_root / split.name
+    index = (open_prebuilt_index(prebuilt, split.name, relative) if prebuilt is not None
+             else GalleryIndex.build(split.images_dir, index_dir, encoder, files=relative))
     gallery = RetrievalGallery.from_index(index)
     position = {gallery_id: i for i, gallery_id in enumerate(gallery.ids)}
     absent = [rel for rel in relative if rel not in position]
@@ -133,7 +136,7 @@ def _image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any):
         ids=list(split.gallery_ids or []),
         paths=[gallery.paths[i] for i in rows],
         hashes=[gallery.hashes[i] for i in rows],
-        image_embeddings=np.asarray(gallery.image_embeddings, dtype=np.float32)[rows],
+        image_embeddings=np.asarray(gallery.image_embeddings[np.asarray(rows, dtype=np.int64)], dtype=np.float32),
         encoder_info=dict(gallery.encoder_info),
         source=str(index_dir),
         index=gallery.index,
@@ -199,6 +202,7 @@ def _run_eval(
     annotations: str | Path | Sequence[str | Path] | None = None,
     categories: Sequence[str] | None = None,
     index_dir: str | Path | None = None,
+    prebuilt_index: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     max_concurrency: int | None = None,
     models: Mapping[str, Any] | None = None,
@@ -320,6 +324,7 @@ def _run_eval(
             _run_pending(
                 benchmark, splits, pending, effective, identity["hash"], out, index_root, encoder, captions_table,
                 surrogate, models, max_concurrency, progress, on_query, finished, failures, session,
+                Path(prebuilt_index).expanduser() if prebuilt_index is not None else None,
             )
         status = "complete"
     finally:
@@ -348,7 +353,7 @@ def _run_eval(
 
 def _run_pending(
     benchmark, splits, pending, recipe, identity_hash, out, index_root, encoder, captions_table, surrogate, models,
-    max_concurrency, progress, on_query, finished, failures, session,
+    max_concurrency, progress, on_query, finished, failures, session, prebuilt=None,
 ) -> None:
     from agent_cir.pipeline import Pipeline
 
@@ -362,7 +367,7 @@ def _run_pending(
             if surrogate:
                 gallery = _caption_gallery(part, captions_table or {}, encoder)
             else:
-                gallery = _image_gallery(part, index_root, encoder)
+                gallery = _image_gallery(part, index_root, encoder, prebuilt)
                 if captions_table is not None:
                     gallery.with_captions(dict(captions_table), encoder)
             pipe = Pipeline.from_config(

@@ -64,6 +64,13 @@ def test_index_twins_draws_one_twin_per_image_and_a_rerun_reuses_them(tmp_path, 
     assert any("twins: 0 drawn, 6 reused" in note for note in payload["notes"])
     assert np.array_equal(load_twins(GalleryIndex(out)), twins)
 
+    # other settings (--twins-set) draw every twin again: the twins on disk are the ones meta.json describes
+    reseeded = CliRunner().invoke(app, args + ["--twins-set", "imagine.seed=5"])
+    assert reseeded.exit_code == 0, reseeded.output
+    assert "twins: 6 drawn, 0 reused" in reseeded.output
+    assert json.loads((twins_folder(out) / "meta.json").read_text())["settings"]["seed"] == 5
+    assert not np.array_equal(load_twins(GalleryIndex(out)), twins)
+
 
 def test_twins_set_overrides_the_recipe(tmp_path, tiny_open_clip_config, tiny_text2img_dir):  # noqa: F811
     gallery, out = _gallery(tmp_path / "gallery"), tmp_path / "index"

@@ -33,7 +33,7 @@ import numpy as np
 
 from agent_cir.atomic import write_bytes_atomic, write_text_atomic
 from agent_cir.errors import AgentCirError
-from agent_cir.hashing import bytes_hash
+from agent_cir.hashing import bytes_hash, stable_hash
 from agent_cir.index.encode import EncodeEngine, EncodeJob, get_engine
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
@@ -118,8 +118,10 @@ def twins_folder(index_dir: str | Path) -> Path:
     return Path(index_dir) / TWINS_DIR
 
 
-def _read_journal(folder: Path) -> dict[str, dict[str, Any]]:
-    """Finished twins by real-image hash: journal lines whose image file exists and hashes right."""
+def _read_journal(folder: Path, drawn_with: str | None = None) -> dict[str, dict[str, Any]]:
+    """Finished twins by real-image hash: journal lines whose image file exists and hashes right, and that were
+    drawn with ``drawn_with`` (the hash of the generator and its settings; lines written before it was recorded
+    count as drawn with it)."""
     done: dict[str, dict[str, Any]] = {}
     journal = folder / JOURNAL_NAME
     if not journal.is_file():
@@ -131,6 +133,8 @@ def _read_journal(folder: Path) -> dict[str, dict[str, Any]]:
             continue  # a torn line of a killed run
         if not isinstance(record, dict) or not isinstance(record.get("hash"), str):
             continue
+        if drawn_with is not None and record.get("drawn_with", drawn_with) != drawn_with:
+            continue  # drawn by another model or with other settings: drawn again
         image = folder / IMAGES_DIR / f"{record['hash']}.png"
         try:
             if bytes_hash(image.read_bytes()) != record.get("twin_sha256"):
@@ -195,7 +199,9 @@ def build_twins(
             claim(index_dir, TWINS_DIR)
         folder = twins_folder(index_dir)
         (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        done = _read_journal(folder)
+        drawn_with = stable_hash({"generator": dict(generator.info),
+                                  "settings": request_from_config(settings, "", None).settings()})
+        done = _read_journal(folder, drawn_with)
         first_row: dict[str, int] = {}
         for row, digest in enumerate(index.hashes):
             first_row.setdefault(digest, row)
@@ -222,6 +228,7 @@ def build_twins(
             summary.cache_hits += int(outcome.call.cache == "hit")
             write_bytes_atomic(folder / IMAGES_DIR / f"{digest}.png", outcome.png)
             record = {"hash": digest, "id": gallery_id, "caption": caption, "twin_sha256": outcome.sha256,
+                      "drawn_with": drawn_with,
                       "seconds": {"caption": round(caption_seconds, 4), "generate": outcome.call.seconds},
                       "cache": outcome.call.cache}
             _append(folder / JOURNAL_NAME, record)

@@ -30,7 +30,12 @@ def test_a_query_shows_every_stage_output(demo_pipeline):
     assert final.grid is not None and Path(final.grid).is_file()
     assert DEMO_JUDGE in final.judge
     # the judge ranked cell 3 first: the third retrieved item leads the final ranking
-    assert final.final[0][1].split(" · ")[1] == final.retrieval[2][1].split(" · ")[1]
+    assert final.final[0][1].split(" · ")[-1] == final.retrieval[2][1].split(" · ")[-1]
+    # each final label names the score that ordered it, then the retrieval score of that item
+    assert all(re.fullmatch(r"#\d+ judge (-|-?\d+\.\d{3}) · cosine -?\d+\.\d{3} · photo \d\d", label)
+               for _, label in final.final), final.final
+    cosine = {label.split(" · ")[-1]: label.split(" ")[1] for _, label in final.retrieval}
+    assert all(label.split(" · ")[1] == f"cosine {cosine[label.split(' · ')[-1]]}" for _, label in final.final)
     assert final.trace is not None and final.trace["query"]["reference_id"] == "photo_03.png"
 
 

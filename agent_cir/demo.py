@@ -27,7 +27,7 @@ from typing import Any
 
 from agent_cir.errors import AgentCirError
 from agent_cir.provenance import has_random_weights
-from agent_cir.report.render import RANDOM_ENCODER_BANNER
+from agent_cir.report.render import ORDER_SCORE_NAMES, RANDOM_ENCODER_BANNER, order_note, ordering_score
 from agent_cir.report.served import GRID_SIDE, ServedImages, default_served, readable_name
 from agent_cir.trace.build import partial_trace
 from agent_cir.trace.load import salvage_trace
@@ -70,9 +70,17 @@ class DemoView:
     """The full trace record as JSON data, once the query finished."""
 
 
-def item_label(rank: int, score: float | None, item_id: str, ground_truth: bool = False) -> str:
-    """A gallery caption: ``#1 0.312 · Chihuahua`` (rank, the score that placed it, a readable name)."""
-    score_text = f" {score:.3f}" if score is not None else ""
+def item_label(rank: int, score: float | None, item_id: str, ground_truth: bool = False, *,
+               ordered_by: str = "retrieval", retrieval_score: float | None = None) -> str:
+    """A gallery caption: ``#1 0.312 · Chihuahua`` (rank, the score that placed it, a readable name). Ordered by a
+    later stage, ``score`` is that stage's and is named, the retrieval score beside it:
+    ``#1 judge 0.900 · cosine 0.312 · Chihuahua`` (``judge -``: the judge never saw it)."""
+    if ordered_by == "retrieval":
+        score_text = f" {score:.3f}" if score is not None else ""
+    else:
+        name = ORDER_SCORE_NAMES.get(ordered_by, ordered_by)
+        score_text = f" {name} {score:.3f}" if score is not None else f" {name} -"
+        score_text += f" · cosine {retrieval_score:.3f}" if retrieval_score is not None else ""
     return f"#{rank}{score_text} · {readable_name(item_id)}" + (" ★ ground truth" if ground_truth else "")
 
 
@@ -92,9 +100,10 @@ def view_from_trace(trace: Trace | dict[str, Any], gallery: Any = None, ground_t
             return None
         return row.path or None
 
-    def items(rows: list[RankedItem]) -> list[tuple[str, str]]:
+    def items(rows: list[RankedItem], ordered_by: str = "retrieval") -> list[tuple[str, str]]:
         return [(served.image(path_of(row), readable_name(row.id)),
-                 item_label(row.rank, row.score, row.id, row.id in ground_truth)) for row in rows]
+                 item_label(row.rank, ordering_score(row, ordered_by), row.id, row.id in ground_truth,
+                            ordered_by=ordered_by, retrieval_score=row.score)) for row in rows]
 
     view = DemoView()
     lines = []
@@ -108,7 +117,7 @@ def view_from_trace(trace: Trace | dict[str, Any], gallery: Any = None, ground_t
                          f"{record.cache_hits} cache hit(s){parse}")
     lines += round_lines(data)
     if data.has_results and data.final_order_by != "retrieval":
-        lines.append(f"- final order: by the {data.final_order_by} score (the gallery shows retrieval scores)")
+        lines.append(f"- final order: {order_note(data.final_order_by, data.result_rows)}")
     if data.retrieval is not None:
         view.retrieval = items(data.retrieval.output.rows)
     rerank = data.rerank
@@ -129,7 +138,7 @@ def view_from_trace(trace: Trace | dict[str, Any], gallery: Any = None, ground_t
     if data.encoder is not None and data.encoder.random_weights:
         view.warning = f"**{RANDOM_ENCODER_BANNER}** (the encoder has random, untrained weights)"
     if data.has_results:
-        view.final = items(data.result_rows)
+        view.final = items(data.result_rows, data.final_order_by)
         view.trace = data.to_json_dict()
     return view
 
@@ -392,7 +401,7 @@ def build_demo(pipeline: Any, title: str = "agent_cir demo") -> Any:
                     judge = gr.Textbox(label="Judge's answer", elem_id="judge", interactive=False, lines=6)
                     edited = gr.Image(label="Imagined target (the edited reference)", elem_id="edited",
                                       type="filepath", interactive=False, height=320)
-                final = gr.Gallery(label="Final ranking (the judge's order; scores are retrieval scores)",
+                final = gr.Gallery(label="Final ranking (rank, the score that ordered it, cosine, name)",
                                    elem_id="final", columns=5, height="auto")
                 with gr.Accordion("Trace record", open=False):
                     trace_json = gr.JSON(elem_id="trace")

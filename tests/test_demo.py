@@ -30,7 +30,12 @@ def test_a_query_shows_every_stage_output(demo_pipeline):
     assert final.grid is not None and Path(final.grid).is_file()
     assert DEMO_JUDGE in final.judge
     # the judge ranked cell 3 first: the third retrieved item leads the final ranking
-    assert final.final[0][1].split(" · ")[1] == final.retrieval[2][1].split(" · ")[1]
+    assert final.final[0][1].split(" · ")[-1] == final.retrieval[2][1].split(" · ")[-1]
+    # each final label names the score that ordered it, then the retrieval score of that item
+    assert all(re.fullmatch(r"#\d+ judge (-|-?\d+\.\d{3}) · cosine -?\d+\.\d{3} · photo \d\d", label)
+               for _, label in final.final), final.final
+    cosine = {label.split(" · ")[-1]: label.split(" ")[1] for _, label in final.retrieval}
+    assert all(label.split(" · ")[1] == f"cosine {cosine[label.split(' · ')[-1]]}" for _, label in final.final)
     assert final.trace is not None and final.trace["query"]["reference_id"] == "photo_03.png"
 
 
@@ -213,8 +218,27 @@ def test_network_warning_auth_option_and_readable_labels():
             parse_auth(bad)
     assert item_label(1, 0.3124, "n02085620_Chihuahua.jpg") == "#1 0.312 · Chihuahua"
     assert item_label(12, None, "cats/tabby_03.png", ground_truth=True) == "#12 · tabby 03 ★ ground truth"
+    assert (item_label(1, 0.9, "n02085620_Chihuahua.jpg", ordered_by="judge", retrieval_score=0.3124)
+            == "#1 judge 0.900 · cosine 0.312 · Chihuahua")
+    assert item_label(5, None, "a.jpg", ordered_by="verifier", retrieval_score=0.2) == "#5 verifier - · cosine 0.200 · a"
     assert readable_name("n02099601_golden_retriever.jpg") == "golden retriever"
     assert readable_name("cirr-dev-1") == "cirr-dev-1"
+
+
+@pytest.mark.parametrize("ordered_by, field", [("judge", "judge_score"), ("fused", "final_score"),
+                                               ("verifier", "verify_score")])
+def test_the_final_gallery_shows_the_score_that_ordered_it(ordered_by, field):
+    rows = [{"rank": 1, "id": "b.jpg", "score": 0.4, field: 0.95}, {"rank": 2, "id": "a.jpg", "score": 0.5}]
+    trace = {"stages": [{"stage": "retrieve", "output": {"candidates": [{"rank": 1, "id": "a.jpg", "score": 0.5},
+                                                                       {"rank": 2, "id": "b.jpg", "score": 0.4}]}}],
+             "results": rows, "ordered_by": ordered_by}
+    view = view_from_trace(trace)
+    assert [label for _, label in view.final] == [f"#1 {ordered_by} 0.950 · cosine 0.400 · b",
+                                                  f"#2 {ordered_by} - · cosine 0.500 · a"]
+    assert [label for _, label in view.retrieval] == ["#1 0.500 · a", "#2 0.400 · b"]
+    assert "gallery shows retrieval scores" not in view.log
+    assert f"each row shows the {ordered_by} score, then the retrieval score" in view.log
+    assert "rows with '-' were not shown to the" in view.log
 
 
 def test_random_encoder_warning_in_the_view():

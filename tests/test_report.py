@@ -616,3 +616,43 @@ def test_an_undecodable_line_is_skipped_with_its_line_number_not_fatal(tmp_path,
     ids = [q["id"] for q in summary(out)["queries"]]
     assert ids == (["one", "two"] if bad_line.endswith(b"\n") else ["one"])
     assert "not valid UTF-8 and were skipped (line 2)" in (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("ordered_by, field, name", [("judge", "judge_score", "judge"),
+                                                     ("fused", "final_score", "fused"),
+                                                     ("verifier", "verify_score", "verifier")])
+def test_final_rows_show_the_score_that_ordered_them_beside_the_retrieval_score(tmp_path, ordered_by, field, name):
+    trace = make_trace("o", None, None, ground_truth=[1], retrieve_order=[0, 1, 2, 3], rerank_order=[1, 0, 2, 3])
+    trace["ordered_by"] = ordered_by
+    for row, value in zip(trace["results"], [0.91, 0.42]):  # the last two rows were never judged
+        row[field] = value
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(trace)
+    out = tmp_path / "report"
+    build_report(traces, out)
+    page = _query_page(out, "o").read_text()
+    assert "the scores shown are the retrieval scores" not in page
+    note = re.search(r'id="ordered-by">(.*?)</p>', page, re.S).group(1)
+    assert f"each row shows the {name} score, then the retrieval score (cosine)" in note
+    assert "rows with &#39;-&#39; were not shown to the" in note
+    final = re.findall(r"<figcaption>(#.*?)</figcaption>", page[page.index('id="ordered-by"'):], re.S)
+    # item 1 was retrieved second (cosine 0.85) and ordered first by the later stage's 0.91
+    assert f"{name} 0.910" in final[0] and "cosine 0.850" in final[0]
+    assert f"{name} 0.420" in final[1] and "cosine 0.900" in final[1]
+    assert f"{name} -" in final[2] and "cosine 0.800" in final[2]
+    # the retrieval rows name their score too, and carry no later stage's
+    retrieval = re.findall(r"<figcaption>(#.*?)</figcaption>", page[:page.index('id="ordered-by"')], re.S)
+    assert "cosine 0.900" in retrieval[0] and f"{name} " not in retrieval[0]
+
+
+def test_a_retrieval_ordered_run_says_so_and_shows_one_score(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    with TraceWriter(traces, mode="w") as writer:
+        writer.write(make_trace("r", None, None, ground_truth=[1], retrieve_order=[0, 1], rerank_order=None))
+    out = tmp_path / "report"
+    build_report(traces, out)
+    page = _query_page(out, "r").read_text()
+    captions = re.findall(r"<figcaption>(#.*?)</figcaption>", page, re.S)
+    assert len(captions) == 2 and all("cosine 0." in caption for caption in captions)
+    assert not re.search(r"(judge|fused|verifier) (\d|-)", page)

@@ -177,3 +177,73 @@ def test_exact_rescoring_recovers_what_the_codes_lose(tmp_path, tiny_open_clip_e
     assert "re-scored exactly" in refined.engine.describe()
     assert recall(refined) == 1.0
     assert recall(codes_only) < 1.0
+
+
+# ---------- agent-cir eval over a prebuilt (sharded) index ----------
+
+
+@pytest.fixture(scope="module")
+def circo_with_indexes(tmp_path_factory, tiny_open_clip_encoder):
+    """A 12-image CIRCO split, its plain index and the same vectors as a sharded index (IVF2,Flat, every list
+    probed: its answers are the exact ones)."""
+    from agent_cir.index import GalleryIndex
+    from tests.test_eval_protocols import _mini_circo
+
+    root = tmp_path_factory.mktemp("eval_prebuilt")
+    annotations, images_root = _mini_circo(root)
+    images = images_root / "unlabeled2017"
+    plain = GalleryIndex.build(images, root / "plain_index", tiny_open_clip_encoder, workers=0, progress=False)
+    vectors = np.asarray(plain.embeddings, dtype=np.float32)
+    np.save(root / "shard_0.npy", vectors[:6])
+    np.save(root / "shard_1.npy", vectors[6:])
+    shards = [np.load(root / f"shard_{n}.npy", mmap_mode="r") for n in (0, 1)]
+    build_sharded(shards, root / "sharded_index", factory="IVF2,Flat", train_size=12, ids=list(plain.ids),
+                  hashes=list(plain.hashes), images_dir=images, encoder_info=tiny_open_clip_encoder.info)
+    return {"root": root, "annotations": annotations, "images_root": images_root,
+            "plain": root / "plain_index", "sharded": root / "sharded_index"}
+
+
+def _rankings(run: Path) -> dict[str, list[str]]:
+    lines = (run / "traces.jsonl").read_text().splitlines()
+    return {trace["query_id"]: trace["eval"]["ranking"] for trace in map(json.loads, lines)}
+
+
+def test_eval_over_a_prebuilt_sharded_index_ranks_as_the_index_eval_builds(circo_with_indexes, tmp_path,
+                                                                           tiny_open_clip_encoder):
+    from agent_cir.eval.runner import run_eval
+
+    data = circo_with_indexes
+    args = dict(annotations=data["annotations"], encoder=tiny_open_clip_encoder, progress=False)
+    built = run_eval("circo", "val", data["images_root"], "image_only", tmp_path / "built", **args)
+    over_sharded = run_eval("circo", "val", data["images_root"], "image_only", tmp_path / "sharded",
+                            prebuilt_index=data["sharded"], **args)
+    over_plain = run_eval("circo", "val", data["images_root"], "image_only", tmp_path / "plain",
+                          prebuilt_index=data["plain"], **args)
+    assert not (tmp_path / "sharded" / "index").exists()  # nothing built
+    expected = _rankings(tmp_path / "built")
+    assert len(expected) == 3 and all(len(ranking) == 12 for ranking in expected.values())
+    assert _rankings(tmp_path / "sharded") == expected == _rankings(tmp_path / "plain")
+    assert over_sharded.metrics["metrics"] == built.metrics["metrics"] == over_plain.metrics["metrics"]
+
+
+def test_eval_refuses_a_prebuilt_index_that_is_not_the_splits_gallery(circo_with_indexes, sharded, tmp_path,
+                                                                      tiny_open_clip_encoder):
+    from agent_cir.eval.prebuilt_index import PrebuiltIndexError
+    from agent_cir.eval.runner import run_eval
+
+    data = circo_with_indexes
+    args = dict(annotations=data["annotations"], encoder=tiny_open_clip_encoder, progress=False)
+    with pytest.raises(PrebuiltIndexError, match=r"lacks 12 of its 12 gallery images .* holds 3006 items that are "
+                                                 r"not in it \(e\.g\. photo_0\.png\)"):
+        run_eval("circo", "val", data["images_root"], "image_only", tmp_path / "other", prebuilt_index=sharded["folder"],
+                 **args)
+    with pytest.raises(PrebuiltIndexError, match="is not a folder"):
+        run_eval("circo", "val", data["images_root"], "image_only", tmp_path / "none",
+                 prebuilt_index=tmp_path / "no_such_index", **args)
+
+
+def test_eval_cli_index_needs_images_and_no_index_dir(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--dataset", "circo", "--config", "image_only", "--out",
+                                      str(tmp_path / "run"), "--index", str(tmp_path / "idx")])
+    assert result.exit_code != 0 and "give --images too" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

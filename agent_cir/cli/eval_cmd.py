@@ -92,6 +92,10 @@ def eval_command(
     index_dir: Optional[Path] = typer.Option(
         None, "--index-dir", help="Where gallery indexes are built and reused (default OUT/index)."
     ),
+    prebuilt_index: Optional[Path] = typer.Option(
+        None, "--index", help="A prebuilt index folder (plain or sharded, `agent-cir index IMAGES`) whose items are "
+        "exactly the split's gallery images; eval then builds none (refused if its ids differ)."
+    ),
     max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="Queries in flight."),
     assignments: Optional[List[str]] = typer.Option(
         None, "--set", help="Recipe override KEY=VALUE, repeatable (e.g. --set retrieve.alpha=0.7)."
@@ -102,6 +106,9 @@ def eval_command(
     """Run a recipe on a benchmark split: metrics.json, traces.jsonl, run.json (+ submission files for test)."""
     with user_errors(as_json):
         check_recipe_name(config)
+        if prebuilt_index is not None and (images is None or index_dir is not None):
+            raise AgentCirError("--index is a prebuilt index of the split's images: give --images too (the queries' "
+                                "references are read there), and no --index-dir (nothing is built)")
         settle_offline_mode(quiet or as_json)
         from agent_cir.eval.run_inputs import read_query_ids
         from agent_cir.eval.runner import run_eval
@@ -119,6 +126,7 @@ def eval_command(
                 annotations=annotations,
                 categories=category or None,
                 index_dir=index_dir,
+                prebuilt_index=prebuilt_index,
                 overrides=parse_assignments(assignments or []),
                 max_concurrency=max_concurrency,
                 progress=not quiet,

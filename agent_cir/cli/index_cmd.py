@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -40,6 +40,7 @@ def format_summary(summary_dict: dict, out: Path) -> str:
         f"  skipped:         {summary_dict['skipped_total']} ({skipped_text}; reasons per file in manifest.jsonl)",
         f"  time:            {summary_dict['seconds']:.1f} s",
     ]
+    lines += [f"  note:            {terminal_safe(note)}" for note in summary_dict.get("notes") or []]
     return "\n".join(lines)
 
 
@@ -139,11 +140,13 @@ def run_index(
     engine: str = "local",
     engine_options: Optional[dict] = None,
     encoder=None,
+    twins=None,
 ):
     """What ``agent-cir index`` does, callable from Python (the benchmark uses it): returns the GalleryIndex.
 
     ``files``: index only these (relative to ``images_dir``); ``engine``/``engine_options``: see index/encode.py;
-    ``encoder``: an encoder object to use instead of the one the options describe."""
+    ``encoder``: an encoder object to use instead of the one the options describe; ``twins``: a ``TwinsRequest``
+    (synthetic twins drawn after the build)."""
     from agent_cir.config import EncoderConfig
     from agent_cir.encoders import create_encoder
     from agent_cir.index import GalleryIndex
@@ -176,7 +179,20 @@ def run_index(
         files=files,
         engine=engine,
         engine_options=engine_options,
+        twins=twins,
     )
+
+
+def twins_from_options(config: str, assignments: list[str]):
+    """The ``TwinsRequest`` of ``--twins-config`` with its ``--twins-set`` overrides (fails before any model loads
+    when the recipe, its captioner or the image backend's package is missing)."""
+    from agent_cir.cli._common import check_recipe_name
+    from agent_cir.cli.eval_cmd import parse_assignments
+    from agent_cir.config import load_recipe
+    from agent_cir.index.twins import twins_request_from_recipe
+
+    check_recipe_name(config)
+    return twins_request_from_recipe(load_recipe(config, parse_assignments(assignments)))
 
 
 def click_default_source():
@@ -272,6 +288,18 @@ def index_command(
     num_gpus_per_actor: float = typer.Option(
         0.0, "--num-gpus-per-actor", min=0.0, help="ray: GPUs each encoder actor reserves (> 0 encodes on cuda)."
     ),
+    twins: bool = typer.Option(
+        False, "--twins", help="Also draw each image's synthetic twin (Paracosm: caption -> text-to-image), embedded "
+        "beside the index for retrieve.gallery_twins; resumable (finished twins are kept). Needs the extra \\[edit]."
+    ),
+    twins_config: str = typer.Option(
+        "paracosm", "--twins-config", help="--twins: recipe whose imagine: section is the image model and its settings "
+        "and whose caption.model (under models:) is the captioner."
+    ),
+    twins_assignments: Optional[List[str]] = typer.Option(
+        None, "--twins-set", help="--twins: override in that recipe, KEY=VALUE, repeatable (e.g. --twins-set "
+        "imagine.model=diffusers:Qwen/Qwen-Image --twins-set imagine.steps=30)."
+    ),
 ) -> None:
     """Embed every image of IMAGES (a folder, or a list of files) into --out; re-runs encode only new or changed files."""
     from agent_cir.errors import AgentCirError
@@ -294,8 +322,13 @@ def index_command(
             from agent_cir.index.ray_engine import require_ray
 
             require_ray()
+        twins_given = [flag for flag, name in (("--twins-config", "twins_config"), ("--twins-set", "twins_assignments"))
+                       if ctx.get_parameter_source(name) not in (None, click_default_source())]
+        if twins_given and not twins:
+            raise AgentCirError(f"{' and '.join(twins_given)} choose how twins are drawn: add --twins")
         check_out_path(out)
         gallery, files = resolve_gallery(images_dir, input_format, root)
+        twins_request = twins_from_options(twins_config, twins_assignments or []) if twins else None
         given = [name for name in ENCODER_FLAGS
                  if ctx.get_parameter_source(name) not in (None, click_default_source())]
         meta = recorded_index_meta(out)
@@ -329,6 +362,7 @@ def index_command(
                 engine=engine,
                 engine_options=ray_options(address, concurrency, num_cpus_per_actor, num_gpus_per_actor) if engine == "ray" else None,
                 encoder=recorded,
+                twins=twins_request,
             )
         from agent_cir.provenance import encoder_provenance, random_weights_warning
 

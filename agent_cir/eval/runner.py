@@ -62,6 +62,7 @@ def _run_eval(
     annotations: str | Path | Sequence[str | Path] | None = None,
     categories: Sequence[str] | None = None,
     index_dir: str | Path | None = None,
+    prebuilt_index: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     max_concurrency: int | None = None,
     models: Mapping[str, Any] | None = None,
@@ -160,6 +161,7 @@ def _run_eval(
             run_pending(
                 benchmark, splits, pending, effective, identity["hash"], out, index_root, encoder, captions_table,
                 surrogate, models, max_concurrency, progress, on_query, finished, failures, session,
+                Path(prebuilt_index).expanduser() if prebuilt_index is not None else None,
             )
         status = "complete"
     finally:

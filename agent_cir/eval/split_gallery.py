@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from agent_cir.eval.datasets import BenchmarkSplit
+from agent_cir.eval.prebuilt_index import open_prebuilt_index
 from agent_cir.eval.run_inputs import EvalInputError
 
 
@@ -29,14 +30,16 @@ def caption_gallery(split: BenchmarkSplit, table: Mapping[str, list[str]], encod
     return RetrievalGallery.from_captions(dict(table), encoder, ids=ids)
 
 
-def image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any):
-    """Build (or reuse) the index of the split's gallery images, then name its items by benchmark id."""
+def image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any, prebuilt: Path | None = None):
+    """Build (or reuse) the index of the split's gallery images (or open ``prebuilt``, checked to hold exactly
+    them), then name its items by benchmark id."""
     from agent_cir.retrieval.gallery import RetrievalGallery
     from agent_cir.index import GalleryIndex
 
     relative = split.gallery_relative_paths()
-    index_dir = index_root / split.name
-    index = GalleryIndex.build(split.images_dir, index_dir, encoder, files=relative)
+    index_dir = prebuilt or index_root / split.name
+    index = (open_prebuilt_index(prebuilt, split.name, relative) if prebuilt is not None
+             else GalleryIndex.build(split.images_dir, index_dir, encoder, files=relative))
     gallery = RetrievalGallery.from_index(index)
     position = {gallery_id: i for i, gallery_id in enumerate(gallery.ids)}
     absent = [rel for rel in relative if rel not in position]
@@ -50,7 +53,7 @@ def image_gallery(split: BenchmarkSplit, index_root: Path, encoder: Any):
         ids=list(split.gallery_ids or []),
         paths=[gallery.paths[i] for i in rows],
         hashes=[gallery.hashes[i] for i in rows],
-        image_embeddings=np.asarray(gallery.image_embeddings, dtype=np.float32)[rows],
+        image_embeddings=np.asarray(gallery.image_embeddings[np.asarray(rows, dtype=np.int64)], dtype=np.float32),
         encoder_info=dict(gallery.encoder_info),
         source=str(index_dir),
         index=gallery.index,

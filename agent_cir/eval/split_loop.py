@@ -19,7 +19,7 @@ from agent_cir.types import Query, Result
 
 def run_pending(
     benchmark, splits, pending, recipe, identity_hash, out, index_root, encoder, captions_table, surrogate, models,
-    max_concurrency, progress, on_query, finished, failures, session,
+    max_concurrency, progress, on_query, finished, failures, session, prebuilt=None,
 ) -> None:
     from agent_cir.pipeline import Pipeline
 
@@ -33,7 +33,7 @@ def run_pending(
             if surrogate:
                 gallery = caption_gallery(part, captions_table or {}, encoder)
             else:
-                gallery = image_gallery(part, index_root, encoder)
+                gallery = image_gallery(part, index_root, encoder, prebuilt)
                 if captions_table is not None:
                     gallery.with_captions(dict(captions_table), encoder)
             pipe = Pipeline.from_config(

@@ -33,7 +33,7 @@ import numpy as np
 
 from agent_cir.atomic import write_bytes_atomic, write_text_atomic
 from agent_cir.errors import AgentCirError
-from agent_cir.hashing import bytes_hash
+from agent_cir.hashing import bytes_hash, stable_hash
 from agent_cir.index.encode import EncodeEngine, EncodeJob, get_engine
 from agent_cir.index.lock import IndexLock
 from agent_cir.index.manifest import ManifestEntry
@@ -82,12 +82,46 @@ class TwinsRequest:
     engine_options: dict[str, Any] | None = None
 
 
+EDIT_EXTRA = "pip install 'agent-cir[edit]'"
+
+
+def twins_request_from_recipe(recipe: Any) -> TwinsRequest:
+    """The twins a recipe describes (``agent-cir index --twins``): its ``imagine:`` section is the image model and
+    its settings (steps, guidance, seed, size, device), the model ``caption.model`` names under ``models:`` is
+    the captioner, and its ``cache:`` caches both. Fails here, before any index work, when a piece is missing."""
+    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.image_edit import create_image_editor, parse_edit_spec
+
+    settings = recipe.imagine
+    provider, _model = parse_edit_spec(settings.model)
+    if provider == "diffusers":
+        try:
+            import diffusers  # noqa: F401 - only to fail now rather than after the index is built
+        except ImportError as err:
+            raise TwinsError(f"twins drawn with {settings.model} need the optional package 'diffusers': "
+                             f"{EDIT_EXTRA} (or set imagine.model to another image backend)") from err
+    name = recipe.caption.model
+    if name not in recipe.models:
+        known = ", ".join(sorted(recipe.models)) or "none"
+        raise TwinsError(f"the twins' captioner is caption.model = {name!r}, which is not under 'models:' of the "
+                         f"recipe (defined: {known}); add it or set caption.model")
+    cache = None
+    if recipe.cache.enabled:
+        from agent_cir.cache import ModelCache
+
+        cache = ModelCache(recipe.cache.path)
+    return TwinsRequest(generator=create_image_editor(settings), settings=settings,
+                        captioner=create_chat_model(recipe.models[name]), cache=cache)
+
+
 def twins_folder(index_dir: str | Path) -> Path:
     return Path(index_dir) / TWINS_DIR
 
 
-def _read_journal(folder: Path) -> dict[str, dict[str, Any]]:
-    """Finished twins by real-image hash: journal lines whose image file exists and hashes right."""
+def _read_journal(folder: Path, drawn_with: str | None = None) -> dict[str, dict[str, Any]]:
+    """Finished twins by real-image hash: journal lines whose image file exists and hashes right, and that were
+    drawn with ``drawn_with`` (the hash of the generator and its settings; lines written before it was recorded
+    count as drawn with it)."""
     done: dict[str, dict[str, Any]] = {}
     journal = folder / JOURNAL_NAME
     if not journal.is_file():
@@ -99,6 +133,8 @@ def _read_journal(folder: Path) -> dict[str, dict[str, Any]]:
             continue  # a torn line of a killed run
         if not isinstance(record, dict) or not isinstance(record.get("hash"), str):
             continue
+        if drawn_with is not None and record.get("drawn_with", drawn_with) != drawn_with:
+            continue  # drawn by another model or with other settings: drawn again
         image = folder / IMAGES_DIR / f"{record['hash']}.png"
         try:
             if bytes_hash(image.read_bytes()) != record.get("twin_sha256"):
@@ -163,15 +199,18 @@ def build_twins(
             claim(index_dir, TWINS_DIR)
         folder = twins_folder(index_dir)
         (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        done = _read_journal(folder)
+        drawn_with = stable_hash({"generator": dict(generator.info),
+                                  "settings": request_from_config(settings, "", None).settings()})
+        done = _read_journal(folder, drawn_with)
         first_row: dict[str, int] = {}
         for row, digest in enumerate(index.hashes):
             first_row.setdefault(digest, row)
         summary.total = len(first_row)
         summary.reused = sum(1 for digest in first_row if digest in done)
-        for digest, row in first_row.items():
-            if digest in done:
-                continue
+        from tqdm.auto import tqdm
+
+        to_draw = [(digest, row) for digest, row in first_row.items() if digest not in done]
+        for digest, row in tqdm(to_draw, desc="twins", unit="image", disable=not progress or not to_draw):
             gallery_id, image_path = index.ids[row], index.paths[row]
             given = (captions or {}).get(gallery_id)
             if given and given.strip():
@@ -189,6 +228,7 @@ def build_twins(
             summary.cache_hits += int(outcome.call.cache == "hit")
             write_bytes_atomic(folder / IMAGES_DIR / f"{digest}.png", outcome.png)
             record = {"hash": digest, "id": gallery_id, "caption": caption, "twin_sha256": outcome.sha256,
+                      "drawn_with": drawn_with,
                       "seconds": {"caption": round(caption_seconds, 4), "generate": outcome.call.seconds},
                       "cache": outcome.call.cache}
             _append(folder / JOURNAL_NAME, record)

@@ -59,13 +59,45 @@ def readable_output(stage: StageRecordBase, max_items: int = 10, max_chars: int 
     return {key: cut(value) for key, value in stage.output_data().items() if key not in _HEAVY_OUTPUT_KEYS}
 
 
+ORDER_SCORE_NAMES = {"retrieval": "cosine", "judge": "judge", "fused": "fused", "verifier": "verifier"}
+"""The word a row's ordering score is shown under (the CLI's column names, cli/_ranking.py)."""
+ORDER_DESCRIPTIONS = {"judge": "the judge's score", "fused": "the judge's score fused with retrieval",
+                      "verifier": "the verifier's confidence, pooled over the rounds"}
+
+
+def ordering_score(row: RankedItem, ordered_by: str) -> float | None:
+    """The score that put ``row`` where it is under ``ordered_by`` (None: a later stage never scored it, so it
+    follows in retrieval order). Same choice as the CLI's ``ranking_rows``."""
+    if ordered_by == "retrieval":
+        return row.score
+    if row.final_score is not None:
+        return row.final_score
+    return row.verify_score if ordered_by == "verifier" else row.judge_score
+
+
+def order_note(ordered_by: str, rows: list[RankedItem]) -> str:
+    """One line saying which score ordered the list and which one is shown beside it."""
+    if ordered_by == "retrieval":
+        return "ordered by the retrieval score (cosine)"
+    name = ORDER_SCORE_NAMES.get(ordered_by, ordered_by)
+    note = (f"ordered by {ORDER_DESCRIPTIONS.get(ordered_by, ordered_by)}: each row shows the {name} score, "
+            "then the retrieval score (cosine)")
+    if any(ordering_score(row, ordered_by) is None for row in rows):
+        judged = "verifier" if ordered_by == "verifier" else "judge"
+        note += f"; rows with '-' were not shown to the {judged}; they follow in retrieval order"
+    return note
+
+
 def _rows(rows: list[RankedItem], images: ReportImages, targets: set[str], subset: set[str],
-          captions: dict[str, list[str]]) -> list[dict[str, Any]]:
+          captions: dict[str, list[str]], ordered_by: str = "retrieval") -> list[dict[str, Any]]:
     return [{
         "rank": row.rank,
         "id": row.id,
         "name": readable_name(row.id),
         "score": row.score,
+        "ordered_by": ordered_by,
+        "order_name": ORDER_SCORE_NAMES.get(ordered_by, ordered_by),
+        "order_score": ordering_score(row, ordered_by),
         "image": images.thumb_of_id(row.id, row.path or None),
         "is_target": row.id in targets,
         "in_subset": row.id in subset,
@@ -135,7 +167,8 @@ def query_context(view: QueryView, images: ReportImages, captions: dict[str, lis
         "agreement": (rerank.output.agreement.model_dump(exclude_unset=True)
                       if rerank is not None and rerank.output.agreement is not None else None),
         "grids": grids,
-        "final_rows": _rows(trace.result_rows, images, targets, subset, captions),
+        "final_rows": _rows(trace.result_rows, images, targets, subset, captions, trace.final_order_by),
+        "final_order_note": order_note(trace.final_order_by, trace.result_rows),
         "same_as_retrieval": rerank is None and not trace.rounds and retrieval is not None
         and [r.id for r in trace.results] == [r.id for r in retrieval.rows],
         "ground_truth": [{"id": gt, "image": images.thumb_of_id(gt), "caption": (captions.get(gt) or [None])[0]}
@@ -172,5 +205,5 @@ def index_row(view: QueryView, images: ReportImages) -> dict[str, Any]:
 
 COMMON = {"status_labels": STATUS_LABELS, "statuses": STATUSES, "banner": RANDOM_ENCODER_BANNER}
 
-__all__ = ["COMMON", "RANDOM_ENCODER_BANNER", "environment", "format_number", "index_row", "query_context",
-           "readable_output", "retrieval_heading"]
+__all__ = ["COMMON", "ORDER_SCORE_NAMES", "RANDOM_ENCODER_BANNER", "environment", "format_number", "index_row",
+           "order_note", "ordering_score", "query_context", "readable_output", "retrieval_heading"]

@@ -89,7 +89,7 @@ def twins_request_from_recipe(recipe: Any) -> TwinsRequest:
     """The twins a recipe describes (``agent-cir index --twins``): its ``imagine:`` section is the image model and
     its settings (steps, guidance, seed, size, device), the model ``caption.model`` names under ``models:`` is
     the captioner, and its ``cache:`` caches both. Fails here, before any index work, when a piece is missing."""
-    from agent_cir.backends.chat import create_chat_model
+    from agent_cir.backends.create import create_chat_model
     from agent_cir.backends.image_edit import create_image_editor, parse_edit_spec
 
     settings = recipe.imagine

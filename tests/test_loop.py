@@ -355,7 +355,7 @@ def test_the_demo_stage_log_shows_the_rounds(bow_encoder):
     views = list(stream_query(pipe, Query(id="dog", text="make it a dog on grass", reference_caption="a cat")))
     final = views[-1].log
     assert "**round 0**" in final and "-> refine" in final and "**round 1**" in final and "-> accept" in final
-    assert "the animal is not a dog" in final and "by the verifier score" in final
+    assert "the animal is not a dog" in final and "ordered by the verifier's confidence" in final, final
     # partial views during the run already carry the rounds finished so far
     assert any("**round 0**" in v.log and "**round 1**" not in v.log for v in views[:-1])
 

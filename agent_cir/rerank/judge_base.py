@@ -1,8 +1,6 @@
-"""What the method judges (pairwise, cotrr) share: their config, model, cache, prompt and the traced call.
-
-``judges.py`` registers these judges, so they cannot import it back (no import cycles); this is the same
-small contract as its model judges: ``__init__(config, model, cache)``, ``prompt`` from ``prompt_field``,
-``rank(ctx)``.
+"""What every model judge (grid, pointwise, pairwise, cotrr) shares: its config, model, cache, prompt and the
+traced call. ``__init__(config, model, cache)``, ``prompt`` from ``prompt_field``, ``rank(ctx)``; ``judges.py``
+registers them all.
 """
 
 from __future__ import annotations

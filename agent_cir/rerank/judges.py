@@ -25,9 +25,10 @@ from agent_cir.config import JUDGE_METHODS, RerankConfig, check_registry
 from agent_cir.errors import AgentCirError
 from agent_cir.grid import render_grid
 from agent_cir.parsing import extract_json
-from agent_cir.prompts import PromptTemplate, load_prompt
+from agent_cir.prompts import PromptTemplate
 from agent_cir.rerank.aggregate import aggregate_rankings, pass_agreement, rank_to_unit
 from agent_cir.rerank.context import RerankContext
+from agent_cir.rerank.judge_base import MethodJudge
 from agent_cir.rerank.cotrr import CotrrJudge
 from agent_cir.rerank.pairwise import PairwiseJudge
 from agent_cir.rerank.parse import parse_ranking, parse_yes_no
@@ -51,27 +52,7 @@ class Judge(Protocol):
         ...
 
 
-class _ModelJudge:
-    name: ClassVar[str] = ""
-    prompt_field: ClassVar[str] = "prompt"
-
-    def __init__(self, config: RerankConfig, model: Any, cache: Any) -> None:
-        self.config = config
-        self.model = model
-        self.cache = cache
-        self.prompt = load_prompt(getattr(config, self.prompt_field))
-
-    def _invoke(self, ctx: RerankContext, messages: list[tuple[str, str]], images: list[Any],
-                schema: Any) -> ModelCall:
-        from agent_cir.backends import invoke
-
-        call = invoke(self.model, messages, prompt=self.prompt, images=images, cache=self.cache, schema=schema,
-                      temperature=self.config.temperature)
-        ctx.add_call(call, len(images))
-        return call
-
-
-class GridJudge(_ModelJudge):
+class GridJudge(MethodJudge):
     name = "grid"
 
     def rank(self, ctx: RerankContext) -> tuple[list[int], list[float]]:
@@ -133,7 +114,7 @@ class GridJudge(_ModelJudge):
         return order
 
 
-class PointwiseJudge(_ModelJudge):
+class PointwiseJudge(MethodJudge):
     """One yes/no call per candidate; score = the parsed answer (0.5 when unparsable)."""
 
     name = "pointwise"
